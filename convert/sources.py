@@ -1,0 +1,100 @@
+"""Read PyTorch SAM-HQ weights from disk: official ``.pth`` / ``.safetensors`` files and Hugging Face
+folders (``config.json`` + ``model.safetensors``, as in a hub snapshot).
+
+``.pth`` files are read with ``torch.load(..., weights_only=True)``: tensors only, never arbitrary
+pickled code. torch is needed for ``.pth`` files only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+
+from convert.core import HF, ConversionError, state_dict_to_params
+from samhq_jax.config import SamHQConfig
+
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """All tensors of a ``.safetensors`` file as float32 numpy arrays (bf16 / fp16 are upcast)."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in f.keys()}
+    except (TypeError, ValueError):
+        # numpy cannot hold bfloat16; go through torch, which can.
+        torch = _import_torch(path)
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k).float().numpy() for k in f.keys()}
+
+
+def _import_torch(path: Path):  # noqa: ANN202 - the torch module
+    try:
+        import torch
+    except ImportError as err:
+        raise ConversionError(f"reading {path} needs PyTorch: pip install torch") from err
+    return torch
+
+
+def read_pth(path: Path) -> dict[str, np.ndarray]:
+    """A state dict saved with ``torch.save`` (optionally wrapped in ``{"model": ...}``), safely."""
+    torch = _import_torch(path)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickled code, not a torch file at all
+        raise ConversionError(f"cannot read {path} as a PyTorch tensor file: {err}") from err
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConversionError(f"{path} does not hold a state dict of tensors")
+    return {k: v.detach().float().numpy() for k, v in obj.items()}
+
+
+def is_hf_folder(path: Path) -> bool:
+    cfg = path / "config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "sam_hq"
+
+
+def read_hf_folder(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """``(state dict, config.json)`` of a Hugging Face ``SamHQModel`` folder (single file or shards)."""
+    hf_config = json.loads((path / "config.json").read_text())
+    if (path / HF_WEIGHTS).is_file():
+        return read_safetensors(path / HF_WEIGHTS), hf_config
+    if (path / HF_INDEX).is_file():
+        shards = sorted(set(json.loads((path / HF_INDEX).read_text())["weight_map"].values()))
+        state: dict[str, np.ndarray] = {}
+        for shard in shards:
+            state.update(read_safetensors(path / shard))
+        return state, hf_config
+    raise ConversionError(f"{path} has a SamHQ config.json but neither {HF_WEIGHTS} nor {HF_INDEX}")
+
+
+def load_torch_checkpoint(path: str | Path) -> tuple[SamHQConfig, dict]:
+    """Import official (``.pth``, ``.pt``, ``.bin``, ``.safetensors``) or Hugging Face weights.
+
+    Returns ``(config, params)`` with numpy float32 leaves.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not is_hf_folder(path):
+            raise ConversionError(f"{path} is not a Hugging Face SamHQ folder (config.json with model_type sam_hq)")
+        state, hf_config = read_hf_folder(path)
+        decoder = hf_config.get("mask_decoder_config", {})
+        return state_dict_to_params(
+            state,
+            fmt=HF,
+            decoder_heads=decoder.get("num_attention_heads", 8),
+            transformer_eps=decoder.get("layer_norm_eps", HF.transformer_layer_norm_eps),
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.suffix == ".safetensors":
+        return state_dict_to_params(read_safetensors(path))
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return state_dict_to_params(read_pth(path))
+    raise ConversionError(f"unknown checkpoint type {path.suffix!r}: expected .pth, .pt, .bin or .safetensors")

@@ -1,0 +1,1 @@
+"""Evaluation: numerical parity with the PyTorch references (mIoU / boundary IoU to follow)."""

@@ -1,0 +1,131 @@
+"""Build the PyTorch reference models for a :class:`SamHQConfig`, with every tensor randomised.
+
+The official init leaves ``pos_embed`` and every ``rel_pos_*`` at zero and LayerNorms at 1 / 0,
+which would hide bugs in exactly the parts that are easy to get wrong, so every tensor is
+overwritten with seeded values of a sensible scale. Needs ``torch`` and ``segment-anything-hq``
+(official) or ``transformers`` (Hugging Face).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import torch
+
+from samhq_jax.config import SamHQConfig
+
+
+_MATRIX_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> None:
+    """Overwrite every parameter and persistent buffer of ``module`` with seeded random values.
+
+    By the kind of layer that owns the tensor: Linear / Conv / ConvTranspose weights
+    ~ N / sqrt(fan_in) and biases ~ 0.1 N; LayerNorm weights ~ 1 + 0.1 N and biases
+    ~ 0.1 N; embeddings (output tokens, point / no-mask embeddings) and the random-Fourier matrix
+    ~ N(0, 1); ``pos_embed`` and ``rel_pos_*`` ~ 0.2 N.
+    """
+    owner = {}
+    for mod_name, mod in module.named_modules():
+        for p_name, _ in mod.named_parameters(recurse=False):
+            owner[f"{mod_name}.{p_name}" if mod_name else p_name] = mod
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in sorted(module.state_dict().items()):
+            if not t.is_floating_point():
+                continue
+            r = torch.randn(t.shape, generator=gen, dtype=torch.float32)
+            mod, leaf = owner.get(name), name.rsplit(".", 1)[-1]
+            if isinstance(mod, _MATRIX_LAYERS) and leaf == "weight":
+                fan_in = t.shape[0] if isinstance(mod, torch.nn.ConvTranspose2d) else int(np.prod(t.shape[1:]))
+                value = r / np.sqrt(fan_in)
+            elif leaf == "bias":
+                value = 0.1 * r
+            elif leaf == "weight" and t.ndim == 1:  # LayerNorm / LayerNorm2d scale
+                value = 1 + 0.1 * r
+            elif "rel_pos" in leaf or leaf == "pos_embed":
+                value = 0.2 * r
+            else:  # embeddings, tokens, the random-Fourier matrix
+                value = r
+            t.copy_(value)
+
+
+def build_official(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
+    """``segment_anything_hq`` ``Sam`` with the structure of ``config``, randomised, in eval mode."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from segment_anything_hq.modeling import (
+            ImageEncoderViT,
+            MaskDecoderHQ,
+            PromptEncoder,
+            Sam,
+            TwoWayTransformer,
+        )
+    enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
+    g = enc.grid_size
+    model = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=enc.img_size, patch_size=enc.patch_size, in_chans=enc.in_chans, embed_dim=enc.embed_dim,
+            depth=enc.depth, num_heads=enc.num_heads, mlp_ratio=enc.mlp_ratio, out_chans=enc.out_chans,
+            qkv_bias=enc.qkv_bias, norm_layer=functools.partial(torch.nn.LayerNorm, eps=enc.layer_norm_eps),
+            use_abs_pos=enc.use_abs_pos, use_rel_pos=enc.use_rel_pos, window_size=enc.window_size,
+            global_attn_indexes=list(enc.global_attn_indexes),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=pe.embed_dim, image_embedding_size=(g, g), input_image_size=(enc.img_size, enc.img_size),
+            mask_in_chans=pe.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoderHQ(
+            transformer_dim=dec.transformer_dim,
+            transformer=TwoWayTransformer(
+                depth=dec.transformer_depth, embedding_dim=dec.transformer_dim, num_heads=dec.transformer_num_heads,
+                mlp_dim=dec.transformer_mlp_dim, attention_downsample_rate=dec.attention_downsample_rate,
+            ),
+            num_multimask_outputs=dec.num_multimask_outputs, iou_head_depth=dec.iou_head_depth,
+            iou_head_hidden_dim=dec.iou_head_hidden_dim, vit_dim=enc.embed_dim,
+        ),
+    )
+    randomize_(model, seed)
+    return model.eval()
+
+
+def hf_config_dict(config: SamHQConfig) -> dict:
+    """transformers ``SamHQConfig`` kwargs describing the structure of ``config``."""
+    enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
+    return dict(
+        vision_config=dict(
+            hidden_size=enc.embed_dim, num_hidden_layers=enc.depth, num_attention_heads=enc.num_heads,
+            global_attn_indexes=list(enc.global_attn_indexes), image_size=enc.img_size, patch_size=enc.patch_size,
+            window_size=enc.window_size, output_channels=enc.out_chans, num_pos_feats=pe.num_pos_feats,
+            mlp_ratio=enc.mlp_ratio, layer_norm_eps=enc.layer_norm_eps,
+        ),
+        prompt_encoder_config=dict(
+            hidden_size=pe.embed_dim, image_size=enc.img_size, patch_size=enc.patch_size,
+            mask_input_channels=pe.mask_in_chans, layer_norm_eps=pe.layer_norm_eps,
+        ),
+        mask_decoder_config=dict(
+            hidden_size=dec.transformer_dim, mlp_dim=dec.transformer_mlp_dim, num_hidden_layers=dec.transformer_depth,
+            num_attention_heads=dec.transformer_num_heads, attention_downsample_rate=dec.attention_downsample_rate,
+            num_multimask_outputs=dec.num_multimask_outputs, iou_head_depth=dec.iou_head_depth,
+            iou_head_hidden_dim=dec.iou_head_hidden_dim, layer_norm_eps=dec.transformer_layer_norm_eps,
+            vit_dim=enc.embed_dim,
+        ),
+    )
+
+
+def build_hf(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
+    """transformers ``SamHQModel`` with the structure of ``config``, randomised, in eval mode."""
+    from transformers import SamHQConfig as HFConfig
+    from transformers import SamHQModel
+
+    model = SamHQModel(HFConfig(**hf_config_dict(config)))
+    randomize_(model, seed)
+    # The random-Fourier matrix is tied in HF: keep both copies equal after randomisation.
+    with torch.no_grad():
+        model.prompt_encoder.shared_embedding.positional_embedding.copy_(
+            model.shared_image_embedding.positional_embedding
+        )
+    return model.eval()

@@ -1,0 +1,190 @@
+"""ViTDet-style image encoder (port of ``segment_anything/modeling/image_encoder.py``).
+
+Patch embedding, absolute position embedding, transformer blocks with windowed or global attention
+and decomposed relative positions, and the convolutional neck. Besides the final embedding it
+returns the *early* feature: the output of the first global-attention block, which SAM-HQ's
+``compress_vit_feat`` fuses into the HQ features.
+
+Layout: NHWC throughout. Intermediates (``patch_embed_out``, every ``blocks_{i}_out``, ``neck_out``) are sown
+into the ``"intermediates"`` collection for stage-by-stage checks.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from samhq_jax.config import ImageEncoderConfig
+from samhq_jax.layers import MLP, Dtype, gelu, layer_norm
+
+
+def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
+    """Split ``(B, H, W, C)`` into ``(B * nH * nW, window, window, C)`` windows, zero-padding H and W.
+
+    Padding goes at the bottom / right, and the padded zeros are ordinary keys and values in the
+    window attention (no mask), exactly as in the PyTorch code. Returns the windows and the padded
+    ``(Hp, Wp)``.
+    """
+    b, h, w, c = x.shape
+    pad_h, pad_w = (-h) % window, (-w) % window
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window, window, wp // window, window, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(
+    windows: jax.Array, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> jax.Array:
+    """Inverse of :func:`window_partition`: ``(B * nH * nW, window, window, C)`` -> ``(B, H, W, C)``."""
+    hp, wp = padded_hw
+    c = windows.shape[-1]
+    x = windows.reshape(-1, hp // window, wp // window, window, window, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, hp, wp, c)[:, : hw[0], : hw[1], :]
+
+
+def relative_position_table(rel_pos: jax.Array, size: int) -> jax.Array:
+    """Gather ``rel_pos[(i - j) + size - 1]`` -> ``(size, size, head_dim)`` for equal query/key sizes."""
+    if rel_pos.shape[0] != 2 * size - 1:
+        raise ValueError(f"rel_pos table has {rel_pos.shape[0]} rows, expected {2 * size - 1} for size {size}")
+    idx = jnp.arange(size)[:, None] - jnp.arange(size)[None, :] + (size - 1)
+    return rel_pos[idx]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a square ``(H, W)`` token map with decomposed rel-pos.
+
+    ``input_size`` is the side of the map the block attends over (the window side, or the full grid for
+    global blocks); it fixes the rel-pos table length ``2 * input_size - 1``.
+    Input / output ``(B, H, W, C)``.
+    """
+
+    dim: int
+    num_heads: int
+    input_size: int
+    qkv_bias: bool = True
+    use_rel_pos: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, _ = x.shape
+        hd = self.dim // self.num_heads
+        qkv = nn.Dense(
+            3 * self.dim, use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv"
+        )(x)
+        # Torch rows of qkv.weight are [q; k; v], each head-major: (B, HW, 3, heads, hd).
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, HW, hd)
+        attn = jnp.einsum("bnqc,bnkc->bnqk", q * hd**-0.5, k)
+        if self.use_rel_pos:
+            size = self.input_size
+            init = nn.initializers.zeros
+            rel_pos_h = self.param("rel_pos_h", init, (2 * size - 1, hd), self.param_dtype)
+            rel_pos_w = self.param("rel_pos_w", init, (2 * size - 1, hd), self.param_dtype)
+            rh = relative_position_table(rel_pos_h, h).astype(q.dtype)
+            rw = relative_position_table(rel_pos_w, w).astype(q.dtype)
+            r_q = q.reshape(b, self.num_heads, h, w, hd)  # the *unscaled* query, as in the reference
+            rel_h = jnp.einsum("bnyxc,ykc->bnyxk", r_q, rh)
+            rel_w = jnp.einsum("bnyxc,xkc->bnyxk", r_q, rw)
+            attn = attn.reshape(b, self.num_heads, h, w, h, w)
+            attn = attn + rel_h[..., :, None] + rel_w[..., None, :]
+            attn = attn.reshape(b, self.num_heads, h * w, h * w)
+        attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
+        out = jnp.einsum("bnqk,bnkc->bqnc", attn, v).reshape(b, h, w, self.dim)
+        return nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``window_size == 0`` means global attention.
+
+    Input / output ``(B, H, W, C)``.
+    """
+
+    config: ImageEncoderConfig
+    window_size: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        shortcut = x
+        x = layer_norm(cfg.layer_norm_eps, name="norm1", **kw)(x)
+        h, w = x.shape[1:3]
+        if self.window_size:
+            x, padded_hw = window_partition(x, self.window_size)
+        attn_size = self.window_size or cfg.grid_size
+        x = Attention(
+            cfg.embed_dim, cfg.num_heads, attn_size, cfg.qkv_bias, cfg.use_rel_pos, name="attn", **kw
+        )(x)
+        if self.window_size:
+            x = window_unpartition(x, self.window_size, padded_hw, (h, w))
+        x = shortcut + x
+        y = layer_norm(cfg.layer_norm_eps, name="norm2", **kw)(x)
+        return x + MLP(cfg.mlp_dim, cfg.embed_dim, 2, activation=gelu, name="mlp", **kw)(y)
+
+
+class Neck(nn.Module):
+    """``Conv1x1 (no bias) -> LayerNorm2d -> Conv3x3 (no bias) -> LayerNorm2d``: C -> out_chans.
+
+    Input ``(B, H, W, C)`` -> output ``(B, H, W, out_chans)``.
+    """
+
+    out_chans: int
+    eps: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.Conv(self.out_chans, (1, 1), use_bias=False, name="conv1", **kw)(x)
+        x = layer_norm(self.eps, name="norm1", **kw)(x)
+        x = nn.Conv(self.out_chans, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="conv2", **kw)(x)
+        return layer_norm(self.eps, name="norm2", **kw)(x)
+
+
+class ImageEncoderViT(nn.Module):
+    """The SAM ViT image encoder with SAM-HQ's early-feature output.
+
+    Args:
+      images: ``(B, img_size, img_size, in_chans)`` normalised, padded pixels, NHWC.
+
+    Returns:
+      ``(embedding, early_feature)``: ``(B, G, G, out_chans)`` and ``(B, G, G, embed_dim)`` with
+      ``G = img_size // patch_size``; ``early_feature`` is the output of block
+      ``config.early_block`` (the first global-attention block).
+    """
+
+    config: ImageEncoderConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        cfg = self.config
+        expected = (cfg.img_size, cfg.img_size, cfg.in_chans)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images must be (B, {', '.join(map(str, expected))}) NHWC, got {images.shape}")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        p = cfg.patch_size
+        x = nn.Conv(cfg.embed_dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed", **kw)(images)
+        self.sow("intermediates", "patch_embed_out", x)
+        if cfg.use_abs_pos:
+            g = cfg.grid_size
+            pos = self.param("pos_embed", nn.initializers.zeros, (1, g, g, cfg.embed_dim), self.param_dtype)
+            x = x + pos.astype(x.dtype)
+        early = None
+        for i in range(cfg.depth):
+            window = 0 if i in cfg.global_attn_indexes else cfg.window_size
+            x = Block(cfg, window, name=f"blocks_{i}", **kw)(x)
+            self.sow("intermediates", f"blocks_{i}_out", x)
+            if i == cfg.early_block:
+                early = x
+        out = Neck(cfg.out_chans, cfg.layer_norm_eps, name="neck", **kw)(x)
+        self.sow("intermediates", "neck_out", out)
+        return out, early

@@ -1,0 +1,172 @@
+"""HQ mask decoder (port of ``segment_anything_hq/modeling/mask_decoder_hq.py``).
+
+SAM's mask decoder plus the three SAM-HQ additions:
+
+* the **HQ output token** (``hq_token``, official name ``hf_token``) with its own hypernetwork MLP
+  (``hq_mlp``, official ``hf_mlp``), appended after SAM's IoU and mask tokens;
+* **global-local fusion**: ``hq_features = embedding_encoder(image_embedding) +
+  compress_vit_feat(early ViT feature)``, computed once per image;
+* ``embedding_maskfeature``, which refines SAM's upscaled mask features per prompt before the
+  fused HQ features are added.
+
+The decoder returns one mask per prompt: the SAM mask picked by the rule below plus the HQ mask
+(a logit sum), or the HQ mask alone with ``hq_token_only``. With ``multimask_output`` the SAM mask
+is the one of the three multimask tokens with the highest predicted IoU, otherwise token 0; the
+returned IoU is SAM's prediction for that token (there is no IoU for the HQ mask).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from samhq_jax.config import MaskDecoderConfig
+from samhq_jax.layers import MLP, ConvTranspose, Dtype, gelu, layer_norm
+from samhq_jax.transformer import TwoWayTransformer
+
+
+class UpscaleStack(nn.Module):
+    """``ConvT2x2 -> LayerNorm2d -> GELU -> ConvT2x2 [-> GELU]``: ``(..., H, W, in)`` -> ``(..., 4H, 4W, out)``.
+
+    ``output_upscaling`` ends with a GELU; ``compress_vit_feat`` and ``embedding_encoder`` do not.
+    """
+
+    mid_features: int
+    out_features: int
+    eps: float
+    final_gelu: bool
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = ConvTranspose(self.mid_features, name="conv1", **kw)(x)
+        x = gelu(layer_norm(self.eps, name="norm", **kw)(x))
+        x = ConvTranspose(self.out_features, name="conv2", **kw)(x)
+        return gelu(x) if self.final_gelu else x
+
+
+class MaskFeatureRefiner(nn.Module):
+    """``embedding_maskfeature``: ``Conv3x3 -> LayerNorm2d -> GELU -> Conv3x3``, C/8 -> C/4 -> C/8."""
+
+    mid_features: int
+    out_features: int
+    eps: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        pad = ((1, 1), (1, 1))
+        x = nn.Conv(self.mid_features, (3, 3), padding=pad, name="conv1", **kw)(x)
+        x = gelu(layer_norm(self.eps, name="norm", **kw)(x))
+        return nn.Conv(self.out_features, (3, 3), padding=pad, name="conv2", **kw)(x)
+
+
+class MaskDecoderHQ(nn.Module):
+    """Predicts one HQ mask and one IoU score per prompt.
+
+    ``vit_dim`` is the ViT width (channels of the early feature).
+    """
+
+    config: MaskDecoderConfig
+    vit_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        cfg = self.config
+        c, m = cfg.transformer_dim, cfg.num_mask_tokens
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        normal = nn.initializers.normal(1.0)
+        self.iou_token = self.param("iou_token", normal, (1, c), self.param_dtype)
+        self.mask_tokens = self.param("mask_tokens", normal, (m, c), self.param_dtype)
+        self.hq_token = self.param("hq_token", normal, (1, c), self.param_dtype)
+        self.transformer = TwoWayTransformer(cfg, **kw)
+        eps = cfg.layer_norm2d_eps
+        self.output_upscaling = UpscaleStack(c // 4, c // 8, eps, final_gelu=True, **kw)
+        hyper = cfg.hypernetwork_depth
+        self.output_hypernetworks_mlps = [
+            MLP(c, c // 8, hyper, **kw) for _ in range(m)
+        ]
+        self.iou_prediction_head = MLP(cfg.iou_head_hidden_dim, m, cfg.iou_head_depth, **kw)
+        self.hq_mlp = MLP(c, c // 8, hyper, **kw)
+        self.compress_vit_feat = UpscaleStack(c, c // 8, eps, final_gelu=False, **kw)
+        self.embedding_encoder = UpscaleStack(c // 4, c // 8, eps, final_gelu=False, **kw)
+        self.embedding_maskfeature = MaskFeatureRefiner(c // 4, c // 8, eps, **kw)
+
+    def hq_features(self, image_embeddings: jax.Array, early_features: jax.Array) -> jax.Array:
+        """Global-local fusion, once per image: ``(B, G, G, C)``, ``(B, G, G, vit_dim)`` -> ``(B, 4G, 4G, C/8)``."""
+        if early_features.shape[-1] != self.vit_dim:
+            raise ValueError(f"early_features must have {self.vit_dim} channels, got {early_features.shape}")
+        return self.embedding_encoder(image_embeddings) + self.compress_vit_feat(early_features)
+
+    def __call__(
+        self,
+        image_embeddings: jax.Array,
+        early_features: jax.Array,
+        image_pe: jax.Array,
+        sparse_embeddings: jax.Array,
+        dense_embeddings: jax.Array,
+        multimask_output: bool,
+        hq_token_only: bool,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Decode P prompts for each of B images.
+
+        Args:
+          image_embeddings: ``(B, G, G, C)`` image encoder output.
+          early_features: ``(B, G, G, vit_dim)`` output of the first global-attention ViT block.
+          image_pe: ``(G, G, C)`` dense positional encoding.
+          sparse_embeddings: ``(B, P, T, C)`` prompt tokens.
+          dense_embeddings: ``(B, P, G, G, C)`` mask-prompt (or no-mask) embeddings.
+          multimask_output: pick the best of the multimask SAM masks (static).
+          hq_token_only: return the HQ mask alone instead of SAM + HQ (static).
+
+        Returns:
+          ``masks (B, P, 1, 4G, 4G)`` float32 low-res logits and ``iou_predictions (B, P, 1)`` float32.
+        """
+        cfg = self.config
+        b, p, t, c = sparse_embeddings.shape
+        g = image_embeddings.shape[1]
+        m = cfg.num_mask_tokens
+        hq_features = self.hq_features(image_embeddings, early_features)  # (B, 4G, 4G, C/8)
+        self.sow("intermediates", "hq_features", hq_features)
+
+        output_tokens = jnp.concatenate([self.iou_token, self.mask_tokens, self.hq_token], axis=0)
+        output_tokens = jnp.broadcast_to(output_tokens.astype(sparse_embeddings.dtype), (b, p, m + 2, c))
+        tokens = jnp.concatenate([output_tokens, sparse_embeddings], axis=2).reshape(b * p, m + 2 + t, c)
+        src = (image_embeddings[:, None] + dense_embeddings).reshape(b * p, g * g, c)
+        pos = image_pe.reshape(1, g * g, c)
+
+        hs, src = self.transformer(src, pos, tokens)
+        self.sow("intermediates", "transformer_out", (hs, src))
+        iou_token_out = hs[:, 0]
+        mask_tokens_out = hs[:, 1 : m + 2]  # SAM mask tokens, then the HQ token
+
+        up_sam = self.output_upscaling(src.reshape(b * p, g, g, c))  # (BP, 4G, 4G, C/8)
+        up_hq = self.embedding_maskfeature(up_sam).reshape(b, p, *up_sam.shape[1:]) + hq_features[:, None]
+        up_hq = up_hq.reshape(up_sam.shape)
+
+        hyper_sam = jnp.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1
+        )  # (BP, M, C/8)
+        hyper_hq = self.hq_mlp(mask_tokens_out[:, m])  # (BP, C/8)
+        f32 = jnp.float32
+        masks_sam = jnp.einsum("nkc,nhwc->nkhw", hyper_sam, up_sam, preferred_element_type=f32)
+        masks_hq = jnp.einsum("nc,nhwc->nhw", hyper_hq, up_hq, preferred_element_type=f32)[:, None]
+        iou_pred = self.iou_prediction_head(iou_token_out).astype(f32)  # (BP, M)
+        self.sow("intermediates", "masks", jnp.concatenate([masks_sam, masks_hq], axis=1))
+        self.sow("intermediates", "iou_pred", iou_pred)
+
+        if multimask_output:
+            best = jnp.argmax(iou_pred[:, 1:], axis=1)[:, None]  # first maximum, like torch.max
+            iou_out = jnp.take_along_axis(iou_pred[:, 1:], best, axis=1)
+            chosen = jnp.take_along_axis(masks_sam[:, 1:], best[:, :, None, None], axis=1)
+        else:
+            iou_out = iou_pred[:, :1]
+            chosen = masks_sam[:, :1]
+        masks = masks_hq if hq_token_only else chosen + masks_hq
+        return masks.reshape(b, p, 1, *masks.shape[2:]), iou_out.reshape(b, p, 1)

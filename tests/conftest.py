@@ -1,0 +1,41 @@
+"""Shared fixtures: seeded, fully randomised PyTorch reference models and their conversions.
+
+Everything runs in fp32 on CPU with ``jax.default_matmul_precision("highest")``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from convert.core import state_dict_to_params
+from eval.reference import build_official
+from samhq_jax.config import SamHQConfig
+
+# Parity bar from the model issue: every stage within 1e-4 of the reference's largest magnitude.
+PARITY_RTOL = 1e-4
+MASK_AGREEMENT = 0.9999
+
+
+# Test-wide: fp32 matmuls at full precision (XLA may otherwise pick faster, lower-precision passes).
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@functools.lru_cache(maxsize=None)
+def official_model_and_params(preset: str, seed: int = 0) -> tuple:
+    """``(torch model, state dict as numpy, our config, our params)`` for a preset, cached per session."""
+    model = build_official(SamHQConfig.preset(preset), seed=seed)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    config, params = state_dict_to_params(state)
+    return model, state, config, params
+
+
+def assert_close(ours: np.ndarray, ref: np.ndarray, what: str, rtol: float = PARITY_RTOL) -> float:
+    """Assert ``max|ours - ref| <= rtol * max|ref|``; returns the achieved relative error."""
+    from eval.parity import relative_error
+
+    err = relative_error(ours, ref)
+    assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.0e}"
+    return err
