@@ -116,9 +116,13 @@ def infer_config(
     :class:`ConversionError` naming the tensor it needed when one is absent.
     """
     needed = [
-        "image_encoder/patch_embed/kernel", "image_encoder/pos_embed", "image_encoder/blocks_0/attn/rel_pos_h",
-        "image_encoder/blocks_0/mlp/layers_0/kernel", "image_encoder/neck/conv1/kernel",
-        "prompt_encoder/mask_downscaling/conv2/kernel", "mask_decoder/mask_tokens",
+        "image_encoder/patch_embed/kernel",
+        "image_encoder/pos_embed",
+        "image_encoder/blocks_0/attn/rel_pos_h",
+        "image_encoder/blocks_0/mlp/layers_0/kernel",
+        "image_encoder/neck/conv1/kernel",
+        "prompt_encoder/mask_downscaling/conv2/kernel",
+        "mask_decoder/mask_tokens",
         "mask_decoder/transformer/layers_0/mlp_lin1/kernel",
         "mask_decoder/transformer/layers_0/cross_attn_token_to_image/q_proj/kernel",
         "mask_decoder/iou_prediction_head/layers_0/kernel",

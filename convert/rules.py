@@ -26,7 +26,7 @@ AS_IS: Perm = None
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template_regex(template: str) -> re.Pattern[str]:
     """``a.{i}.b`` -> a regex matching the whole key with a named integer group per placeholder."""
     parts = _PLACEHOLDER.split(template)

@@ -27,7 +27,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             return {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in f.keys()}
     except (TypeError, ValueError):
         # numpy cannot hold bfloat16; go through torch, which can.
-        torch = _import_torch(path)
+        _import_torch(path)
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k).float().numpy() for k in f.keys()}
 

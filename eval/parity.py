@@ -104,6 +104,55 @@ def official_image_stages(model: torch.nn.Module, images: np.ndarray) -> Arrays:
     return captured
 
 
+def _tensor(a: np.ndarray | None) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _official_decode_one(
+    model: torch.nn.Module, emb: np.ndarray, early: np.ndarray, p: Prompts, multimask: bool, hq_only: bool
+) -> Arrays:
+    """Official prompt encoder + HQ decoder for one image ``(1, G, G, C)`` and its P prompts."""
+    dec = model.mask_decoder
+    got: Arrays = {}
+    points = None if p.points is None else (_tensor(p.points.astype(np.float32)), _tensor(p.labels.astype(np.int64)))
+    masks = None if p.masks is None else _tensor(p.masks.astype(np.float32))[:, None]
+
+    def keep_transformer(_m: torch.nn.Module, _i: tuple, out: tuple) -> None:
+        got["transformer_queries"], got["transformer_keys"] = (o.detach().numpy().copy() for o in out)
+
+    original = dec.predict_masks
+
+    def predict_masks(**kw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        masks_all, iou_all = original(**kw)
+        got["masks_all"], got["iou_all"] = masks_all.numpy().copy(), iou_all.numpy().copy()
+        return masks_all, iou_all
+
+    handle = dec.transformer.register_forward_hook(keep_transformer)
+    dec.predict_masks = predict_masks
+    try:
+        with torch.no_grad():
+            sparse, dense = model.prompt_encoder(points=points, boxes=_tensor(p.boxes), masks=masks)
+            low_res, iou = dec(
+                image_embeddings=_tensor(emb).permute(0, 3, 1, 2),
+                image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+                hq_token_only=hq_only,
+                interm_embeddings=[_tensor(early)],
+            )
+    finally:
+        handle.remove()
+        del dec.predict_masks
+    got.update(
+        sparse_embeddings=sparse.detach().numpy(),
+        dense_embeddings=dense.detach().permute(0, 2, 3, 1).numpy(),
+        low_res_masks=low_res.detach().numpy(),
+        iou_predictions=iou.detach().numpy(),
+    )
+    return got
+
+
 def official_decode_stages(
     model: torch.nn.Module, image_stages: Arrays, prompts: Prompts, multimask_output: bool, hq_token_only: bool
 ) -> Arrays:
@@ -111,49 +160,13 @@ def official_decode_stages(
 
     Returns per-stage arrays stacked to ``(B, P, ...)``.
     """
-    dec = model.mask_decoder
-    per_image: list[Arrays] = []
-    for b in range(image_stages["image_embeddings"].shape[0]):
-        p = prompts.for_image(b)
-        got: Arrays = {}
-        t = lambda a: None if a is None else torch.from_numpy(np.asarray(a))  # noqa: E731
-        points = None if p.points is None else (t(p.points.astype(np.float32)), t(p.labels.astype(np.int64)))
-        masks = None if p.masks is None else t(p.masks.astype(np.float32))[:, None]
-
-        def keep_transformer(_m: torch.nn.Module, _i: tuple, out: tuple) -> None:
-            got["transformer_queries"], got["transformer_keys"] = (o.detach().numpy().copy() for o in out)
-
-        original = dec.predict_masks
-
-        def predict_masks(**kw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            masks_all, iou_all = original(**kw)
-            got["masks_all"], got["iou_all"] = masks_all.numpy().copy(), iou_all.numpy().copy()
-            return masks_all, iou_all
-
-        handle = dec.transformer.register_forward_hook(keep_transformer)
-        dec.predict_masks = predict_masks
-        try:
-            with torch.no_grad():
-                sparse, dense = model.prompt_encoder(points=points, boxes=t(p.boxes), masks=masks)
-                low_res, iou = dec(
-                    image_embeddings=t(image_stages["image_embeddings"][b : b + 1]).permute(0, 3, 1, 2),
-                    image_pe=model.prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=multimask_output,
-                    hq_token_only=hq_token_only,
-                    interm_embeddings=[t(image_stages["early_features"][b : b + 1])],
-                )
-        finally:
-            handle.remove()
-            del dec.predict_masks
-        got.update(
-            sparse_embeddings=sparse.detach().numpy(),
-            dense_embeddings=dense.detach().permute(0, 2, 3, 1).numpy(),
-            low_res_masks=low_res.detach().numpy(),
-            iou_predictions=iou.detach().numpy(),
+    emb, early = image_stages["image_embeddings"], image_stages["early_features"]
+    per_image = [
+        _official_decode_one(
+            model, emb[b : b + 1], early[b : b + 1], prompts.for_image(b), multimask_output, hq_token_only
         )
-        per_image.append(got)
+        for b in range(emb.shape[0])
+    ]
     return {k: np.stack([d[k] for d in per_image]) for k in per_image[0]}
 
 
@@ -191,8 +204,16 @@ def jax_decode_stages(
     @jax.jit
     def run(params: dict, emb: ImageEmbeddings, points, labels, boxes, masks) -> tuple:  # noqa: ANN001
         return model.apply(
-            {"params": params}, emb, points, labels, boxes, masks, multimask_output, hq_token_only,
-            method=SamHQ.decode, mutable=["intermediates"],
+            {"params": params},
+            emb,
+            points,
+            labels,
+            boxes,
+            masks,
+            multimask_output,
+            hq_token_only,
+            method=SamHQ.decode,
+            mutable=["intermediates"],
         )
 
     (low_res, iou), state = run(
@@ -228,7 +249,6 @@ def default_prompts(config: SamHQConfig, b: int, seed: int = 0) -> dict[str, Pro
     labels = np.tile(np.array([1, 0, 1], np.int32), (b, p, 1))
     labels[:, 1, 2] = -1  # one explicit padding point
     corners = np.sort(rng.uniform(0, s - 1, (b, p, 2, 2)), axis=2).astype(np.float32)
-    boxes = corners.reshape(b, p, 4)[..., [0, 2, 1, 3]].copy()  # x0, y0 from the min row, x1, y1 from max
     boxes = np.stack([corners[:, :, 0, 0], corners[:, :, 0, 1], corners[:, :, 1, 0], corners[:, :, 1, 1]], -1)
     masks = (4 * rng.normal(size=(b, p, low, low))).astype(np.float32)
     one_point = points[:, :, :1]
@@ -241,8 +261,10 @@ def default_prompts(config: SamHQConfig, b: int, seed: int = 0) -> dict[str, Pro
 
 
 def main(argv: list[str] | None = None) -> int:
-    from convert.core import params_to_state_dict  # noqa: F401 - imported for the round trip below
-    from convert.core import state_dict_to_params
+    from convert.core import (
+        params_to_state_dict,  # noqa: F401 - imported for the round trip below
+        state_dict_to_params,
+    )
     from eval.reference import build_official
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -8,14 +8,14 @@ overwritten with seeded values of a sensible scale. Needs ``torch`` and ``segmen
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 
 import numpy as np
 import torch
 
-from samhq_jax.config import SamHQConfig
-
+from samhq_jax.config import HF_TRANSFORMER_LN_EPS, SamHQConfig
 
 _MATRIX_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 
@@ -68,24 +68,40 @@ def build_official(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
     g = enc.grid_size
     model = Sam(
         image_encoder=ImageEncoderViT(
-            img_size=enc.img_size, patch_size=enc.patch_size, in_chans=enc.in_chans, embed_dim=enc.embed_dim,
-            depth=enc.depth, num_heads=enc.num_heads, mlp_ratio=enc.mlp_ratio, out_chans=enc.out_chans,
-            qkv_bias=enc.qkv_bias, norm_layer=functools.partial(torch.nn.LayerNorm, eps=enc.layer_norm_eps),
-            use_abs_pos=enc.use_abs_pos, use_rel_pos=enc.use_rel_pos, window_size=enc.window_size,
+            img_size=enc.img_size,
+            patch_size=enc.patch_size,
+            in_chans=enc.in_chans,
+            embed_dim=enc.embed_dim,
+            depth=enc.depth,
+            num_heads=enc.num_heads,
+            mlp_ratio=enc.mlp_ratio,
+            out_chans=enc.out_chans,
+            qkv_bias=enc.qkv_bias,
+            norm_layer=functools.partial(torch.nn.LayerNorm, eps=enc.layer_norm_eps),
+            use_abs_pos=enc.use_abs_pos,
+            use_rel_pos=enc.use_rel_pos,
+            window_size=enc.window_size,
             global_attn_indexes=list(enc.global_attn_indexes),
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=pe.embed_dim, image_embedding_size=(g, g), input_image_size=(enc.img_size, enc.img_size),
+            embed_dim=pe.embed_dim,
+            image_embedding_size=(g, g),
+            input_image_size=(enc.img_size, enc.img_size),
             mask_in_chans=pe.mask_in_chans,
         ),
         mask_decoder=MaskDecoderHQ(
             transformer_dim=dec.transformer_dim,
             transformer=TwoWayTransformer(
-                depth=dec.transformer_depth, embedding_dim=dec.transformer_dim, num_heads=dec.transformer_num_heads,
-                mlp_dim=dec.transformer_mlp_dim, attention_downsample_rate=dec.attention_downsample_rate,
+                depth=dec.transformer_depth,
+                embedding_dim=dec.transformer_dim,
+                num_heads=dec.transformer_num_heads,
+                mlp_dim=dec.transformer_mlp_dim,
+                attention_downsample_rate=dec.attention_downsample_rate,
             ),
-            num_multimask_outputs=dec.num_multimask_outputs, iou_head_depth=dec.iou_head_depth,
-            iou_head_hidden_dim=dec.iou_head_hidden_dim, vit_dim=enc.embed_dim,
+            num_multimask_outputs=dec.num_multimask_outputs,
+            iou_head_depth=dec.iou_head_depth,
+            iou_head_hidden_dim=dec.iou_head_hidden_dim,
+            vit_dim=enc.embed_dim,
         ),
     )
     randomize_(model, seed)
@@ -97,30 +113,50 @@ def hf_config_dict(config: SamHQConfig) -> dict:
     enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
     return dict(
         vision_config=dict(
-            hidden_size=enc.embed_dim, num_hidden_layers=enc.depth, num_attention_heads=enc.num_heads,
-            global_attn_indexes=list(enc.global_attn_indexes), image_size=enc.img_size, patch_size=enc.patch_size,
-            window_size=enc.window_size, output_channels=enc.out_chans, num_pos_feats=pe.num_pos_feats,
-            mlp_ratio=enc.mlp_ratio, layer_norm_eps=enc.layer_norm_eps,
+            hidden_size=enc.embed_dim,
+            num_hidden_layers=enc.depth,
+            num_attention_heads=enc.num_heads,
+            global_attn_indexes=list(enc.global_attn_indexes),
+            image_size=enc.img_size,
+            patch_size=enc.patch_size,
+            window_size=enc.window_size,
+            output_channels=enc.out_chans,
+            num_pos_feats=pe.num_pos_feats,
+            mlp_ratio=enc.mlp_ratio,
+            layer_norm_eps=enc.layer_norm_eps,
         ),
         prompt_encoder_config=dict(
-            hidden_size=pe.embed_dim, image_size=enc.img_size, patch_size=enc.patch_size,
-            mask_input_channels=pe.mask_in_chans, layer_norm_eps=pe.layer_norm_eps,
+            hidden_size=pe.embed_dim,
+            image_size=enc.img_size,
+            patch_size=enc.patch_size,
+            mask_input_channels=pe.mask_in_chans,
+            layer_norm_eps=pe.layer_norm_eps,
         ),
         mask_decoder_config=dict(
-            hidden_size=dec.transformer_dim, mlp_dim=dec.transformer_mlp_dim, num_hidden_layers=dec.transformer_depth,
-            num_attention_heads=dec.transformer_num_heads, attention_downsample_rate=dec.attention_downsample_rate,
-            num_multimask_outputs=dec.num_multimask_outputs, iou_head_depth=dec.iou_head_depth,
-            iou_head_hidden_dim=dec.iou_head_hidden_dim, layer_norm_eps=dec.transformer_layer_norm_eps,
+            hidden_size=dec.transformer_dim,
+            mlp_dim=dec.transformer_mlp_dim,
+            num_hidden_layers=dec.transformer_depth,
+            num_attention_heads=dec.transformer_num_heads,
+            attention_downsample_rate=dec.attention_downsample_rate,
+            num_multimask_outputs=dec.num_multimask_outputs,
+            iou_head_depth=dec.iou_head_depth,
+            iou_head_hidden_dim=dec.iou_head_hidden_dim,
+            layer_norm_eps=dec.transformer_layer_norm_eps,
             vit_dim=enc.embed_dim,
         ),
     )
 
 
 def build_hf(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
-    """transformers ``SamHQModel`` with the structure of ``config``, randomised, in eval mode."""
+    """transformers ``SamHQModel`` with the structure of ``config``, randomised, in eval mode.
+
+    The two-way LayerNorm eps is Hugging Face's (1e-6), as in every HF checkpoint.
+    """
     from transformers import SamHQConfig as HFConfig
     from transformers import SamHQModel
 
+    decoder = dataclasses.replace(config.mask_decoder, transformer_layer_norm_eps=HF_TRANSFORMER_LN_EPS)
+    config = dataclasses.replace(config, mask_decoder=decoder)
     model = SamHQModel(HFConfig(**hf_config_dict(config)))
     randomize_(model, seed)
     # The random-Fourier matrix is tied in HF: keep both copies equal after randomisation.

@@ -104,9 +104,7 @@ class MaskDecoderConfig:
             raise ValueError(f"transformer_dim must be a multiple of 8, got {self.transformer_dim}")
         internal = self.transformer_dim // self.attention_downsample_rate
         if internal % self.transformer_num_heads:
-            raise ValueError(
-                f"cross-attention width {internal} is not divisible by {self.transformer_num_heads} heads"
-            )
+            raise ValueError(f"cross-attention width {internal} is not divisible by {self.transformer_num_heads} heads")
 
     @property
     def num_mask_tokens(self) -> int:
@@ -186,7 +184,12 @@ class SamHQConfig:
     def tiny_b(cls, **decoder_overrides: Any) -> SamHQConfig:
         """Test-size model with ViT-B structure: 4 blocks, global at 1 and 3, head dim 16."""
         enc = ImageEncoderConfig(
-            embed_dim=32, depth=4, num_heads=2, global_attn_indexes=(1, 3), img_size=160, window_size=4,
+            embed_dim=32,
+            depth=4,
+            num_heads=2,
+            global_attn_indexes=(1, 3),
+            img_size=160,
+            window_size=4,
             out_chans=32,
         )
         return cls._tiny("tiny_b", enc, decoder_overrides)
@@ -195,7 +198,12 @@ class SamHQConfig:
     def tiny_l(cls, **decoder_overrides: Any) -> SamHQConfig:
         """Test-size model with ViT-L structure: 6 blocks, global at 2 and 5, 4 heads."""
         enc = ImageEncoderConfig(
-            embed_dim=48, depth=6, num_heads=4, global_attn_indexes=(2, 5), img_size=160, window_size=4,
+            embed_dim=48,
+            depth=6,
+            num_heads=4,
+            global_attn_indexes=(2, 5),
+            img_size=160,
+            window_size=4,
             out_chans=32,
         )
         return cls._tiny("tiny_l", enc, decoder_overrides)
@@ -204,7 +212,12 @@ class SamHQConfig:
     def tiny_h(cls, **decoder_overrides: Any) -> SamHQConfig:
         """Test-size model with ViT-H structure: 8 blocks, global at 3 and 7, head dim 20 (not a power of 2)."""
         enc = ImageEncoderConfig(
-            embed_dim=40, depth=8, num_heads=2, global_attn_indexes=(3, 7), img_size=160, window_size=4,
+            embed_dim=40,
+            depth=8,
+            num_heads=2,
+            global_attn_indexes=(3, 7),
+            img_size=160,
+            window_size=4,
             out_chans=32,
         )
         return cls._tiny("tiny_h", enc, decoder_overrides)

@@ -34,9 +34,7 @@ def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, i
     return x.reshape(-1, window, window, c), (hp, wp)
 
 
-def window_unpartition(
-    windows: jax.Array, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
-) -> jax.Array:
+def window_unpartition(windows: jax.Array, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]) -> jax.Array:
     """Inverse of :func:`window_partition`: ``(B * nH * nW, window, window, C)`` -> ``(B, H, W, C)``."""
     hp, wp = padded_hw
     c = windows.shape[-1]
@@ -118,9 +116,7 @@ class Block(nn.Module):
         if self.window_size:
             x, padded_hw = window_partition(x, self.window_size)
         attn_size = self.window_size or cfg.grid_size
-        x = Attention(
-            cfg.embed_dim, cfg.num_heads, attn_size, cfg.qkv_bias, cfg.use_rel_pos, name="attn", **kw
-        )(x)
+        x = Attention(cfg.embed_dim, cfg.num_heads, attn_size, cfg.qkv_bias, cfg.use_rel_pos, name="attn", **kw)(x)
         if self.window_size:
             x = window_unpartition(x, self.window_size, padded_hw, (h, w))
         x = shortcut + x

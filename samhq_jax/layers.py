@@ -21,9 +21,7 @@ gelu = functools.partial(jax.nn.gelu, approximate=False)
 
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
     """LayerNorm over the last axis with the two-pass variance PyTorch uses (parity at ~1e-7)."""
-    return nn.LayerNorm(
-        epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name
-    )
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class ConvTranspose(nn.Module):

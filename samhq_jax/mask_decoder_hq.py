@@ -89,9 +89,7 @@ class MaskDecoderHQ(nn.Module):
         eps = cfg.layer_norm2d_eps
         self.output_upscaling = UpscaleStack(c // 4, c // 8, eps, final_gelu=True, **kw)
         hyper = cfg.hypernetwork_depth
-        self.output_hypernetworks_mlps = [
-            MLP(c, c // 8, hyper, **kw) for _ in range(m)
-        ]
+        self.output_hypernetworks_mlps = [MLP(c, c // 8, hyper, **kw) for _ in range(m)]
         self.iou_prediction_head = MLP(cfg.iou_head_hidden_dim, m, cfg.iou_head_depth, **kw)
         self.hq_mlp = MLP(c, c // 8, hyper, **kw)
         self.compress_vit_feat = UpscaleStack(c, c // 8, eps, final_gelu=False, **kw)

@@ -21,7 +21,10 @@ LABEL_POSITIVE = 1
 
 
 class MaskDownscaling(nn.Module):
-    """``Conv2x2/2 -> LN2d -> GELU -> Conv2x2/2 -> LN2d -> GELU -> Conv1x1``: ``(..., 4G, 4G)`` -> ``(..., G, G, C)``."""
+    """``Conv2x2/2 -> LN2d -> GELU -> Conv2x2/2 -> LN2d -> GELU -> Conv1x1``.
+
+    ``(..., 4G, 4G)`` mask logits -> ``(..., G, G, C)`` dense embeddings.
+    """
 
     embed_dim: int
     mask_in_chans: int
@@ -62,9 +65,7 @@ class PromptEncoder(nn.Module):
         c = cfg.embed_dim
         normal = nn.initializers.normal(1.0)
         # Random-Fourier matrix; a persistent buffer in PyTorch, a (never trained) parameter here.
-        self.pe_gaussian_matrix = self.param(
-            "pe_gaussian_matrix", normal, (2, cfg.num_pos_feats), self.param_dtype
-        )
+        self.pe_gaussian_matrix = self.param("pe_gaussian_matrix", normal, (2, cfg.num_pos_feats), self.param_dtype)
         self.point_embeddings = [
             self.param(f"point_embeddings_{i}", normal, (1, c), self.param_dtype)
             for i in range(cfg.num_point_embeddings)

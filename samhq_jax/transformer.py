@@ -114,8 +114,11 @@ class TwoWayTransformer(nn.Module):
             self.sow("intermediates", f"layers_{i}_out", (queries, keys))
         q, k = queries + point_embedding, keys + image_pe
         attn = Attention(
-            cfg.transformer_dim, cfg.transformer_num_heads, cfg.attention_downsample_rate,
-            name="final_attn_token_to_image", **kw,
+            cfg.transformer_dim,
+            cfg.transformer_num_heads,
+            cfg.attention_downsample_rate,
+            name="final_attn_token_to_image",
+            **kw,
         )
         queries = queries + attn(q, k, keys)
         queries = layer_norm(cfg.final_attn_layer_norm_eps, name="norm_final_attn", **kw)(queries)

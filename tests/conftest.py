@@ -23,7 +23,7 @@ MASK_AGREEMENT = 0.9999
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def official_model_and_params(preset: str, seed: int = 0) -> tuple:
     """``(torch model, state dict as numpy, our config, our params)`` for a preset, cached per session."""
     model = build_official(SamHQConfig.preset(preset), seed=seed)

@@ -20,12 +20,12 @@ from tests.conftest import official_model_and_params
 from train import hq_labels
 
 
-def _count(tree) -> tuple[int, int]:  # noqa: ANN001
+def _count(tree) -> tuple[int, int]:
     leaves = jax.tree.leaves(tree)
     return len(leaves), sum(int(np.prod(x.shape)) for x in leaves)
 
 
-def _hq_values(tree) -> int:  # noqa: ANN001
+def _hq_values(tree) -> int:
     labels = flatten_dict(hq_labels(tree), sep="/")
     return sum(int(np.prod(v.shape)) for k, v in flatten_dict(tree, sep="/").items() if labels[k] == "train")
 
@@ -50,14 +50,14 @@ def test_hq_parameter_counts(preset: str, hq: int) -> None:
 
 @pytest.mark.parametrize("preset", ["tiny_b", "tiny_h"])
 def test_official_round_trip_is_bit_identical(preset: str) -> None:
-    _, state, config, params = official_model_and_params(preset)
+    _, state, _config, params = official_model_and_params(preset)
     back = params_to_state_dict(params, OFFICIAL)
     assert set(back) == set(state)
     for k, v in state.items():
         assert back[k].shape == v.shape and np.array_equal(back[k], v), k
 
 
-def test_hf_round_trip_and_tied_matrix(tmp_path) -> None:  # noqa: ANN001
+def test_hf_round_trip_and_tied_matrix(tmp_path) -> None:
     model = build_hf(SamHQConfig.tiny_b(), seed=3)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     config, params = state_dict_to_params(state)
@@ -66,9 +66,9 @@ def test_hf_round_trip_and_tied_matrix(tmp_path) -> None:  # noqa: ANN001
     assert set(back) == set(state)
     assert all(np.array_equal(back[k], v) for k, v in state.items())
     untied = dict(state)
-    untied["prompt_encoder.shared_embedding.positional_embedding"] = state[
-        "shared_image_embedding.positional_embedding"
-    ] + 1
+    untied["prompt_encoder.shared_embedding.positional_embedding"] = (
+        state["shared_image_embedding.positional_embedding"] + 1
+    )
     with pytest.raises(ConversionError, match="tied copy"):
         state_dict_to_params(untied)
     only_one = {k: v for k, v in state.items() if k != "prompt_encoder.shared_embedding.positional_embedding"}
@@ -122,7 +122,7 @@ def test_unknown_format_is_refused() -> None:
         state_dict_to_params({"encoder.weight": np.zeros(3)})
 
 
-def test_files_pth_safetensors_and_cli(tmp_path) -> None:  # noqa: ANN001
+def test_files_pth_safetensors_and_cli(tmp_path) -> None:
     from safetensors.numpy import save_file
 
     model, state, config, params = official_model_and_params("tiny_l")
@@ -144,7 +144,7 @@ def test_files_pth_safetensors_and_cli(tmp_path) -> None:  # noqa: ANN001
         assert np.array_equal(np.asarray(a), b)
 
 
-def test_truncated_and_pickled_files_fail_clearly(tmp_path) -> None:  # noqa: ANN001
+def test_truncated_and_pickled_files_fail_clearly(tmp_path) -> None:
     model = official_model_and_params("tiny_b")[0]
     pth = tmp_path / "good.pth"
     torch.save(model.state_dict(), pth)
@@ -156,11 +156,13 @@ def test_truncated_and_pickled_files_fail_clearly(tmp_path) -> None:  # noqa: AN
     torch.save({"x": torch.zeros(1), "f": zipfile.ZipFile}, evil)  # a pickled class, not a tensor
     with pytest.raises(ConversionError, match="cannot read"):
         load_torch_checkpoint(evil)
-    run = subprocess.run([sys.executable, "-m", "convert", str(cut), str(tmp_path / "o")], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "convert", str(cut), str(tmp_path / "o")], capture_output=True, text=True
+    )
     assert run.returncode == 2 and "samhq-convert:" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_hf_folder_and_hub_snapshot(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_hf_folder_and_hub_snapshot(tmp_path, monkeypatch) -> None:
     """A hub repo id resolves offline through a cache laid out like a hub snapshot."""
     model = build_hf(SamHQConfig.tiny_b(), seed=5)
     repo = "syscv-community/sam-hq-tiny-test"

@@ -26,8 +26,14 @@ SCENARIOS = ("points", "boxes", "points+boxes", "mask+point")
 FLAGS = [(m, h) for m in (False, True) for h in (False, True)]
 IMAGE_STAGES = {"patch_embed", "neck", "image_embeddings", "early_features"}
 DECODE_STAGES = {
-    "sparse_embeddings", "dense_embeddings", "transformer_queries", "transformer_keys",
-    "masks_all", "iou_all", "low_res_masks", "iou_predictions",
+    "sparse_embeddings",
+    "dense_embeddings",
+    "transformer_queries",
+    "transformer_keys",
+    "masks_all",
+    "iou_all",
+    "low_res_masks",
+    "iou_predictions",
 }
 
 
@@ -37,7 +43,7 @@ def _encode(preset: str, n_images: int) -> tuple:
     return model, config, params, official_image_stages(model, images), jax_image_stages(config, params, images)
 
 
-def _check_image_stages(config, ref, ours) -> dict[str, float]:  # noqa: ANN001
+def _check_image_stages(config, ref, ours) -> dict[str, float]:
     blocks = {f"blocks_{i}" for i in range(config.image_encoder.depth)}
     assert set(ref) == set(ours) == IMAGE_STAGES | blocks
     errs = compare(ours, ref)
@@ -46,7 +52,7 @@ def _check_image_stages(config, ref, ours) -> dict[str, float]:  # noqa: ANN001
     return errs
 
 
-def _check_decode(model, config, params, ref_img, scenario, multimask, hq_only) -> dict[str, float]:  # noqa: ANN001
+def _check_decode(model, config, params, ref_img, scenario, multimask, hq_only) -> dict[str, float]:
     prompts = default_prompts(config, ref_img["image_embeddings"].shape[0])[scenario]
     ref = official_decode_stages(model, ref_img, prompts, multimask, hq_only)
     ours = jax_decode_stages(config, params, ref_img, prompts, multimask, hq_only)
@@ -78,7 +84,7 @@ def test_decoder_stages(tiny: tuple, scenario: str, multimask: bool, hq_only: bo
 
 def test_prompts_really_differ_between_flags(tiny: tuple) -> None:
     """Guard against a vacuous pass: the four flag combinations give four different outputs."""
-    model, config, params, ref_img, _ = tiny
+    _model, config, params, ref_img, _ = tiny
     prompts = default_prompts(config, 2)["points"]
     outs = [jax_decode_stages(config, params, ref_img, prompts, m, h)["low_res_masks"] for m, h in FLAGS]
     for i in range(len(outs)):

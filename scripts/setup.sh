@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv with samhq-jax and the PyTorch references used by the tests.
+# torch is pinned (never left to a resolver); a second, regressed transformers release goes into
+# .hf-regressed/ for the test that pins transformers' 4.54+ mask bug.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+.venv/bin/python -m pip install -q -e ".[test,hub]"
+.venv/bin/python -m pip install -q --target .hf-regressed --no-deps --upgrade "transformers==4.57.3" "tokenizers==0.22.1"
