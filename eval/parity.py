@@ -52,6 +52,8 @@ def sample_images(config: SamHQConfig, count: int, seed: int = 0) -> np.ndarray:
 
     s = config.img_size
     paths = sorted(IMAGES_DIR.glob("*.*"))
+    if not paths:
+        raise FileNotFoundError(f"no test photos in {IMAGES_DIR} (the shared/ folder beside the repository)")
     rng = np.random.default_rng(seed)
     out = np.zeros((count, s, s, 3), np.float32)
     for i in range(count):
