@@ -1,0 +1,104 @@
+"""Image pre-processing and mask post-processing, numerically equal to the official pipeline
+(``segment_anything/utils/transforms.py`` ``ResizeLongestSide`` and ``Sam.preprocess`` /
+``Sam.postprocess_masks``).
+
+* Resize so the longest side is ``long_side`` with PIL's bilinear filter (what torchvision's
+  ``resize`` does with a PIL image), new sides ``int(side * scale + 0.5)``.
+* Normalise with SAM's pixel mean / std, then zero-pad bottom / right to ``long_side`` squared.
+* Prompt coordinates are scaled from the original frame by ``new / old`` per axis (float64).
+* Low-res logits go back by bilinear resizing (half-pixel centres, no antialias) to
+  ``long_side`` squared, cropping the padding, and bilinear resizing to the original size.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # RGB, 0-255 scale
+PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+MASK_THRESHOLD = 0.0
+
+
+def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """``(new_h, new_w)`` with the longest side ``long_side``, rounded as the reference does."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def to_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
+    """Return ``(H, W, 3)`` uint8 RGB; grayscale ``(H, W)`` / ``(H, W, 1)`` and RGBA are converted.
+
+    Raises ``ValueError`` for anything else (float images, other channel counts, empty images):
+    a silent guess would give a silently wrong mask.
+    """
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 in [0, 255], got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"images must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: {image.shape}")
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(h, w, 3)`` uint8 with ``max(h, w) == long_side`` (PIL bilinear)."""
+    new_h, new_w = preprocess_shape(image.shape[0], image.shape[1], long_side)
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+
+
+def normalize_and_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """``(h, w, 3)`` uint8 -> ``(size, size, 3)`` float32: ``(x - mean) / std``, zero-padded after."""
+    out = np.zeros((size, size, 3), np.float32)
+    h, w = image.shape[:2]
+    out[:h, :w] = (image.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+    return out
+
+
+def preprocess(image: np.ndarray | Image.Image, size: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """Image -> ``(network input (size, size, 3) float32, input_size (h, w), original_size (H, W))``."""
+    rgb = to_rgb_uint8(image)
+    resized = resize_longest_side(rgb, size)
+    return normalize_and_pad(resized, size), resized.shape[:2], rgb.shape[:2]
+
+
+def apply_coords(coords: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
+    """``(..., 2)`` xy pixels in the original image -> the resized frame (float32, computed in float64)."""
+    old_h, old_w = original_size
+    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
+    out = np.array(coords, dtype=np.float64, copy=True)
+    out[..., 0] *= new_w / old_w
+    out[..., 1] *= new_h / old_h
+    return out.astype(np.float32)
+
+
+def apply_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
+    """``(..., 4)`` xyxy boxes in the original image -> the resized frame (float32)."""
+    boxes = np.asarray(boxes)
+    return apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side).reshape(boxes.shape)
+
+
+@partial(jax.jit, static_argnames=("input_size", "original_size", "long_side"))
+def postprocess_masks(
+    low_res: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int], long_side: int
+) -> jax.Array:
+    """``(..., 4G, 4G)`` low-res logits -> ``(..., H, W)`` float32 logits at the original size.
+
+    Bilinear to ``long_side`` squared, crop to ``input_size``, bilinear to ``original_size``; both
+    resizes use half-pixel centres without antialiasing (``F.interpolate(align_corners=False)``).
+    """
+    lead = low_res.shape[:-2]
+    x = jax.image.resize(low_res.astype(jnp.float32), (*lead, long_side, long_side), "bilinear", antialias=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    return jax.image.resize(x, (*lead, *original_size), "bilinear", antialias=False)

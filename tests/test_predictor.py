@@ -1,0 +1,131 @@
+"""End-to-end parity of ``SamHQPredictor`` with the official ``SamPredictor`` on real photos of odd
+sizes (landscape > 2000 px, portrait, tiny), fully randomised weights; batching and input checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval.parity import IMAGES_DIR, mask_agreement
+from samhq_jax.predictor import SamHQPredictor
+from samhq_jax.transforms import preprocess_shape, resize_longest_side
+from tests.conftest import MASK_AGREEMENT, assert_close, official_model_and_params
+
+PRESET = "tiny_h"
+
+
+def _photos() -> dict[str, np.ndarray]:
+    dog = np.asarray(Image.open(IMAGES_DIR / "dog.jpg").convert("RGB"))  # 1365 x 2048, landscape
+    other = np.asarray(Image.open(sorted(Path(IMAGES_DIR).glob("*.png"))[0]).convert("RGB"))
+    return {
+        "landscape_2048": dog,
+        "portrait": np.ascontiguousarray(dog[:, 700:1301]),  # 1365 x 601
+        "tiny_37x23": np.asarray(Image.fromarray(other).resize((23, 37), Image.BILINEAR)),
+    }
+
+
+@pytest.fixture(scope="module")
+def predictors() -> tuple:
+    from segment_anything_hq import SamPredictor
+
+    model, _, config, params = official_model_and_params(PRESET)
+    return SamPredictor(model), SamHQPredictor(config, params)
+
+
+def _prompts(h: int, w: int) -> dict[str, dict]:
+    rng = np.random.default_rng(h * 31 + w)
+    pts = np.stack([rng.uniform(0, w - 1, 3), rng.uniform(0, h - 1, 3)], -1)
+    x0, x1 = sorted(rng.uniform(0, w - 1, 2))
+    y0, y1 = sorted(rng.uniform(0, h - 1, 2))
+    box = np.array([x0, y0, x1, y1])
+    return {
+        "points": dict(point_coords=pts, point_labels=np.array([1, 0, 1])),
+        "box": dict(box=box),
+        "point+box": dict(point_coords=pts[:1], point_labels=np.array([1]), box=box),
+    }
+
+
+@pytest.mark.parametrize("photo", ["landscape_2048", "portrait", "tiny_37x23"])
+def test_matches_official_predictor(predictors: tuple, photo: str) -> None:
+    ref, ours = predictors
+    image = _photos()[photo]
+    ref.set_image(image)
+    ours.set_image(image)
+    assert ours.input_size == tuple(ref.input_size) and ours.original_size == tuple(ref.original_size)
+    h, w = image.shape[:2]
+    for name, prompt in _prompts(h, w).items():
+        for multimask in (False, True):
+            for hq_only in (False, True):
+                what = f"{photo} {name} multimask={multimask} hq_token_only={hq_only}"
+                r = ref.predict(**prompt, multimask_output=multimask, hq_token_only=hq_only, return_logits=True)
+                o = ours.predict(**prompt, multimask_output=multimask, hq_token_only=hq_only, return_logits=True)
+                assert o[0].shape == r[0].shape == (1, h, w) and o[2].shape == r[2].shape
+                assert_close(o[2], r[2], f"{what}: low-res logits")
+                assert_close(o[1], r[1], f"{what}: iou")
+                assert mask_agreement(o[0], r[0]) >= MASK_AGREEMENT, what
+        # Mask input: feed the previous low-res logits back, as the official notebooks do.
+        r = ref.predict(**prompt, mask_input=r[2], multimask_output=False)
+        o = ours.predict(**prompt, mask_input=o[2], multimask_output=False)
+        assert o[0].dtype == np.bool_ and o[0].shape == (1, h, w)
+        assert_close(o[2], r[2], f"{photo} {name} + mask_input: low-res logits")
+        assert mask_agreement(o[0], r[0]) >= MASK_AGREEMENT
+
+
+def test_resize_is_bit_identical_to_official(predictors: tuple) -> None:
+    from segment_anything_hq.utils.transforms import ResizeLongestSide
+
+    for image in _photos().values():
+        ref = ResizeLongestSide(1024).apply_image(image)
+        ours = resize_longest_side(image, 1024)
+        assert ours.shape == ref.shape and np.array_equal(ours, ref)
+    assert preprocess_shape(30, 400, 1024) == (77, 1024)  # hand-derived: 30 * 1024 / 400 = 76.8
+
+
+def test_batched_equals_one_prompt_at_a_time(predictors: tuple) -> None:
+    _, ours = predictors
+    image = _photos()["portrait"]
+    ours.set_image(image)
+    rng = np.random.default_rng(0)
+    h, w = image.shape[:2]
+    boxes = np.sort(rng.uniform(0, [w, h, w, h], (5, 4)).reshape(5, 2, 2), axis=1).reshape(5, 4)
+    masks, iou, low = ours.predict_batch(boxes=boxes, multimask_output=True)
+    assert masks.shape == (5, 1, h, w) and iou.shape == (5, 1) and low.shape[:2] == (5, 1)
+    for i in range(5):
+        m1, i1, l1 = ours.predict(box=boxes[i], multimask_output=True)
+        np.testing.assert_allclose(low[i], l1, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(iou[i], i1, rtol=1e-5, atol=1e-6)
+        assert mask_agreement(masks[i], m1) >= MASK_AGREEMENT
+
+
+def test_input_errors(predictors: tuple) -> None:
+    _, ours = predictors
+    ours.reset_image()
+    with pytest.raises(RuntimeError, match="set_image"):
+        ours.predict(box=np.array([0, 0, 5, 5]))
+    with pytest.raises(ValueError, match="uint8"):
+        ours.set_image(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        ours.set_image(np.zeros((10, 10, 2), np.uint8))
+    with pytest.raises(ValueError, match="image_format"):
+        ours.set_image(np.zeros((10, 10, 3), np.uint8), image_format="HSV")
+    ours.set_image(np.zeros((20, 30, 4), np.uint8))  # RGBA is converted
+    ours.set_image(np.zeros((20, 30), np.uint8))  # grayscale is converted
+    with pytest.raises(ValueError, match=r"point_coords must have shape \(N, 2\)"):
+        ours.predict(point_coords=np.zeros((3,)), point_labels=np.ones(3))
+    with pytest.raises(ValueError, match="point_labels must"):
+        ours.predict(point_coords=np.zeros((2, 2)), point_labels=np.array([1, 2]))
+    with pytest.raises(ValueError, match="point_labels must have shape"):
+        ours.predict(point_coords=np.zeros((2, 2)), point_labels=np.array([1]))
+    with pytest.raises(ValueError, match="together"):
+        ours.predict(point_coords=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="x1 >= x0"):
+        ours.predict(box=np.array([10, 0, 5, 5]))
+    with pytest.raises(ValueError, match="mask_input must have shape"):
+        ours.predict(box=np.array([0, 0, 5, 5]), mask_input=np.zeros((1, 64, 64)))
+    with pytest.raises(ValueError, match="NaN"):
+        ours.predict(box=np.array([0, 0, np.nan, 5]))
+    with pytest.raises(ValueError, match="at least one prompt"):
+        ours.predict()
