@@ -1,9 +1,12 @@
-"""``samhq-convert SRC DST``: PyTorch SAM-HQ weights -> a samhq-jax checkpoint directory.
+"""``samhq-convert SRC DST [--to ours|official|hf]``: convert SAM-HQ weights between formats.
 
-Example::
+SRC is anything ``samhq_jax.load_pretrained`` accepts (our checkpoint directory, an official
+``.pth`` / ``.safetensors`` file, a Hugging Face folder). Examples::
 
-    samhq-convert sam_hq_vit_b.pth checkpoints/vit_b      # official SysCV checkpoint
-    samhq-convert hf_snapshot/ checkpoints/vit_b_hf        # Hugging Face SamHQModel folder
+    samhq-convert sam_hq_vit_b.pth checkpoints/vit_b                     # -> our format
+    samhq-convert hf_snapshot/ checkpoints/vit_b_hf                       # HF folder -> our format
+    samhq-convert checkpoints/vit_b sam_hq_vit_b_ft.pth --to official     # -> official state dict
+    samhq-convert checkpoints/vit_b hf_out/ --to hf                       # -> SamHQModel folder
 """
 
 from __future__ import annotations
@@ -11,29 +14,36 @@ from __future__ import annotations
 import argparse
 import sys
 
+import jax
+import numpy as np
+
 from convert.core import ConversionError
-from convert.sources import load_torch_checkpoint
-from samhq_jax.checkpoint import save_checkpoint
+from convert.export import export_hf, export_official
+from samhq_jax.checkpoint import load_pretrained, save_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="samhq-convert", description=__doc__.split("\n")[0])
     parser.add_argument("src", help="official .pth / .safetensors file, or a Hugging Face SamHQModel folder")
-    parser.add_argument("dst", help="output directory (config.json + model.safetensors)")
+    parser.add_argument("dst", help="output: a directory (ours, hf) or a .pth / .safetensors file (official)")
+    parser.add_argument("--to", choices=("ours", "official", "hf"), default="ours", help="output format")
     args = parser.parse_args(argv)
     try:
-        config, params = load_torch_checkpoint(args.src)
-    except (ConversionError, FileNotFoundError) as err:
+        config, params = load_pretrained(args.src)
+        params = jax.tree.map(np.asarray, params)
+        if args.to == "ours":
+            out = save_checkpoint(args.dst, config, params, source=str(args.src))
+        elif args.to == "official":
+            out = export_official(params, args.dst)
+        else:
+            out = export_hf(config, params, args.dst)
+    except (ConversionError, FileNotFoundError, ValueError) as err:
         print(f"samhq-convert: {err}", file=sys.stderr)
         return 2
-    out = save_checkpoint(args.dst, config, params, source=str(args.src))
-    n = sum(v.size for v in _leaves(params))
-    print(f"converted {args.src} -> {out}: {config.name}, {len(_leaves(params))} tensors, {n:,} values")
+    leaves = jax.tree.leaves(params)
+    n = sum(v.size for v in leaves)
+    print(f"converted {args.src} -> {out} ({args.to}): {config.name}, {len(leaves)} tensors, {n:,} values")
     return 0
-
-
-def _leaves(tree: dict) -> list:
-    return [x for v in tree.values() for x in (_leaves(v) if isinstance(v, dict) else [v])]
 
 
 if __name__ == "__main__":

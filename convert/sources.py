@@ -27,12 +27,12 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             return {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in f.keys()}
     except (TypeError, ValueError):
         # numpy cannot hold bfloat16; go through torch, which can.
-        _import_torch(path)
+        import_torch(path)
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k).float().numpy() for k in f.keys()}
 
 
-def _import_torch(path: Path):  # noqa: ANN202 - the torch module
+def import_torch(path: Path):  # noqa: ANN202 - the torch module
     try:
         import torch
     except ImportError as err:
@@ -42,7 +42,7 @@ def _import_torch(path: Path):  # noqa: ANN202 - the torch module
 
 def read_pth(path: Path) -> dict[str, np.ndarray]:
     """A state dict saved with ``torch.save`` (optionally wrapped in ``{"model": ...}``), safely."""
-    torch = _import_torch(path)
+    torch = import_torch(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickled code, not a torch file at all

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import torch
 
+from convert.hf import hf_config_dict
 from samhq_jax.config import HF_TRANSFORMER_LN_EPS, SamHQConfig
 
 _MATRIX_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
@@ -108,45 +109,6 @@ def build_official(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def hf_config_dict(config: SamHQConfig) -> dict:
-    """transformers ``SamHQConfig`` kwargs describing the structure of ``config``."""
-    enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
-    return dict(
-        vision_config=dict(
-            hidden_size=enc.embed_dim,
-            num_hidden_layers=enc.depth,
-            num_attention_heads=enc.num_heads,
-            global_attn_indexes=list(enc.global_attn_indexes),
-            image_size=enc.img_size,
-            patch_size=enc.patch_size,
-            window_size=enc.window_size,
-            output_channels=enc.out_chans,
-            num_pos_feats=pe.num_pos_feats,
-            mlp_ratio=enc.mlp_ratio,
-            layer_norm_eps=enc.layer_norm_eps,
-        ),
-        prompt_encoder_config=dict(
-            hidden_size=pe.embed_dim,
-            image_size=enc.img_size,
-            patch_size=enc.patch_size,
-            mask_input_channels=pe.mask_in_chans,
-            layer_norm_eps=pe.layer_norm_eps,
-        ),
-        mask_decoder_config=dict(
-            hidden_size=dec.transformer_dim,
-            mlp_dim=dec.transformer_mlp_dim,
-            num_hidden_layers=dec.transformer_depth,
-            num_attention_heads=dec.transformer_num_heads,
-            attention_downsample_rate=dec.attention_downsample_rate,
-            num_multimask_outputs=dec.num_multimask_outputs,
-            iou_head_depth=dec.iou_head_depth,
-            iou_head_hidden_dim=dec.iou_head_hidden_dim,
-            layer_norm_eps=dec.transformer_layer_norm_eps,
-            vit_dim=enc.embed_dim,
-        ),
-    )
-
-
 def build_hf(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
     """transformers ``SamHQModel`` with the structure of ``config``, randomised, in eval mode.
 
@@ -157,7 +119,8 @@ def build_hf(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
 
     decoder = dataclasses.replace(config.mask_decoder, transformer_layer_norm_eps=HF_TRANSFORMER_LN_EPS)
     config = dataclasses.replace(config, mask_decoder=decoder)
-    model = SamHQModel(HFConfig(**hf_config_dict(config)))
+    kwargs = {k: v for k, v in hf_config_dict(config).items() if k != "model_type"}
+    model = SamHQModel(HFConfig(**kwargs))
     randomize_(model, seed)
     # The random-Fourier matrix is tied in HF: keep both copies equal after randomisation.
     with torch.no_grad():
