@@ -32,7 +32,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             return {k: f.get_tensor(k).float().numpy() for k in f.keys()}
 
 
-def import_torch(path: Path):  # noqa: ANN202 - the torch module
+def import_torch(path: Path):
     try:
         import torch
     except ImportError as err:

@@ -18,7 +18,7 @@ from samhq_jax import SamHQ, save_checkpoint
 from tests.conftest import assert_close, official_model_and_params
 
 
-def test_official_to_ours_to_official_is_bit_identical(tmp_path) -> None:  # noqa: ANN001
+def test_official_to_ours_to_official_is_bit_identical(tmp_path) -> None:
     model, _, config, params = official_model_and_params("tiny_l")
     ours = save_checkpoint(tmp_path / "ours", config, params)
     pth, st = tmp_path / "back.pth", tmp_path / "back.safetensors"
@@ -36,7 +36,7 @@ def test_official_to_ours_to_official_is_bit_identical(tmp_path) -> None:  # noq
         assert np.array_equal(from_st[k], v.numpy()), k
 
 
-def test_hf_folder_loads_in_transformers_and_reproduces_us(tmp_path) -> None:  # noqa: ANN001
+def test_hf_folder_loads_in_transformers_and_reproduces_us(tmp_path) -> None:
     from transformers import SamHQModel
 
     _, _, config, params = official_model_and_params("tiny_b")
@@ -56,7 +56,7 @@ def test_hf_folder_loads_in_transformers_and_reproduces_us(tmp_path) -> None:  #
     assert_close(np.asarray(masks), out.pred_masks.numpy(), "masks from the exported HF folder")
 
 
-def test_official_export_refuses_unknown_suffix(tmp_path) -> None:  # noqa: ANN001
+def test_official_export_refuses_unknown_suffix(tmp_path) -> None:
     _, _, _, params = official_model_and_params("tiny_b")
     with pytest.raises(ConversionError, match=".pth"):
         export_official(params, tmp_path / "model.bin")
