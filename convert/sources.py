@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from safetensors import safe_open
@@ -32,7 +33,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             return {k: f.get_tensor(k).float().numpy() for k in f.keys()}
 
 
-def import_torch(path: Path):
+def import_torch(path: Path) -> ModuleType:
+    """The torch module, or a ConversionError saying that reading ``path`` needs it."""
     try:
         import torch
     except ImportError as err:

@@ -8,6 +8,7 @@ from samhq_jax.config import (
     PromptEncoderConfig,
     SamHQConfig,
 )
+from samhq_jax.predictor import SamHQPredictor
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ, init_params, param_shapes
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "PromptEncoderConfig",
     "SamHQ",
     "SamHQConfig",
+    "SamHQPredictor",
     "init_params",
     "load_checkpoint",
     "load_pretrained",

@@ -58,5 +58,5 @@ def test_hf_folder_loads_in_transformers_and_reproduces_us(tmp_path) -> None:
 
 def test_official_export_refuses_unknown_suffix(tmp_path) -> None:
     _, _, _, params = official_model_and_params("tiny_b")
-    with pytest.raises(ConversionError, match=".pth"):
+    with pytest.raises(ConversionError, match=r"\.pth"):
         export_official(params, tmp_path / "model.bin")
