@@ -150,7 +150,9 @@ class SamHQPredictor:
           ``masks (P, 1, H, W)``, ``iou_predictions (P, 1)``, ``low_res_logits (P, 1, 256, 256)``.
         """
         self._require_image()
-        points, labels, boxes, masks = self._check_prompts(point_coords, point_labels, boxes, mask_input)
+        points, labels, boxes, masks = self._check_prompts(
+            point_coords, point_labels, boxes, mask_input, self.original_size
+        )
         p = next(a.shape[0] for a in (points, boxes, masks) if a is not None)
         size = _bucket(p)
         pad = lambda a: None if a is None else jnp.asarray(_pad_prompts(a, size))[None]  # noqa: E731
@@ -169,12 +171,74 @@ class SamHQPredictor:
         full = np.asarray(full)
         return (full if return_logits else full > MASK_THRESHOLD), np.asarray(iou), np.asarray(low_res)
 
+    def predict_images(
+        self,
+        images: list[np.ndarray],
+        prompts: list[dict[str, np.ndarray]],
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        hq_token_only: bool = False,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Several images, each with its own number of prompts, in one compiled encode + decode.
+
+        ``prompts[i]`` holds ``predict_batch`` keyword arguments for ``images[i]``
+        (``point_coords`` / ``point_labels`` / ``boxes`` / ``mask_input``, in that image's pixels).
+        Every image must use the same prompt kinds and, for points, the same points per prompt;
+        prompt counts may differ (they are padded to a common power of two by repeating each
+        image's last prompt). Does not change the image set with :meth:`set_image`.
+
+        Returns, per image, ``(masks (P_i, 1, H_i, W_i), iou (P_i, 1), low_res (P_i, 1, 4G, 4G))``.
+        """
+        if len(images) != len(prompts) or not images:
+            raise ValueError(f"need one prompt dict per image, got {len(images)} images and {len(prompts)}")
+        keys = {frozenset(k for k, v in pr.items() if v is not None) for pr in prompts}
+        if len(keys) != 1:
+            raise ValueError(f"every image must use the same prompt kinds, got {sorted(map(sorted, keys))}")
+        inputs, sizes, checked = [], [], []
+        for image, pr in zip(images, prompts, strict=True):
+            net_input, input_size, original_size = preprocess(image, self.config.img_size)
+            inputs.append(net_input)
+            sizes.append((input_size, original_size))
+            checked.append(
+                self._check_prompts(
+                    pr.get("point_coords"),
+                    pr.get("point_labels"),
+                    pr.get("boxes"),
+                    pr.get("mask_input"),
+                    original_size,
+                )
+            )
+        counts = [next(a.shape[0] for a in c if a is not None) for c in checked]
+        n_points = {c[0].shape[1] for c in checked if c[0] is not None}
+        if len(n_points) > 1:
+            raise ValueError(f"point prompts must have the same number of points in every image, got {n_points}")
+        size = _bucket(max(counts))
+        stacked = [
+            None if checked[0][k] is None else jnp.asarray(np.stack([_pad_prompts(c[k], size) for c in checked]))
+            for k in range(4)
+        ]
+        embeddings = self._embed({"params": self.params}, jnp.asarray(np.stack(inputs)))
+        low_res, iou = self._decode(
+            {"params": self.params},
+            embeddings,
+            *stacked,
+            multimask_output=multimask_output,
+            hq_token_only=hq_token_only,
+        )
+        results = []
+        for b, (p, (input_size, original_size)) in enumerate(zip(counts, sizes, strict=True)):
+            low = low_res[b, :p]
+            full = np.asarray(postprocess_masks(low, input_size, original_size, self.config.img_size))
+            results.append((full if return_logits else full > MASK_THRESHOLD, np.asarray(iou[b, :p]), np.asarray(low)))
+        return results
+
     def _check_prompts(
         self,
         point_coords: np.ndarray | None,
         point_labels: np.ndarray | None,
         boxes: np.ndarray | None,
         mask_input: np.ndarray | None,
+        original_size: tuple[int, int],
     ) -> tuple[np.ndarray | None, ...]:
         """Validate batched prompts and map coordinates into the resized frame."""
         s, low = self.config.img_size, self.config.low_res_mask_size
@@ -192,14 +256,14 @@ class SamHQPredictor:
             bad = sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))
             if bad:
                 raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
-            points, labels = apply_coords(coords, self.original_size, s), labels.astype(np.int32)
+            points, labels = apply_coords(coords, original_size, s), labels.astype(np.int32)
             counts["point_coords"] = coords.shape[0]
         if boxes is not None:
             raw = _as_array(boxes, "boxes", (None, 4))
             flipped = np.nonzero((raw[:, 2] < raw[:, 0]) | (raw[:, 3] < raw[:, 1]))[0]
             if flipped.size:
                 raise ValueError(f"boxes must be x0 y0 x1 y1 with x1 >= x0 and y1 >= y0; bad rows {flipped.tolist()}")
-            boxes = apply_boxes(raw, self.original_size, s)
+            boxes = apply_boxes(raw, original_size, s)
             counts["boxes"] = raw.shape[0]
         if mask_input is not None:
             masks = _as_array(mask_input, "mask_input", (None, 1, low, low))[:, 0]
@@ -215,7 +279,7 @@ def _as_array(a: np.ndarray, name: str, shape: tuple[int | None, ...]) -> np.nda
     """Float32 array of the given shape (None = any size), finite; clear ``ValueError`` otherwise."""
     arr = np.asarray(a, dtype=np.float32)
     if arr.ndim != len(shape) or any(
-        want is not None and got != want for got, want in zip(arr.shape, shape, strict=False)
+        want is not None and got != want for got, want in zip(arr.shape, shape, strict=True)
     ):
         want = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
         raise ValueError(f"{name} must have shape {want}, got {arr.shape}")

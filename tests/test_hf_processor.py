@@ -36,9 +36,13 @@ def test_processor_parity(name: str) -> None:
     np.testing.assert_allclose(apply_coords(np.array(points), (h, w), 1024), ref["input_points"], rtol=1e-6)
     np.testing.assert_allclose(apply_boxes(np.array(boxes), (h, w), 1024), ref["input_boxes"], rtol=1e-6)
     low = np.random.default_rng(0).normal(0, 5, (1, 2, 256, 256)).astype(np.float32)
-    ref_masks = SamImageProcessor().post_process_masks(
-        torch.from_numpy(low[None]), ref["original_sizes"], ref["reshaped_input_sizes"], binarize=False
-    )[0].numpy()
+    ref_masks = (
+        SamImageProcessor()
+        .post_process_masks(
+            torch.from_numpy(low[None]), ref["original_sizes"], ref["reshaped_input_sizes"], binarize=False
+        )[0]
+        .numpy()
+    )
     ours = np.asarray(postprocess_masks(low, input_size, original_size, 1024))
     np.testing.assert_allclose(ours, ref_masks, atol=1e-5 * np.abs(ref_masks).max(), rtol=0)
     assert np.mean((ours > 0) == (ref_masks > 0)) >= 0.9999

@@ -129,3 +129,59 @@ def test_input_errors(predictors: tuple) -> None:
         ours.predict(box=np.array([0, 0, np.nan, 5]))
     with pytest.raises(ValueError, match="at least one prompt"):
         ours.predict()
+
+
+def test_several_images_with_different_prompt_counts(predictors: tuple) -> None:
+    _, ours = predictors
+    photos = _photos()
+    images = [photos["landscape_2048"], photos["tiny_37x23"], photos["portrait"]]
+    rng = np.random.default_rng(3)
+    prompts = []
+    for image, p in zip(images, (3, 1, 2), strict=True):
+        h, w = image.shape[:2]
+        prompts.append(
+            dict(
+                point_coords=rng.uniform(0, [w, h], (p, 2, 2)),
+                point_labels=np.tile(np.array([1, 0]), (p, 1)),
+                boxes=np.sort(rng.uniform(0, [w, h, w, h], (p, 4)).reshape(p, 2, 2), axis=1).reshape(p, 4),
+            )
+        )
+    results = ours.predict_images(images, prompts, multimask_output=False, hq_token_only=True)
+    for image, pr, (masks, iou, low) in zip(images, prompts, results, strict=True):
+        ours.set_image(image)
+        m1, i1, l1 = ours.predict_batch(**pr, multimask_output=False, hq_token_only=True)
+        assert masks.shape == m1.shape == (len(iou), 1, *image.shape[:2])
+        np.testing.assert_allclose(low, l1, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(iou, i1, rtol=1e-5, atol=1e-6)
+        assert mask_agreement(masks, m1) >= MASK_AGREEMENT
+    with pytest.raises(ValueError, match="same prompt kinds"):
+        ours.predict_images(images[:2], [dict(boxes=np.array([[0, 0, 5, 5]])), prompts[1]])
+    with pytest.raises(ValueError, match="same number of points"):
+        ours.predict_images(
+            images[:2],
+            [
+                dict(point_coords=np.zeros((1, 1, 2)), point_labels=np.ones((1, 1))),
+                dict(point_coords=np.zeros((1, 2, 2)), point_labels=np.ones((1, 2))),
+            ],
+        )
+
+
+def test_vit_b_real_size_predictor_matches_official() -> None:
+    """The full 1024-pixel path (resize, pad, encoder, decoder, upsampling) at real size."""
+    from segment_anything_hq import SamPredictor
+
+    model, _, config, params = official_model_and_params("vit_b")
+    ref, ours = SamPredictor(model), SamHQPredictor(config, params)
+    image = _photos()["landscape_2048"]
+    ref.set_image(image)
+    ours.set_image(image)
+    h, w = image.shape[:2]
+    prompts = _prompts(h, w)
+    for name, multimask, hq_only in [("box", False, False), ("points", True, True)]:
+        r = ref.predict(**prompts[name], multimask_output=multimask, hq_token_only=hq_only, return_logits=True)
+        o = ours.predict(**prompts[name], multimask_output=multimask, hq_token_only=hq_only, return_logits=True)
+        err = assert_close(o[2], r[2], f"vit_b {name}: low-res logits")
+        assert_close(o[1], r[1], f"vit_b {name}: iou")
+        agree = mask_agreement(o[0], r[0])
+        assert agree >= MASK_AGREEMENT
+        print(f"\nvit_b predictor {name}: low-res {err:.2e}, full-res mask agreement {100 * agree:.4f}%")
