@@ -66,7 +66,12 @@ def _resolve_hub(repo_id: str) -> Path:
             f"{repo_id!r} is not a local path, and loading from the hub needs huggingface_hub "
             "(pip install 'samhq-jax[hub]')"
         ) from err
-    return Path(snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors", "*.json"]))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors", "*.json"]))
+    except Exception as err:  # offline and not cached, unknown repo, no network
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local path, and the hub repo could not be fetched or found in the cache: {err}"
+        ) from err
 
 
 def load_pretrained(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32) -> tuple[SamHQConfig, dict]:
