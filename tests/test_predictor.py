@@ -67,11 +67,16 @@ def test_matches_official_predictor(predictors: tuple, photo: str) -> None:
                 assert_close(o[1], r[1], f"{what}: iou")
                 assert mask_agreement(o[0], r[0]) >= MASK_AGREEMENT, what
         # Mask input: feed the previous low-res logits back, as the official notebooks do.
-        r = ref.predict(**prompt, mask_input=r[2], multimask_output=False)
-        o = ours.predict(**prompt, mask_input=o[2], multimask_output=False)
-        assert o[0].dtype == np.bool_ and o[0].shape == (1, h, w)
-        assert_close(o[2], r[2], f"{photo} {name} + mask_input: low-res logits")
-        assert mask_agreement(o[0], r[0]) >= MASK_AGREEMENT
+        previous = r[2]
+        for multimask in (False, True):
+            for hq_only in (False, True):
+                what = f"{photo} {name} + mask_input multimask={multimask} hq_token_only={hq_only}"
+                r = ref.predict(**prompt, mask_input=previous, multimask_output=multimask, hq_token_only=hq_only)
+                o = ours.predict(**prompt, mask_input=previous, multimask_output=multimask, hq_token_only=hq_only)
+                assert o[0].dtype == np.bool_ and o[0].shape == (1, h, w)
+                assert_close(o[2], r[2], f"{what}: low-res logits")
+                assert_close(o[1], r[1], f"{what}: iou")
+                assert mask_agreement(o[0], r[0]) >= MASK_AGREEMENT, what
 
 
 def test_resize_is_bit_identical_to_official(predictors: tuple) -> None:
