@@ -21,10 +21,9 @@ import torch
 
 from samhq_jax.config import SamHQConfig
 from samhq_jax.sam_hq import SamHQ
+from samhq_jax.transforms import normalize_and_pad, resize_longest_side, to_rgb_uint8
 
 Arrays = dict[str, np.ndarray]
-PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 IMAGES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
 
@@ -43,10 +42,10 @@ class Prompts:
 
 
 def sample_images(config: SamHQConfig, count: int, seed: int = 0) -> np.ndarray:
-    """``(count, S, S, 3)`` normalised, zero-padded real photos (crops of ``shared/images``) at input size S.
+    """``(count, S, S, 3)`` normalised, zero-padded real photos from ``shared/images`` at input size S.
 
-    The photos are resized to fit S (longest side) with PIL bilinear, normalised with SAM's pixel
-    mean / std and zero-padded bottom / right, like SAM's pre-processing.
+    SAM's pre-processing (longest-side resize, normalise, pad) with a little seeded noise added
+    before normalising, so that every index is a distinct image.
     """
     from PIL import Image
 
@@ -57,12 +56,8 @@ def sample_images(config: SamHQConfig, count: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     out = np.zeros((count, s, s, 3), np.float32)
     for i in range(count):
-        img = Image.open(paths[i % len(paths)]).convert("RGB")
-        scale = s / max(img.size)
-        w, h = max(1, int(img.width * scale + 0.5)), max(1, int(img.height * scale + 0.5))
-        arr = np.asarray(img.resize((w, h), Image.BILINEAR), np.float32)
-        arr = arr + rng.normal(0, 1, arr.shape).astype(np.float32)  # distinct images per index
-        out[i, :h, :w] = (arr - PIXEL_MEAN) / PIXEL_STD
+        resized = resize_longest_side(to_rgb_uint8(Image.open(paths[i % len(paths)])), s).astype(np.float32)
+        out[i] = normalize_and_pad(resized + rng.normal(0, 1, resized.shape).astype(np.float32), s)
     return out
 
 
