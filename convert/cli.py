@@ -15,11 +15,10 @@ import argparse
 import sys
 
 import jax
-import numpy as np
 
 from convert.core import ConversionError
 from convert.export import export_hf, export_official
-from samhq_jax.checkpoint import load_pretrained, save_checkpoint
+from samhq_jax.checkpoint import load_numpy, save_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", choices=("ours", "official", "hf"), default="ours", help="output format")
     args = parser.parse_args(argv)
     try:
-        config, params = load_pretrained(args.src)
-        params = jax.tree.map(np.asarray, params)
+        config, params = load_numpy(args.src)
         if args.to == "ours":
             out = save_checkpoint(args.dst, config, params, source=str(args.src))
         elif args.to == "official":

@@ -74,6 +74,18 @@ def _resolve_hub(repo_id: str) -> Path:
         ) from err
 
 
+def load_numpy(path: str | os.PathLike) -> tuple[SamHQConfig, dict]:
+    """:func:`load_pretrained` with numpy float32 leaves (no device transfer), for conversion tools."""
+    from convert.sources import load_torch_checkpoint
+
+    local = Path(path)
+    if not local.exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/")):
+        local = _resolve_hub(str(path))
+    if local.is_dir() and is_checkpoint_dir(local):
+        return load_checkpoint(local)
+    return load_torch_checkpoint(local)
+
+
 def load_pretrained(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32) -> tuple[SamHQConfig, dict]:
     """Load SAM-HQ weights from any supported source and return ``(config, params)``.
 
@@ -83,13 +95,5 @@ def load_pretrained(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32) -> 
     ``HF_HUB_OFFLINE=1`` to stay offline). Foreign formats are converted on the fly. Parameters are
     returned as jax arrays of ``dtype``.
     """
-    from convert.sources import load_torch_checkpoint
-
-    local = Path(path)
-    if not local.exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/")):
-        local = _resolve_hub(str(path))
-    if local.is_dir() and is_checkpoint_dir(local):
-        config, params = load_checkpoint(local)
-    else:
-        config, params = load_torch_checkpoint(local)
+    config, params = load_numpy(path)
     return config, jax.tree.map(lambda a: jnp.asarray(a, dtype=dtype), params)

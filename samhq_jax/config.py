@@ -167,12 +167,23 @@ class SamHQConfig:
         return cls(enc, mask_decoder=MaskDecoderConfig(**decoder_overrides), name="vit_h")
 
     @classmethod
-    def _tiny(cls, name: str, enc: ImageEncoderConfig, decoder_overrides: dict[str, Any]) -> SamHQConfig:
+    def _tiny(
+        cls, name: str, width: int, depth: int, heads: int, global_blocks: tuple[int, ...], overrides: dict[str, Any]
+    ) -> SamHQConfig:
         # 160 px input, 16 px patches -> 10x10 grid; window 4 pads it to 12 (3x3 windows), so the
         # padded-window path, rel-pos tables of both sizes and every HQ layer are exercised.
         dim = 32
+        enc = ImageEncoderConfig(
+            embed_dim=width,
+            depth=depth,
+            num_heads=heads,
+            global_attn_indexes=global_blocks,
+            img_size=160,
+            window_size=4,
+            out_chans=dim,
+        )
         decoder = dict(transformer_dim=dim, transformer_mlp_dim=64, iou_head_hidden_dim=dim)
-        decoder.update(decoder_overrides)
+        decoder.update(overrides)
         return cls(
             enc,
             prompt_encoder=PromptEncoderConfig(embed_dim=dim, mask_in_chans=4),
@@ -183,44 +194,17 @@ class SamHQConfig:
     @classmethod
     def tiny_b(cls, **decoder_overrides: Any) -> SamHQConfig:
         """Test-size model with ViT-B structure: 4 blocks, global at 1 and 3, head dim 16."""
-        enc = ImageEncoderConfig(
-            embed_dim=32,
-            depth=4,
-            num_heads=2,
-            global_attn_indexes=(1, 3),
-            img_size=160,
-            window_size=4,
-            out_chans=32,
-        )
-        return cls._tiny("tiny_b", enc, decoder_overrides)
+        return cls._tiny("tiny_b", 32, 4, 2, (1, 3), decoder_overrides)
 
     @classmethod
     def tiny_l(cls, **decoder_overrides: Any) -> SamHQConfig:
         """Test-size model with ViT-L structure: 6 blocks, global at 2 and 5, 4 heads."""
-        enc = ImageEncoderConfig(
-            embed_dim=48,
-            depth=6,
-            num_heads=4,
-            global_attn_indexes=(2, 5),
-            img_size=160,
-            window_size=4,
-            out_chans=32,
-        )
-        return cls._tiny("tiny_l", enc, decoder_overrides)
+        return cls._tiny("tiny_l", 48, 6, 4, (2, 5), decoder_overrides)
 
     @classmethod
     def tiny_h(cls, **decoder_overrides: Any) -> SamHQConfig:
         """Test-size model with ViT-H structure: 8 blocks, global at 3 and 7, head dim 20 (not a power of 2)."""
-        enc = ImageEncoderConfig(
-            embed_dim=40,
-            depth=8,
-            num_heads=2,
-            global_attn_indexes=(3, 7),
-            img_size=160,
-            window_size=4,
-            out_chans=32,
-        )
-        return cls._tiny("tiny_h", enc, decoder_overrides)
+        return cls._tiny("tiny_h", 40, 8, 2, (3, 7), decoder_overrides)
 
     @classmethod
     def preset(cls, name: str, **decoder_overrides: Any) -> SamHQConfig:

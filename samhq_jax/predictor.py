@@ -153,23 +153,14 @@ class SamHQPredictor:
         points, labels, boxes, masks = self._check_prompts(
             point_coords, point_labels, boxes, mask_input, self.original_size
         )
-        p = next(a.shape[0] for a in (points, boxes, masks) if a is not None)
-        size = _bucket(p)
-        pad = lambda a: None if a is None else jnp.asarray(_pad_prompts(a, size))[None]  # noqa: E731
-        low_res, iou = self._decode(
-            {"params": self.params},
+        return self._decode_padded(
             self.embeddings,
-            pad(points),
-            pad(labels),
-            pad(boxes),
-            pad(masks),
-            multimask_output=multimask_output,
-            hq_token_only=hq_token_only,
-        )
-        low_res, iou = low_res[0, :p], iou[0, :p]  # (P, 1, 4G, 4G), (P, 1)
-        full = postprocess_masks(low_res, self.input_size, self.original_size, self.config.img_size)
-        full = np.asarray(full)
-        return (full if return_logits else full > MASK_THRESHOLD), np.asarray(iou), np.asarray(low_res)
+            [(points, labels, boxes, masks)],
+            [(self.input_size, self.original_size)],
+            multimask_output,
+            return_logits,
+            hq_token_only,
+        )[0]
 
     def predict_images(
         self,
@@ -208,16 +199,29 @@ class SamHQPredictor:
                     original_size,
                 )
             )
-        counts = [next(a.shape[0] for a in c if a is not None) for c in checked]
         n_points = {c[0].shape[1] for c in checked if c[0] is not None}
         if len(n_points) > 1:
             raise ValueError(f"point prompts must have the same number of points in every image, got {n_points}")
+        embeddings = self._embed({"params": self.params}, jnp.asarray(np.stack(inputs)))
+        return self._decode_padded(embeddings, checked, sizes, multimask_output, return_logits, hq_token_only)
+
+    def _decode_padded(
+        self,
+        embeddings: ImageEmbeddings,
+        checked: list[tuple[np.ndarray | None, ...]],
+        sizes: list[tuple[tuple[int, int], tuple[int, int]]],
+        multimask_output: bool,
+        return_logits: bool,
+        hq_token_only: bool,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Decode checked prompts (one tuple per image), padded to a common power-of-two count, and
+        post-process each image's masks to its own ``(input_size, original_size)``."""
+        counts = [next(a.shape[0] for a in c if a is not None) for c in checked]
         size = _bucket(max(counts))
         stacked = [
             None if checked[0][k] is None else jnp.asarray(np.stack([_pad_prompts(c[k], size) for c in checked]))
             for k in range(4)
         ]
-        embeddings = self._embed({"params": self.params}, jnp.asarray(np.stack(inputs)))
         low_res, iou = self._decode(
             {"params": self.params},
             embeddings,
@@ -227,7 +231,7 @@ class SamHQPredictor:
         )
         results = []
         for b, (p, (input_size, original_size)) in enumerate(zip(counts, sizes, strict=True)):
-            low = low_res[b, :p]
+            low = low_res[b, :p]  # (P, 1, 4G, 4G)
             full = np.asarray(postprocess_masks(low, input_size, original_size, self.config.img_size))
             results.append((full if return_logits else full > MASK_THRESHOLD, np.asarray(iou[b, :p]), np.asarray(low)))
         return results

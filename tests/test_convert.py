@@ -171,7 +171,7 @@ def test_hf_folder_and_hub_snapshot(tmp_path, monkeypatch) -> None:
     (snap.parents[1] / "refs").mkdir()
     (snap.parents[1] / "refs" / "main").write_text("a" * 40)
     expected = {k: v.numpy() for k, v in model.state_dict().items()}
-    cfg_dir, params_dir = load_pretrained(snap)
+    cfg_dir, _ = load_pretrained(snap)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     import huggingface_hub.constants as hc
@@ -182,4 +182,3 @@ def test_hf_folder_and_hub_snapshot(tmp_path, monkeypatch) -> None:
     assert cfg_hub == cfg_dir and cfg_hub.mask_decoder.transformer_layer_norm_eps == 1e-6
     back = params_to_state_dict(jax.tree.map(np.asarray, params_hub), HF)
     assert all(np.array_equal(back[k], v) for k, v in expected.items())
-    del params_dir
