@@ -18,7 +18,7 @@ import jax
 
 from convert.core import ConversionError
 from convert.export import export_hf, export_official
-from samhq_jax.checkpoint import load_numpy, save_checkpoint
+from samhq_jax.checkpoint import read_weights, save_checkpoint, untrained_hq_message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", choices=("ours", "official", "hf"), default="ours", help="output format")
     args = parser.parse_args(argv)
     try:
-        config, params = load_numpy(args.src)
+        weights = read_weights(args.src)
+        config, params = weights.config, weights.params
+        if not weights.hq_trained:
+            print(f"samhq-convert: warning: {untrained_hq_message(args.src)}", file=sys.stderr)
         if args.to == "ours":
-            out = save_checkpoint(args.dst, config, params, source=str(args.src))
+            out = save_checkpoint(args.dst, config, params, source=str(args.src), hq_trained=weights.hq_trained)
         elif args.to == "official":
             out = export_official(params, args.dst)
         else:

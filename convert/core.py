@@ -24,6 +24,7 @@ from samhq_jax.config import (
     PromptEncoderConfig,
     SamHQConfig,
 )
+from samhq_jax.hq_params import is_hq_path
 from samhq_jax.sam_hq import param_shapes
 
 MAX_LISTED = 20  # keys listed per category in an error message
@@ -164,7 +165,7 @@ def infer_config(
             num_multimask_outputs=flat["mask_decoder/mask_tokens"].shape[0] - 1,
             iou_head_depth=_count(flat, "mask_decoder/iou_prediction_head/layers_", "/kernel"),
             iou_head_hidden_dim=flat["mask_decoder/iou_prediction_head/layers_0/kernel"].shape[1],
-            hypernetwork_depth=_count(flat, "mask_decoder/hq_mlp/layers_", "/kernel"),
+            hypernetwork_depth=_count(flat, "mask_decoder/output_hypernetworks_mlps_0/layers_", "/kernel"),
             transformer_layer_norm_eps=transformer_eps or fmt.transformer_layer_norm_eps,
         )
         prompt = PromptEncoderConfig(
@@ -185,12 +186,18 @@ def _name_preset(config: SamHQConfig) -> SamHQConfig:
     return config
 
 
-def check_params(flat: FlatParams, config: SamHQConfig, fmt: SourceFormat | None) -> list[str]:
+def check_params(
+    flat: FlatParams, config: SamHQConfig, fmt: SourceFormat | None, allow_plain_sam: bool = False
+) -> list[str]:
     """Compare flat params with what ``config`` needs; returns missing / extra / mis-shaped listings.
 
-    Keys are named as in ``fmt`` (our own paths when ``fmt`` is None).
+    Keys are named as in ``fmt`` (our own paths when ``fmt`` is None). With ``allow_plain_sam``, a
+    tree without any of the HQ tensors (an original SAM checkpoint) is complete; one with only some
+    of them is not.
     """
     expected = {k: tuple(v.shape) for k, v in flatten_dict(param_shapes(config), sep="/").items()}
+    if allow_plain_sam and not any(is_hq_path(k) for k in flat):
+        expected = {k: v for k, v in expected.items() if not is_hq_path(k)}
     missing = sorted(_torch_name(k, fmt) for k in expected if k not in flat)
     extra = sorted(_torch_name(k, fmt) for k in flat if k not in expected)
     shapes = sorted(
@@ -229,12 +236,16 @@ def state_dict_to_params(
     fmt: SourceFormat | None = None,
     decoder_heads: int = 8,
     transformer_eps: float | None = None,
+    allow_plain_sam: bool = False,
 ) -> tuple[SamHQConfig, dict]:
     """Import a PyTorch state dict (numpy arrays) into ``(config, params)``.
 
     ``config`` defaults to the structure inferred from the weights, which must be one of the presets
     (a checkpoint missing whole blocks is reported against the preset of the same width, never
     loaded as a smaller model); ``fmt`` defaults to the detected format.
+    With ``allow_plain_sam`` an original SAM state dict (``segment-anything``'s ``sam_vit_*.pth``,
+    Hugging Face ``SamModel``) is accepted and returned *without* the HQ parameters; otherwise the
+    25 HQ tensors are required.
     Raises :class:`ConversionError` listing every missing, unexpected and mis-shaped tensor.
     """
     fmt = fmt or detect_format(set(state_dict))
@@ -247,7 +258,7 @@ def state_dict_to_params(
         except ConversionError as err:
             problems.append(str(err))
     if config is not None:
-        problems += check_params(flat, config, fmt)
+        problems += check_params(flat, config, fmt, allow_plain_sam)
     if problems:
         what = f"a {config.name} SAM-HQ model" if config else "a SAM-HQ model"
         raise ConversionError(f"{fmt.name} checkpoint does not fit {what}:\n" + "\n".join(problems))

@@ -57,9 +57,12 @@ def read_pth(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in obj.items()}
 
 
+HF_MODEL_TYPES = ("sam_hq", "sam")  # SamHQModel, and the plain SamModel (no HQ tensors)
+
+
 def is_hf_folder(path: Path) -> bool:
     cfg = path / "config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "sam_hq"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") in HF_MODEL_TYPES
 
 
 def read_hf_folder(path: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -76,15 +79,19 @@ def read_hf_folder(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     raise ConversionError(f"{path} has a SamHQ config.json but neither {HF_WEIGHTS} nor {HF_INDEX}")
 
 
-def load_torch_checkpoint(path: str | Path) -> tuple[SamHQConfig, dict]:
+def load_torch_checkpoint(path: str | Path, allow_plain_sam: bool = False) -> tuple[SamHQConfig, dict]:
     """Import official (``.pth``, ``.pt``, ``.bin``, ``.safetensors``) or Hugging Face weights.
 
-    Returns ``(config, params)`` with numpy float32 leaves.
+    Returns ``(config, params)`` with numpy float32 leaves. With ``allow_plain_sam`` an original SAM
+    checkpoint (``segment-anything`` file, Hugging Face ``SamModel`` folder) is accepted and returned
+    without HQ parameters.
     """
     path = Path(path)
     if path.is_dir():
         if not is_hf_folder(path):
-            raise ConversionError(f"{path} is not a Hugging Face SamHQ folder (config.json with model_type sam_hq)")
+            raise ConversionError(
+                f"{path} is not a Hugging Face SAM-HQ / SAM folder (config.json with model_type sam_hq or sam)"
+            )
         state, hf_config = read_hf_folder(path)
         decoder = hf_config.get("mask_decoder_config", {})
         return state_dict_to_params(
@@ -92,11 +99,12 @@ def load_torch_checkpoint(path: str | Path) -> tuple[SamHQConfig, dict]:
             fmt=HF,
             decoder_heads=decoder.get("num_attention_heads", 8),
             transformer_eps=decoder.get("layer_norm_eps", HF.transformer_layer_norm_eps),
+            allow_plain_sam=allow_plain_sam,
         )
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":
-        return state_dict_to_params(read_safetensors(path))
+        return state_dict_to_params(read_safetensors(path), allow_plain_sam=allow_plain_sam)
     if path.suffix in (".pth", ".pt", ".bin"):
-        return state_dict_to_params(read_pth(path))
+        return state_dict_to_params(read_pth(path), allow_plain_sam=allow_plain_sam)
     raise ConversionError(f"unknown checkpoint type {path.suffix!r}: expected .pth, .pt, .bin or .safetensors")

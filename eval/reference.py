@@ -3,7 +3,7 @@
 The official init leaves ``pos_embed`` and every ``rel_pos_*`` at zero and LayerNorms at 1 / 0,
 which would hide bugs in exactly the parts that are easy to get wrong, so every tensor is
 overwritten with seeded values of a sensible scale. Needs ``torch`` and ``segment-anything-hq``
-(official) or ``transformers`` (Hugging Face).
+(official; ``segment-anything`` for plain SAM) or ``transformers`` (Hugging Face).
 """
 
 from __future__ import annotations
@@ -54,21 +54,39 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
             t.copy_(value)
 
 
-def build_official(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
-    """``segment_anything_hq`` ``Sam`` with the structure of ``config``, randomised, in eval mode."""
+def build_official(config: SamHQConfig, seed: int = 0, plain_sam: bool = False) -> torch.nn.Module:
+    """``segment_anything_hq`` ``Sam`` with the structure of ``config``, randomised, in eval mode.
+
+    With ``plain_sam`` the original SAM of PyPI ``segment-anything`` (``MaskDecoder``, no HQ
+    parts) is built instead; its tensors carry the same names as SAM-HQ's SAM part.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from segment_anything_hq.modeling import (
-            ImageEncoderViT,
-            MaskDecoderHQ,
-            PromptEncoder,
-            Sam,
-            TwoWayTransformer,
-        )
+        if plain_sam:
+            from segment_anything import modeling
+        else:
+            from segment_anything_hq import modeling
     enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
     g = enc.grid_size
-    model = Sam(
-        image_encoder=ImageEncoderViT(
+    decoder_kwargs = dict(
+        transformer_dim=dec.transformer_dim,
+        transformer=modeling.TwoWayTransformer(
+            depth=dec.transformer_depth,
+            embedding_dim=dec.transformer_dim,
+            num_heads=dec.transformer_num_heads,
+            mlp_dim=dec.transformer_mlp_dim,
+            attention_downsample_rate=dec.attention_downsample_rate,
+        ),
+        num_multimask_outputs=dec.num_multimask_outputs,
+        iou_head_depth=dec.iou_head_depth,
+        iou_head_hidden_dim=dec.iou_head_hidden_dim,
+    )
+    if plain_sam:
+        mask_decoder = modeling.MaskDecoder(**decoder_kwargs)
+    else:
+        mask_decoder = modeling.MaskDecoderHQ(**decoder_kwargs, vit_dim=enc.embed_dim)
+    model = modeling.Sam(
+        image_encoder=modeling.ImageEncoderViT(
             img_size=enc.img_size,
             patch_size=enc.patch_size,
             in_chans=enc.in_chans,
@@ -84,26 +102,13 @@ def build_official(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
             window_size=enc.window_size,
             global_attn_indexes=list(enc.global_attn_indexes),
         ),
-        prompt_encoder=PromptEncoder(
+        prompt_encoder=modeling.PromptEncoder(
             embed_dim=pe.embed_dim,
             image_embedding_size=(g, g),
             input_image_size=(enc.img_size, enc.img_size),
             mask_in_chans=pe.mask_in_chans,
         ),
-        mask_decoder=MaskDecoderHQ(
-            transformer_dim=dec.transformer_dim,
-            transformer=TwoWayTransformer(
-                depth=dec.transformer_depth,
-                embedding_dim=dec.transformer_dim,
-                num_heads=dec.transformer_num_heads,
-                mlp_dim=dec.transformer_mlp_dim,
-                attention_downsample_rate=dec.attention_downsample_rate,
-            ),
-            num_multimask_outputs=dec.num_multimask_outputs,
-            iou_head_depth=dec.iou_head_depth,
-            iou_head_hidden_dim=dec.iou_head_hidden_dim,
-            vit_dim=enc.embed_dim,
-        ),
+        mask_decoder=mask_decoder,
     )
     randomize_(model, seed)
     return model.eval()

@@ -13,6 +13,10 @@ The decoder returns one mask per prompt: the SAM mask picked by the rule below p
 (a logit sum), or the HQ mask alone with ``hq_token_only``. With ``multimask_output`` the SAM mask
 is the one of the three multimask tokens with the highest predicted IoU, otherwise token 0; the
 returned IoU is SAM's prediction for that token (there is no IoU for the HQ mask).
+
+``sam_only`` decodes as the original SAM ``MaskDecoder``: the HQ token does not enter the two-way
+transformer (so SAM's tokens are exactly SAM's), no HQ feature is computed, and SAM's masks are
+returned: the three multimask outputs with ``multimask_output``, else the single-mask output.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class MaskDecoderHQ(nn.Module):
         dense_embeddings: jax.Array,
         multimask_output: bool,
         hq_token_only: bool,
+        sam_only: bool = False,
     ) -> tuple[jax.Array, jax.Array]:
         """Decode P prompts for each of B images.
 
@@ -122,42 +127,52 @@ class MaskDecoderHQ(nn.Module):
           dense_embeddings: ``(B, P, G, G, C)`` mask-prompt (or no-mask) embeddings.
           multimask_output: pick the best of the multimask SAM masks (static).
           hq_token_only: return the HQ mask alone instead of SAM + HQ (static).
+          sam_only: decode as the original SAM, without the HQ token (static; see the module doc).
 
         Returns:
-          ``masks (B, P, 1, 4G, 4G)`` float32 low-res logits and ``iou_predictions (B, P, 1)`` float32.
+          ``masks (B, P, K, 4G, 4G)`` float32 low-res logits and ``iou_predictions (B, P, K)`` float32;
+          K = 1, except K = 3 (SAM's multimask outputs) with ``sam_only`` and ``multimask_output``.
         """
         cfg = self.config
         b, p, t, c = sparse_embeddings.shape
         g = image_embeddings.shape[1]
         m = cfg.num_mask_tokens
-        hq_features = self.hq_features(image_embeddings, early_features)  # (B, 4G, 4G, C/8)
-        self.sow("intermediates", "hq_features", hq_features)
-
-        output_tokens = jnp.concatenate([self.iou_token, self.mask_tokens, self.hq_token], axis=0)
-        output_tokens = jnp.broadcast_to(output_tokens.astype(sparse_embeddings.dtype), (b, p, m + 2, c))
-        tokens = jnp.concatenate([output_tokens, sparse_embeddings], axis=2).reshape(b * p, m + 2 + t, c)
+        if sam_only and hq_token_only:
+            raise ValueError("sam_only and hq_token_only exclude each other")
+        output_tokens = [self.iou_token, self.mask_tokens] + ([] if sam_only else [self.hq_token])
+        output_tokens = jnp.concatenate(output_tokens, axis=0)
+        n_out = output_tokens.shape[0]
+        output_tokens = jnp.broadcast_to(output_tokens.astype(sparse_embeddings.dtype), (b, p, n_out, c))
+        tokens = jnp.concatenate([output_tokens, sparse_embeddings], axis=2).reshape(b * p, n_out + t, c)
         src = (image_embeddings[:, None] + dense_embeddings).reshape(b * p, g * g, c)
         pos = image_pe.reshape(1, g * g, c)
 
         hs, src = self.transformer(src, pos, tokens)
         self.sow("intermediates", "transformer_out", (hs, src))
         iou_token_out = hs[:, 0]
-        mask_tokens_out = hs[:, 1 : m + 2]  # SAM mask tokens, then the HQ token
+        mask_tokens_out = hs[:, 1:n_out]  # SAM mask tokens, then the HQ token (unless sam_only)
 
         up_sam = self.output_upscaling(src.reshape(b * p, g, g, c))  # (BP, 4G, 4G, C/8)
-        up_hq = self.embedding_maskfeature(up_sam).reshape(b, p, *up_sam.shape[1:]) + hq_features[:, None]
-        up_hq = up_hq.reshape(up_sam.shape)
-
         hyper_sam = jnp.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1
         )  # (BP, M, C/8)
-        hyper_hq = self.hq_mlp(mask_tokens_out[:, m])  # (BP, C/8)
         f32 = jnp.float32
         masks_sam = jnp.einsum("nkc,nhwc->nkhw", hyper_sam, up_sam, preferred_element_type=f32)
-        masks_hq = jnp.einsum("nc,nhwc->nhw", hyper_hq, up_hq, preferred_element_type=f32)[:, None]
         iou_pred = self.iou_prediction_head(iou_token_out).astype(f32)  # (BP, M)
-        self.sow("intermediates", "masks", jnp.concatenate([masks_sam, masks_hq], axis=1))
         self.sow("intermediates", "iou_pred", iou_pred)
+        if sam_only:
+            self.sow("intermediates", "masks", masks_sam)
+            keep = slice(1, None) if multimask_output else slice(0, 1)
+            masks, iou_out = masks_sam[:, keep], iou_pred[:, keep]
+            return masks.reshape(b, p, *masks.shape[1:]), iou_out.reshape(b, p, -1)
+
+        hq_features = self.hq_features(image_embeddings, early_features)  # (B, 4G, 4G, C/8)
+        self.sow("intermediates", "hq_features", hq_features)
+        up_hq = self.embedding_maskfeature(up_sam).reshape(b, p, *up_sam.shape[1:]) + hq_features[:, None]
+        up_hq = up_hq.reshape(up_sam.shape)
+        hyper_hq = self.hq_mlp(mask_tokens_out[:, m])  # (BP, C/8)
+        masks_hq = jnp.einsum("nc,nhwc->nhw", hyper_hq, up_hq, preferred_element_type=f32)[:, None]
+        self.sow("intermediates", "masks", jnp.concatenate([masks_sam, masks_hq], axis=1))
 
         if multimask_output:
             best = jnp.argmax(iou_pred[:, 1:], axis=1)[:, None]  # first maximum, like torch.max

@@ -49,7 +49,8 @@ class SamHQPredictor:
         self.model = SamHQ(config, dtype=dtype)
         self._embed = jax.jit(partial(self.model.apply, method=SamHQ.embed_image))
         self._decode = jax.jit(
-            partial(self.model.apply, method=SamHQ.decode), static_argnames=("multimask_output", "hq_token_only")
+            partial(self.model.apply, method=SamHQ.decode),
+            static_argnames=("multimask_output", "hq_token_only", "sam_only"),
         )
         self.reset_image()
 
@@ -98,6 +99,7 @@ class SamHQPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         hq_token_only: bool = False,
+        sam_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One prompt, as the official ``SamPredictor.predict``.
 
@@ -109,10 +111,13 @@ class SamHQPredictor:
           multimask_output: add the best of SAM's three multimask outputs (else SAM's single mask).
           return_logits: return logits instead of boolean masks.
           hq_token_only: return the HQ-token mask alone.
+          sam_only: the original SAM's output (HQ token left out): as ``segment-anything``'s
+            ``SamPredictor``, three masks with ``multimask_output``.
 
         Returns:
-          ``masks (1, H, W)`` bool (float32 logits with ``return_logits``), ``iou_predictions (1,)``
-          float32 and ``low_res_logits (1, 256, 256)`` float32.
+          ``masks (K, H, W)`` bool (float32 logits with ``return_logits``), ``iou_predictions (K,)``
+          float32 and ``low_res_logits (K, 256, 256)`` float32; K = 1 (3 with ``sam_only`` and
+          ``multimask_output``).
         """
         self._require_image()
         if point_coords is not None:
@@ -124,7 +129,7 @@ class SamHQPredictor:
         if mask_input is not None:
             mask_input = _as_array(mask_input, "mask_input", (1, None, None))[None]
         masks, iou, low_res = self.predict_batch(
-            point_coords, point_labels, box, mask_input, multimask_output, return_logits, hq_token_only
+            point_coords, point_labels, box, mask_input, multimask_output, return_logits, hq_token_only, sam_only
         )
         return masks[0], iou[0], low_res[0]
 
@@ -137,6 +142,7 @@ class SamHQPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         hq_token_only: bool = False,
+        sam_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """P prompts for the current image in one compiled call.
 
@@ -145,9 +151,10 @@ class SamHQPredictor:
           point_labels: ``(P, N)`` in {1, 0, -1}.
           boxes: ``(P, 4)`` xyxy pixels in the original image.
           mask_input: ``(P, 1, 256, 256)`` low-res logits.
+          Flags as in :meth:`predict`.
 
         Returns:
-          ``masks (P, 1, H, W)``, ``iou_predictions (P, 1)``, ``low_res_logits (P, 1, 256, 256)``.
+          ``masks (P, K, H, W)``, ``iou_predictions (P, K)``, ``low_res_logits (P, K, 256, 256)``.
         """
         self._require_image()
         points, labels, boxes, masks = self._check_prompts(
@@ -160,6 +167,7 @@ class SamHQPredictor:
             multimask_output,
             return_logits,
             hq_token_only,
+            sam_only,
         )[0]
 
     def predict_images(
@@ -169,6 +177,7 @@ class SamHQPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         hq_token_only: bool = False,
+        sam_only: bool = False,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Several images, each with its own number of prompts, in one compiled encode + decode.
 
@@ -203,7 +212,7 @@ class SamHQPredictor:
         if len(n_points) > 1:
             raise ValueError(f"point prompts must have the same number of points in every image, got {n_points}")
         embeddings = self._embed({"params": self.params}, jnp.asarray(np.stack(inputs)))
-        return self._decode_padded(embeddings, checked, sizes, multimask_output, return_logits, hq_token_only)
+        return self._decode_padded(embeddings, checked, sizes, multimask_output, return_logits, hq_token_only, sam_only)
 
     def _decode_padded(
         self,
@@ -213,6 +222,7 @@ class SamHQPredictor:
         multimask_output: bool,
         return_logits: bool,
         hq_token_only: bool,
+        sam_only: bool,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Decode checked prompts (one tuple per image), padded to a common power-of-two count, and
         post-process each image's masks to its own ``(input_size, original_size)``."""
@@ -228,10 +238,11 @@ class SamHQPredictor:
             *stacked,
             multimask_output=multimask_output,
             hq_token_only=hq_token_only,
+            sam_only=sam_only,
         )
         results = []
         for b, (p, (input_size, original_size)) in enumerate(zip(counts, sizes, strict=True)):
-            low = low_res[b, :p]  # (P, 1, 4G, 4G)
+            low = low_res[b, :p]  # (P, K, 4G, 4G)
             full = np.asarray(postprocess_masks(low, input_size, original_size, self.config.img_size))
             results.append((full if return_logits else full > MASK_THRESHOLD, np.asarray(iou[b, :p]), np.asarray(low)))
         return results

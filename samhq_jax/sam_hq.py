@@ -67,6 +67,7 @@ class SamHQ(nn.Module):
         mask_inputs: jax.Array | None = None,
         multimask_output: bool = False,
         hq_token_only: bool = False,
+        sam_only: bool = False,
     ) -> tuple[jax.Array, jax.Array]:
         """Decode P prompts for each of the B encoded images.
 
@@ -78,9 +79,12 @@ class SamHQ(nn.Module):
           mask_inputs: ``(B, P, 4G, 4G)`` low-res logits from an earlier call, or None.
           multimask_output: choose the best of SAM's three multimask outputs (static).
           hq_token_only: return only the HQ-token mask (static).
+          sam_only: decode as the original SAM, HQ token left out (static): SAM's masks, three with
+            ``multimask_output``. The SAM-vs-HQ baseline, and the mode for a plain SAM checkpoint.
 
         Returns:
-          ``low_res_masks (B, P, 1, 4G, 4G)`` float32 logits and ``iou_predictions (B, P, 1)`` float32.
+          ``low_res_masks (B, P, K, 4G, 4G)`` float32 logits and ``iou_predictions (B, P, K)`` float32;
+          K = 1, or 3 with ``sam_only`` and ``multimask_output``.
         """
         b = embeddings.image_embeddings.shape[0]
         batch_shape = _prompt_batch_shape(b, points, labels, boxes, mask_inputs)
@@ -95,6 +99,7 @@ class SamHQ(nn.Module):
             dense.astype(self.dtype),
             multimask_output,
             hq_token_only,
+            sam_only,
         )
 
     def __call__(

@@ -89,6 +89,39 @@ def apply_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: in
     return apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side).reshape(boxes.shape)
 
 
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices ``(i0, i1)`` and weight of ``i1`` for each output index, as PyTorch computes them
+    for ``F.interpolate(mode="bilinear", align_corners=False)`` given an output size (no antialias):
+    ``src = (dst + 0.5) * in / out - 0.5``, clamped below at 0."""
+    scale = np.float64(np.float32(in_size / out_size))
+    # PyTorch evaluates scale * (dst + 0.5) - 0.5 as a fused multiply-add: one rounding to float32.
+    src = (scale * (np.arange(out_size, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize axes 0 and 1 of ``(H, W, ...)`` to ``size = (h, w)``: bilinear, half-pixel centres, no
+    antialias (PyTorch ``F.interpolate(mode="bilinear", align_corners=False)``). Returns float32.
+
+    Separable gathers, so the cost is linear in the output size whatever the scale; the official
+    training and evaluation resize images, labels and logits this way.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    h, w = size
+    if x.ndim < 2 or min(x.shape[:2]) < 1 or h < 1 or w < 1:
+        raise ValueError(f"cannot resize an array of shape {x.shape} to {size}")
+    y0, y1, wy = _linear_taps(x.shape[0], h)
+    x0, x1, wx = _linear_taps(x.shape[1], w)
+    # Along W first, then H, each as (1 - l) * a + l * b: PyTorch's CPU kernel's order of operations.
+    wx = wx.reshape(1, -1, *([1] * (x.ndim - 2)))
+    cols = x[:, x0] * (1 - wx) + x[:, x1] * wx
+    wy = wy.reshape(-1, *([1] * (x.ndim - 1)))
+    return cols[y0] * (1 - wy) + cols[y1] * wy
+
+
 @partial(jax.jit, static_argnames=("input_size", "original_size", "long_side"))
 def postprocess_masks(
     low_res: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int], long_side: int

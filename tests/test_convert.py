@@ -17,7 +17,7 @@ from convert import HF, OFFICIAL, ConversionError, load_torch_checkpoint, params
 from eval.reference import build_hf
 from samhq_jax import SamHQConfig, load_pretrained, param_shapes
 from tests.conftest import official_model_and_params
-from train import hq_labels
+from train.trainable import partition
 
 
 def _count(tree) -> tuple[int, int]:
@@ -26,8 +26,8 @@ def _count(tree) -> tuple[int, int]:
 
 
 def _hq_values(tree) -> int:
-    labels = flatten_dict(hq_labels(tree), sep="/")
-    return sum(int(np.prod(v.shape)) for k, v in flatten_dict(tree, sep="/").items() if labels[k] == "train")
+    trainable, _ = partition(tree, "hq")
+    return sum(int(np.prod(v.shape)) for v in flatten_dict(trainable, sep="/").values())
 
 
 def test_vit_b_counts_equal_official_state_dict() -> None:

@@ -1,0 +1,152 @@
+"""The training step: frozen encoder, trainable subtree, official loss; jitted and sharded.
+
+One code path from one CPU to a multi-host mesh: the batch is sharded on the ``"data"`` axis of a
+1-D mesh over every device, parameters and optimiser state are replicated, and XLA inserts the
+gradient all-reduce. The image encoder runs outside ``jax.grad`` unless a trainable parameter lives
+in it, so frozen SAM costs no gradient memory. Parameters outside the trainable subtree are a
+separate argument that is never updated (bit-identical after training by construction), and the
+optimiser state exists only for the trainable leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from samhq_jax.config import SamHQConfig
+from samhq_jax.hq_params import merge_params
+from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
+from samhq_jax.transforms import PIXEL_MEAN, PIXEL_STD
+from train.loss import loss_masks
+from train.prompts import BOX, NOISE_MASK, POINTS
+
+DATA_AXIS = "data"
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What changes during training: the step, the trainable parameters, their optimiser state."""
+
+    step: jax.Array  # () int32
+    params: Any  # trainable subtree only
+    opt_state: Any
+
+
+def make_optimizer(lr: float, drop_step: int, drop_factor: float = 0.1) -> optax.GradientTransformation:
+    """Adam (betas 0.9 / 0.999, eps 1e-8, no weight decay) with one step decay, as the official
+    ``StepLR(step_size=10 epochs, gamma=0.1)`` over 12 epochs (``drop_step`` in optimiser steps)."""
+    return optax.adam(lr_schedule(lr, drop_step, drop_factor), b1=0.9, b2=0.999, eps=1e-8)
+
+
+def lr_schedule(lr: float, drop_step: int, drop_factor: float = 0.1) -> optax.Schedule:
+    return optax.piecewise_constant_schedule(lr, {drop_step: drop_factor})
+
+
+def init_state(trainable: Any, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable))
+
+
+def normalize(images: jax.Array) -> jax.Array:
+    """``(B, S, S, 3)`` uint8 -> float32 SAM input (``(x - mean) / std``; S x S needs no padding)."""
+    return (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+
+
+def decode_batch(model: SamHQ, params: Any, emb: ImageEmbeddings, batch: Batch, output: str) -> jax.Array:
+    """Decode each example with its own prompt kind: ``(B, 1, 4G, 4G)`` float32 logits.
+
+    Prompt kinds give token sequences of different lengths, so each kind is decoded for the whole
+    batch (static shapes) and every example keeps the output of its own kind (``batch["prompt"]``).
+    ``output``: ``"hq"`` (HQ token alone, the official training target) or ``"sam"`` (SAM's
+    single-mask output without the HQ token, for pre-training a stand-in SAM).
+    """
+    flags = dict(hq_token_only=True) if output == "hq" else dict(sam_only=True)
+    decode = partial(model.apply, {"params": params}, emb, method=SamHQ.decode, multimask_output=False, **flags)
+    points = batch["points"][:, None]
+    by_kind = {
+        BOX: decode(boxes=batch["box"][:, None]),
+        POINTS: decode(points=points, labels=jnp.ones(points.shape[:-1], jnp.int32)),
+        NOISE_MASK: decode(mask_inputs=batch["noise_mask"][:, None]),
+    }
+    kinds = sorted(by_kind)
+    stacked = jnp.stack([by_kind[k][0][:, 0] for k in kinds], axis=0)  # (kinds, B, 1, 4G, 4G)
+    choice = jnp.searchsorted(jnp.asarray(kinds), batch["prompt"])
+    return jnp.take_along_axis(stacked, choice[None, :, None, None, None], axis=0)[0]
+
+
+def make_train_step(
+    config: SamHQConfig,
+    tx: optax.GradientTransformation,
+    *,
+    seed: int,
+    output: str = "hq",
+    encoder_dtype: jnp.dtype = jnp.float32,
+    train_encoder: bool = False,
+) -> Callable[[TrainState, Any, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """``step(state, frozen, batch) -> (state, metrics)`` (not jitted; see :func:`jit_train_step`).
+
+    ``batch``: ``image (B, S, S, 3)`` uint8, ``label (B, S, S)`` float32 0-255, ``box (B, 4)``,
+    ``points (B, 10, 2)``, ``noise_mask (B, 4G, 4G)``, ``prompt (B,)`` int32, ``valid (B,)`` bool
+    (see :mod:`train.data`). The loss randomness is ``fold_in(PRNGKey(seed), step)``: the same on any
+    mesh. ``metrics``: ``loss``, ``loss_mask``, ``loss_dice`` (float32 scalars).
+    """
+    model = SamHQ(config)
+    encoder = SamHQ(config, dtype=encoder_dtype)
+    base_key = jax.random.PRNGKey(seed)
+
+    def embed(params: Any, images: jax.Array) -> ImageEmbeddings:
+        emb = encoder.apply({"params": params}, normalize(images), method=SamHQ.embed_image)
+        return jax.tree.map(lambda x: x.astype(jnp.float32), emb)
+
+    def step(state: TrainState, frozen: Any, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(base_key, state.step)
+        n = batch["image"].shape[0]
+        target = (batch["label"] / 255.0)[:, None]
+        outside = None if train_encoder else embed(merge_params(frozen, state.params), batch["image"])
+
+        def loss_fn(trainable: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+            params = merge_params(frozen, trainable)
+            emb = embed(params, batch["image"]) if train_encoder else outside
+            logits = decode_batch(model, params, emb, batch, output)
+            loss_mask, loss_dice = loss_masks(logits, target, n, key=key, valid=batch["valid"])
+            return loss_mask + loss_dice, (loss_mask, loss_dice)
+
+        (loss, (loss_mask, loss_dice)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        return new, {"loss": loss, "loss_mask": loss_mask, "loss_dice": loss_dice}
+
+    return step
+
+
+def make_mesh() -> Mesh:
+    """1-D mesh over every device of every process, axis ``"data"`` (automatic sharding propagation)."""
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
+    """jit with the batch sharded on ``"data"``, everything else replicated, the state donated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.jit(
+        step, in_shardings=(replicated, replicated, data), out_shardings=(replicated, replicated), donate_argnums=0
+    )
+
+
+def global_batch(local: dict[str, Any], mesh: Mesh) -> Batch:
+    """This process's slice of the global batch (NumPy) -> global arrays sharded on ``"data"``."""
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Put a tree (NumPy or jax leaves, identical on every process) on every device."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree)
