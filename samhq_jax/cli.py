@@ -30,11 +30,14 @@ if TYPE_CHECKING:
 COLORS = np.array([[30, 144, 255], [255, 99, 71], [50, 205, 50], [238, 130, 238], [255, 215, 0]], np.float32)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one line on stderr (exit 2), never a usage dump or a traceback."""
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line on stderr (exit 2), never a usage dump or a traceback.
+
+    Shared by every command of the project (``samhq``, ``samhq-train``, ``samhq-eval``).
+    """
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"samhq: error: {message}\n")
+        self.exit(2, f"{self.prog.split()[0]}: error: {message}\n")
 
 
 def _prompt_arrays(boxes: list, points: list) -> dict:
@@ -130,8 +133,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="samhq", description="SAM-HQ in JAX")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="samhq", description="SAM-HQ in JAX")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser("predict", help="segment an image (or a folder) with box / point prompts")
     p.add_argument("--checkpoint", required=True, help="anything samhq_jax.load_pretrained accepts")
     p.add_argument("--image", help="one image file")

@@ -116,6 +116,7 @@ class MaskDecoderHQ(nn.Module):
         multimask_output: bool,
         hq_token_only: bool,
         sam_only: bool = False,
+        sparse_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Decode P prompts for each of B images.
 
@@ -128,6 +129,9 @@ class MaskDecoderHQ(nn.Module):
           multimask_output: pick the best of the multimask SAM masks (static).
           hq_token_only: return the HQ mask alone instead of SAM + HQ (static).
           sam_only: decode as the original SAM, without the HQ token (static; see the module doc).
+          sparse_mask: optional ``(B, P, T)`` bool; prompt tokens marked False are padding and are
+            ignored exactly (see :class:`TwoWayTransformer`), so prompts of different kinds and
+            lengths can share one call.
 
         Returns:
           ``masks (B, P, K, 4G, 4G)`` float32 low-res logits and ``iou_predictions (B, P, K)`` float32;
@@ -147,7 +151,10 @@ class MaskDecoderHQ(nn.Module):
         src = (image_embeddings[:, None] + dense_embeddings).reshape(b * p, g * g, c)
         pos = image_pe.reshape(1, g * g, c)
 
-        hs, src = self.transformer(src, pos, tokens)
+        token_mask = None
+        if sparse_mask is not None:
+            token_mask = jnp.concatenate([jnp.ones((b, p, n_out), bool), sparse_mask], axis=2).reshape(b * p, -1)
+        hs, src = self.transformer(src, pos, tokens, token_mask)
         self.sow("intermediates", "transformer_out", (hs, src))
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1:n_out]  # SAM mask tokens, then the HQ token (unless sam_only)

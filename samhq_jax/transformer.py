@@ -18,7 +18,8 @@ class Attention(nn.Module):
     """Attention with q/k/v projected to ``internal_dim = dim // downsample_rate``, then back to ``dim``.
 
     ``q (N, Tq, C)``, ``k (N, Tk, C)``, ``v (N, Tk, C)`` -> ``(N, Tq, C)``. Scores are
-    ``q k^T / sqrt(head_dim)`` with the softmax in float32.
+    ``q k^T / sqrt(head_dim)`` with the softmax in float32. ``key_mask (N, Tk)`` bool, if given,
+    removes the keys marked False (at least one key per row must stay).
     """
 
     dim: int
@@ -28,7 +29,7 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         internal = self.dim // self.downsample_rate
         hd = internal // self.num_heads
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -37,7 +38,10 @@ class Attention(nn.Module):
         v = nn.Dense(internal, name="v_proj", **kw)(v)
         split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, hd)  # noqa: E731
         scores = jnp.einsum("nqhc,nkhc->nhqk", split(q), split(k)) / jnp.sqrt(jnp.float32(hd)).astype(q.dtype)
-        attn = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+        scores = scores.astype(jnp.float32)
+        if key_mask is not None:  # padded keys get exactly zero weight: as if they were not there
+            scores = jnp.where(key_mask[:, None, None, :], scores, -jnp.inf)
+        attn = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("nhqk,nkhc->nqhc", attn, split(v)).reshape(*q.shape[:-1], internal)
         return nn.Dense(self.dim, name="out_proj", **kw)(out)
 
@@ -56,7 +60,12 @@ class TwoWayAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(
-        self, queries: jax.Array, keys: jax.Array, query_pe: jax.Array, key_pe: jax.Array
+        self,
+        queries: jax.Array,
+        keys: jax.Array,
+        query_pe: jax.Array,
+        key_pe: jax.Array,
+        token_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -64,10 +73,10 @@ class TwoWayAttentionBlock(nn.Module):
         eps = cfg.transformer_layer_norm_eps
         self_attn = Attention(dim, heads, name="self_attn", **kw)
         if self.skip_first_layer_pe:
-            queries = self_attn(queries, queries, queries)
+            queries = self_attn(queries, queries, queries, token_mask)
         else:
             q = queries + query_pe
-            queries = queries + self_attn(q, q, queries)
+            queries = queries + self_attn(q, q, queries, token_mask)
         queries = layer_norm(eps, name="norm1", **kw)(queries)
 
         q, k = queries + query_pe, keys + key_pe
@@ -79,7 +88,7 @@ class TwoWayAttentionBlock(nn.Module):
         queries = layer_norm(eps, name="norm3", **kw)(queries)
 
         q, k = queries + query_pe, keys + key_pe
-        keys = keys + Attention(dim, heads, rate, name="cross_attn_image_to_token", **kw)(k, q, queries)
+        keys = keys + Attention(dim, heads, rate, name="cross_attn_image_to_token", **kw)(k, q, queries, token_mask)
         keys = layer_norm(eps, name="norm4", **kw)(keys)
         return queries, keys
 
@@ -91,6 +100,9 @@ class TwoWayTransformer(nn.Module):
       image_embedding: ``(N, HW, C)`` image tokens (image embedding plus dense prompt).
       image_pe: ``(N or 1, HW, C)`` positional encoding of the image tokens.
       point_embedding: ``(N, T, C)`` output + prompt tokens (also used as their own PE).
+      token_mask: optional ``(N, T)`` bool; tokens marked False are padding: no token or image
+        position attends to them, so the result for the others equals that of the unpadded
+        sequence (their own outputs are meaningless).
 
     Returns:
       ``(queries (N, T, C), keys (N, HW, C))``.
@@ -102,14 +114,18 @@ class TwoWayTransformer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, image_embedding: jax.Array, image_pe: jax.Array, point_embedding: jax.Array
+        self,
+        image_embedding: jax.Array,
+        image_pe: jax.Array,
+        point_embedding: jax.Array,
+        token_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         queries, keys = point_embedding, image_embedding
         for i in range(cfg.transformer_depth):
             queries, keys = TwoWayAttentionBlock(cfg, i == 0, name=f"layers_{i}", **kw)(
-                queries, keys, point_embedding, image_pe
+                queries, keys, point_embedding, image_pe, token_mask
             )
             self.sow("intermediates", f"layers_{i}_out", (queries, keys))
         q, k = queries + point_embedding, keys + image_pe

@@ -11,7 +11,6 @@ optimiser state exists only for the trainable leaves.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import flax.struct
@@ -59,26 +58,45 @@ def normalize(images: jax.Array) -> jax.Array:
     return (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
 
 
-def decode_batch(model: SamHQ, params: Any, emb: ImageEmbeddings, batch: Batch, output: str) -> jax.Array:
-    """Decode each example with its own prompt kind: ``(B, 1, 4G, 4G)`` float32 logits.
+def decode_batch(module: SamHQ, emb: ImageEmbeddings, batch: Batch, output: str) -> jax.Array:
+    """Decode each example with its own prompt kind in one call: ``(B, 1, 4G, 4G)`` float32 logits.
 
-    Prompt kinds give token sequences of different lengths, so each kind is decoded for the whole
-    batch (static shapes) and every example keeps the output of its own kind (``batch["prompt"]``).
+    Use as ``model.apply(variables, emb, batch, output, method=decode_batch)``. Every example carries
+    all three prompts (``batch["points"]``, ``["box"]``, ``["noise_mask"]``); ``batch["prompt"]``
+    picks one. The sparse tokens of both sparse kinds (10 points plus SAM's padding point, 2 box
+    corners) share one sequence and the tokens of the kinds not picked are masked out of the
+    two-way transformer, which gives exactly the unpadded result; the dense input is the mask
+    embedding for the noisy-mask kind and the learned no-mask embedding otherwise.
     ``output``: ``"hq"`` (HQ token alone, the official training target) or ``"sam"`` (SAM's
     single-mask output without the HQ token, for pre-training a stand-in SAM).
     """
-    flags = dict(hq_token_only=True) if output == "hq" else dict(sam_only=True)
-    decode = partial(model.apply, {"params": params}, emb, method=SamHQ.decode, multimask_output=False, **flags)
-    points = batch["points"][:, None]
-    by_kind = {
-        BOX: decode(boxes=batch["box"][:, None]),
-        POINTS: decode(points=points, labels=jnp.ones(points.shape[:-1], jnp.int32)),
-        NOISE_MASK: decode(mask_inputs=batch["noise_mask"][:, None]),
-    }
-    kinds = sorted(by_kind)
-    stacked = jnp.stack([by_kind[k][0][:, 0] for k in kinds], axis=0)  # (kinds, B, 1, 4G, 4G)
-    choice = jnp.searchsorted(jnp.asarray(kinds), batch["prompt"])
-    return jnp.take_along_axis(stacked, choice[None, :, None, None, None], axis=0)[0]
+    pe = module.prompt_encoder
+    kind = batch["prompt"]
+    points = batch["points"]
+    point_tokens = pe.embed_points(points, jnp.ones(points.shape[:-1], jnp.int32), pad=True)  # (B, N+1, C)
+    box_tokens = pe.embed_boxes(batch["box"])  # (B, 2, C)
+    sparse = jnp.concatenate([point_tokens, box_tokens], axis=1)
+    sparse_mask = jnp.concatenate(
+        [
+            jnp.broadcast_to((kind == POINTS)[:, None], point_tokens.shape[:2]),
+            jnp.broadcast_to((kind == BOX)[:, None], box_tokens.shape[:2]),
+        ],
+        axis=1,
+    )
+    no_mask = pe.no_mask_embed.reshape(1, 1, 1, -1).astype(jnp.float32)
+    dense = jnp.where((kind == NOISE_MASK)[:, None, None, None], pe.mask_downscaling(batch["noise_mask"]), no_mask)
+    masks, _ = module.mask_decoder(
+        emb.image_embeddings,
+        emb.early_features,
+        pe.get_dense_pe(),
+        sparse[:, None],
+        dense[:, None],
+        multimask_output=False,
+        hq_token_only=output == "hq",
+        sam_only=output == "sam",
+        sparse_mask=sparse_mask[:, None],
+    )
+    return masks[:, 0]
 
 
 def make_train_step(
@@ -114,7 +132,7 @@ def make_train_step(
         def loss_fn(trainable: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
             params = merge_params(frozen, trainable)
             emb = embed(params, batch["image"]) if train_encoder else outside
-            logits = decode_batch(model, params, emb, batch, output)
+            logits = model.apply({"params": params}, emb, batch, output, method=decode_batch)
             loss_mask, loss_dice = loss_masks(logits, target, n, key=key, valid=batch["valid"])
             return loss_mask + loss_dice, (loss_mask, loss_dice)
 

@@ -1,0 +1,273 @@
+"""Training: the step decodes every prompt kind exactly, only the trainable subtree moves, a NaN
+stops the run unsaved, the same loss curve on 1 device, 4 devices and 2 processes x 2 devices, and
+a SIGKILLed run resumed with ``--resume`` ends with the parameters of an uninterrupted one.
+
+The runs start from an original SAM checkpoint (seeded random ``segment-anything`` model, tiny
+structure), as the official recipe does, and train on the synthetic thin-structure set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import torch
+from flax.traverse_util import flatten_dict
+from safetensors.numpy import load_file
+
+from eval.reference import build_official
+from samhq_jax.checkpoint import load_pretrained, read_weights
+from samhq_jax.config import SamHQConfig
+from samhq_jax.hq_params import is_hq_path
+from samhq_jax.sam_hq import SamHQ, init_params
+from train.cli import main as train_main
+from train.loop import NonFiniteLossError, TrainConfig, train
+from train.step import decode_batch, normalize
+from train.synthetic import write_synthetic_dataset
+from train.trainable import partition
+
+PRESET = "tiny_b"
+REPO = Path(__file__).resolve().parents[1]
+STEPS, BATCH = 12, 8
+CACHE = Path(os.environ.get("PYTEST_JAX_CACHE", "/tmp/samhq-jax-test-cache"))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("train")
+    sam = build_official(SamHQConfig.preset(PRESET), seed=7, plain_sam=True)
+    torch.save(sam.state_dict(), root / "sam_tiny_b.pth")
+    write_synthetic_dataset(root / "data", 24, size=160, seed=0)
+    write_synthetic_dataset(root / "val", 4, size=160, seed=1)
+    return {"root": root, "sam": root / "sam_tiny_b.pth", "data": root / "data", "val": root / "val"}
+
+
+def _args(setup: dict, output: Path, *extra: str) -> list[str]:
+    return [
+        "--checkpoint", str(setup["sam"]), "--data", str(setup["data"]), "--output", str(output),
+        "--steps", str(STEPS), "--batch-size", str(BATCH), "--save-every", "3", "--log-every", "1",
+        "--val-every", "0", "--seed", "3", *extra,
+    ]  # fmt: skip
+
+
+def _losses(output: Path) -> np.ndarray:
+    lines = [json.loads(s) for s in (output / "metrics.jsonl").read_text().splitlines()]
+    return np.array([[r["step"], r["loss"], r["loss_mask"], r["loss_dice"]] for r in lines if "loss" in r])
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(REPO)
+    # Runs of one device count compile the same step: share it through the persistent cache.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE))
+    return env
+
+
+def _run(args: list[str], devices: int = 1) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args], env=_env(devices), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_one_call_decodes_every_prompt_kind_exactly() -> None:
+    """The step's single mixed-kind decode equals one ``decode`` per kind (padding masked exactly)."""
+    config = SamHQConfig.tiny_h()
+    model, params = SamHQ(config), init_params(config, jax.random.PRNGKey(1))
+    rng = np.random.default_rng(0)
+    b, s, g = 6, config.img_size, config.low_res_mask_size
+    batch = {
+        "image": rng.integers(0, 255, (b, s, s, 3)).astype(np.uint8),
+        "box": np.sort(rng.uniform(0, s, (b, 2, 2)), axis=1).reshape(b, 4).astype(np.float32),
+        "points": rng.uniform(0, s, (b, 10, 2)).astype(np.float32),
+        "noise_mask": (rng.random((b, g, g)) > 0.5).astype(np.float32) * 255,
+        "prompt": np.array([0, 1, 2, 2, 1, 0], np.int32),
+    }
+    variables = {"params": params}
+    emb = model.apply(variables, normalize(batch["image"]), method=SamHQ.embed_image)
+    for output, flags in (("hq", {"hq_token_only": True}), ("sam", {"sam_only": True})):
+        mixed = np.asarray(model.apply(variables, emb, batch, output, method=decode_batch))
+        per_kind = [
+            model.apply(variables, emb, boxes=batch["box"][:, None], method=SamHQ.decode, **flags)[0],
+            model.apply(
+                variables,
+                emb,
+                points=batch["points"][:, None],
+                labels=np.ones((b, 1, 10), np.int32),
+                method=SamHQ.decode,
+                **flags,
+            )[0],
+            model.apply(variables, emb, mask_inputs=batch["noise_mask"][:, None], method=SamHQ.decode, **flags)[0],
+        ]
+        for i, kind in enumerate(batch["prompt"]):
+            ref = np.asarray(per_kind[kind][i, 0])
+            assert np.abs(mixed[i] - ref).max() <= 1e-5 * np.abs(ref).max(), (output, i, kind)
+
+
+def test_trainable_selection_by_path() -> None:
+    params = jax.eval_shape(lambda: init_params(SamHQConfig.tiny_b(), jax.random.PRNGKey(0)))
+    flat = flatten_dict(params, sep="/")
+    hq, frozen = partition(params, "hq")
+    assert set(flatten_dict(hq, sep="/")) == {k for k in flat if is_hq_path(k)} and len(flatten_dict(hq)) == 25
+    assert len(flatten_dict(hq)) + len(flatten_dict(frozen)) == len(flat)
+    decoder, _ = partition(params, "decoder")
+    assert set(flatten_dict(decoder, sep="/")) == {k for k in flat if k.startswith("mask_decoder/")}
+    regex, _ = partition(params, r"^mask_decoder/(hq_mlp|iou_prediction_head)/")
+    assert {k.split("/")[1] for k in flatten_dict(regex, sep="/")} == {"hq_mlp", "iou_prediction_head"}
+    with pytest.raises(ValueError, match="selects no parameter"):
+        partition(params, "^nothing/")
+    with pytest.raises(ValueError, match="no trainable or frozen rule"):
+        partition({**params, "extra": {"w": np.zeros(2)}}, "hq")
+    with pytest.raises(ValueError, match="valid regex"):
+        partition(params, "(")
+
+
+def test_training_moves_only_the_trainable_subtree(setup, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = train(
+        TrainConfig(
+            output=out,
+            checkpoint=str(setup["sam"]),
+            data=(str(setup["data"]),),
+            val_data=(str(setup["val"]),),
+            steps=4,
+            batch_size=4,
+            save_every=2,
+            log_every=1,
+            val_every=4,
+            seed=3,
+        )
+    )
+    start = flatten_dict(read_weights(setup["sam"], hq_seed=3).params, sep="/")
+    end = flatten_dict(result.params, sep="/")
+    assert start.keys() == end.keys()
+    moved = {k for k in start if not np.array_equal(start[k], end[k])}
+    assert {k for k in start if not is_hq_path(k)}.isdisjoint(moved)  # every frozen leaf bit-identical
+    assert len(moved) >= 20, sorted(set(start) - moved)  # (LayerNorm biases may stay put early on)
+    # The optimiser state holds moments for the trainable leaves only.
+    manager = ocp.CheckpointManager((out / "checkpoints").absolute())
+    assert manager.all_steps() == [2, 4]
+    saved = manager.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+    adam = saved.state["opt_state"][0]
+    for moment in (adam["mu"], adam["nu"]):
+        assert set(flatten_dict(moment, sep="/")) == {k for k in start if is_hq_path(k)}
+    assert saved.data["step"] == 4
+    manager.close()
+    # Logs, TensorBoard, validation, and a final model every tool takes.
+    records = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rec = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_rec] == [1, 2, 3, 4]
+    assert {"step", "loss", "loss_mask", "loss_dice", "lr", "examples_per_s"} <= set(train_rec[0])
+    val = [r for r in records if "val/val/hq_miou" in r]
+    assert len(val) == 1 and 0 <= val[0]["val/val/hq_miou"] <= 100
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    config, params = load_pretrained(out / "final")  # no warning: the HQ part is trained now
+    assert config == SamHQConfig.preset(PRESET)
+    np.testing.assert_array_equal(params["mask_decoder"]["hq_token"], end["mask_decoder/hq_token"])
+    hq = load_file(str(out / "final" / "hq_only.safetensors"))
+    assert len(hq) == 25 and "mask_decoder.hf_token.weight" in hq
+    np.testing.assert_array_equal(hq["mask_decoder.hf_token.weight"], end["mask_decoder/hq_token"])
+
+
+def test_non_finite_loss_stops_before_saving(setup, tmp_path) -> None:
+    """An absurd learning rate blows the HQ weights up after step 1; step 2's loss is not finite."""
+    out = tmp_path / "nan"
+    cfg = TrainConfig(
+        output=out, preset=PRESET, data=(str(setup["data"]),), steps=6, batch_size=4, save_every=1, lr=1e30
+    )
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        train(cfg)
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [1]
+    assert not (out / "final").exists()
+
+
+def test_cli_errors_exit_2(setup, tmp_path, capsys) -> None:
+    base = ["--output", str(tmp_path / "o"), "--steps", "1", "--batch-size", "4"]
+    cases = [
+        ["--preset", PRESET, "--data", str(tmp_path / "missing"), *base],
+        ["--checkpoint", str(tmp_path / "nope.pth"), "--data", str(setup["data"]), *base],
+        ["--preset", "vit_z", "--data", str(setup["data"]), *base],
+        ["--preset", PRESET, *base],
+        ["--preset", PRESET, "--data", str(setup["data"]), *base, "--trainable", "("],
+        ["--preset", PRESET, "--data", str(setup["data"]), "--lr", "-1", *base],
+        ["--preset", PRESET, "--data", str(setup["data"]), "--batch-size", "100", "--output", str(tmp_path / "o")],
+        ["--preset", PRESET, "--bogus"],
+    ]
+    for argv in cases:
+        assert train_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("samhq-train: error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_same_loss_curve_on_1_and_4_devices_and_2_processes(setup, tmp_path) -> None:
+    one, four = tmp_path / "one", tmp_path / "four"
+    for output, devices in ((one, 1), (four, 4)):
+        proc = _run(_args(setup, output), devices)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = tmp_path / "two"
+    distributed = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "train", *_args(setup, two), *distributed, "--process-id", str(i)],
+            env=_env(2),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
+    ref = _losses(one)
+    assert ref.shape == (STEPS, 4) and ref[-1, 1] < ref[0, 1]
+    for other in (four, two):
+        got = _losses(other)
+        np.testing.assert_array_equal(got[:, 0], ref[:, 0])
+        np.testing.assert_allclose(got[:, 1:], ref[:, 1:], rtol=2e-4, atol=1e-6)
+    a = load_file(str(one / "final" / "model.safetensors"))
+    for other in (four, two):  # Adam normalises tiny reduction-order differences of near-zero gradients
+        b = load_file(str(other / "final" / "model.safetensors"))
+        assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-4
+
+
+def test_sigkill_then_resume_equals_uninterrupted(setup, tmp_path) -> None:
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    proc = _run(_args(setup, ref, "--steps", "30"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "train", *_args(setup, cut, "--steps", "30")],
+        env=_env(1),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (cut / "checkpoints" / "6").is_dir() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (cut / "final").exists()
+    assert _run(_args(setup, cut, "--steps", "30")).returncode == 2  # refuses to overwrite without --resume
+    proc = _run(_args(setup, cut, "--steps", "30", "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(ref / "final" / "model.safetensors"))
+    b = load_file(str(cut / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
