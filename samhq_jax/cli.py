@@ -4,6 +4,7 @@
     samhq predict --checkpoint ckpt/ --image dog.jpg --point 500 600 1 --point 200 100 0 --output out/
     samhq predict --checkpoint ckpt/ --images photos/ --prompts prompts.jsonl --output out/
     samhq convert SRC DST [--to ours|official|hf]
+    samhq demo --output demo/     # offline: synthetic data, stand-in SAM, HQ fine-tuning, SAM vs HQ evaluation
 
 Each ``--box`` is one prompt (all boxes are decoded in one call); the ``--point x y label`` triples
 form one point set, added to every box (or used alone). For a folder, each line of the JSON-lines
@@ -132,6 +133,23 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from train.demo import DemoConfig, run_demo
+
+    run_demo(
+        DemoConfig(
+            output=Path(args.output),
+            preset=args.preset,
+            train_images=args.train_images,
+            val_images=args.val_images,
+            sam_steps=args.sam_steps,
+            hq_steps=args.hq_steps,
+            seed=args.seed,
+        )
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="samhq", description="SAM-HQ in JAX")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -146,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--multimask", action="store_true", help="add the best of SAM's three masks")
     p.add_argument("--output", required=True, help="output folder")
     sub.add_parser("convert", help="convert weights between formats (see samhq-convert --help)", add_help=False)
+    d = sub.add_parser("demo", help="offline: train a stand-in SAM and its HQ part on synthetic data, evaluate")
+    d.add_argument("--output", required=True, help="output folder (data, runs, evaluation, pictures)")
+    d.add_argument("--preset", default="tiny_b", help="model size (a preset name)")
+    d.add_argument("--train-images", type=int, default=240)
+    d.add_argument("--val-images", type=int, default=24)
+    d.add_argument("--sam-steps", type=int, default=400, help="steps of the stand-in SAM (every parameter)")
+    d.add_argument("--hq-steps", type=int, default=300, help="steps of HQ fine-tuning (SAM frozen)")
+    d.add_argument("--seed", type=int, default=0)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["convert"]:
         from convert.cli import main as convert_main
@@ -153,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return convert_main(argv[1:])
     args = parser.parse_args(argv)
     try:
+        if args.command == "demo":
+            return _demo(args)
         return _predict(args)
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"samhq: error: {err}", file=sys.stderr)
