@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("samhq-train: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # libraries that configure the root logger would print it twice
     from convert.core import ConversionError
     from train.loop import NonFiniteLossError, TrainConfig, train
 
