@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from pathlib import Path
 
-from train.loop import TrainConfig, train
+from samhq_jax.datasets import folder_pairs
+from train.loop import TrainConfig, train, validate
 from train.synthetic import write_synthetic_dataset
 
 
@@ -53,7 +55,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     train_dir = write_synthetic_dataset(out / "data" / "train", cfg.train_images, size=size, seed=cfg.seed)
     val_dir = write_synthetic_dataset(out / "data" / "val", cfg.val_images, size=size, seed=cfg.seed + 1)
 
-    common = dict(data=(str(train_dir),), batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, val_every=0)
+    common = dict(data=(str(train_dir),), batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, log_every=10)
     print(f"[2/4] stand-in SAM: {cfg.preset} trained end to end for {cfg.sam_steps} steps (SAM's mask output)")
     sam = train(
         TrainConfig(
@@ -63,8 +65,14 @@ def run_demo(cfg: DemoConfig) -> dict:
             trainable="all",
             output_mask="sam",
             save_every=cfg.sam_steps,
+            val_every=0,
             **common,
         )
+    )
+    before = validate(sam.config, sam.params, {"val": folder_pairs(val_dir)}, batch_size=cfg.batch_size)
+    print(
+        f"      held-out mIoU before HQ training: SAM {before['val/val/sam_miou']:.1f}, "
+        f"HQ (untrained) {before['val/val/hq_miou']:.1f}"
     )
     print(f"[3/4] HQ fine-tuning: SAM frozen, HQ parameters trained for {cfg.hq_steps} steps (official recipe)")
     hq = train(
@@ -74,9 +82,14 @@ def run_demo(cfg: DemoConfig) -> dict:
             steps=cfg.hq_steps,
             save_every=cfg.hq_steps,
             val_data=(str(val_dir),),
+            val_every=max(1, cfg.hq_steps // 3),
             **common,
         )
     )
+    records = [json.loads(s) for s in (out / "hq" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    first, last = statistics.mean(losses[:3]), statistics.mean(losses[-3:])
+    print(f"      HQ training loss {first:.3f} -> {last:.3f} (mean of the first / last 3 logged values)")
     print("[4/4] evaluation, SAM vs HQ on the held-out images (samhq-eval protocol)")
     status = eval_main(
         [
