@@ -1,1 +1,2 @@
-"""Evaluation: numerical parity with the PyTorch references (mIoU / boundary IoU to follow)."""
+"""Evaluation: mIoU / boundary IoU on the HQ benchmarks (``samhq-eval``), and numerical parity with
+the PyTorch references."""
