@@ -27,10 +27,11 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from samhq_jax.cli import OneLineParser
 from samhq_jax.datasets import HQSEG_LAYOUT, HQSEG_VAL
 
 if TYPE_CHECKING:
@@ -38,13 +39,6 @@ if TYPE_CHECKING:
 
 PROG = "samhq-eval"
 RESERVED = ("mean", "run")  # summary.json keys that are not datasets
-
-
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one line on stderr (exit 2), never a usage dump or a traceback."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{PROG}: error: {message}\n")
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -61,7 +55,7 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="mIoU / boundary IoU of SAM-HQ vs SAM on HQ segmentation benchmarks")
+    p = OneLineParser(prog=PROG, description="mIoU / boundary IoU of SAM-HQ vs SAM on HQ segmentation benchmarks")
     p.add_argument("--checkpoint", required=True, help="SAM-HQ weights: anything samhq_jax.load_pretrained accepts")
     p.add_argument(
         "--sam-checkpoint", help="original SAM weights for the SAM row (default: the HQ checkpoint's SAM part)"
@@ -107,7 +101,11 @@ def _datasets(args: argparse.Namespace) -> tuple[dict[str, list], dict[str, str]
     pairs, errors = {}, {}
     for name, folder in sources.items():
         try:
-            found = folder_pairs(folder) if folder is not None else hqseg_pairs(Path(args.data_root), [name])
+            found = (
+                folder_pairs(folder, strict=False)
+                if folder is not None
+                else hqseg_pairs(Path(args.data_root), [name], strict=False)
+            )
         except DatasetError as err:
             errors[name] = str(err)
             continue
@@ -130,10 +128,10 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from eval import report
-    from eval.metrics import GT_THRESHOLD
     from eval.protocol import evaluate_pairs, summarize
     from samhq_jax.checkpoint import untrained_hq_message
     from samhq_jax.config import SamHQConfig
+    from samhq_jax.datasets import FG_THRESHOLD
 
     pairs, dataset_errors = _datasets(args)
     for name, message in dataset_errors.items():
@@ -179,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         chosen = [by_key[(r.dataset, r.image)] for _, r in picks]
         redo = evaluate_pairs(config, params, chosen, args.batch_size, keep_masks=True, **sam_kwargs)
         for (label, _), pair, rec in tqdm(list(zip(picks, chosen, redo, strict=True)), desc="pictures", unit="image"):
-            gt = read_mask(pair.mask) > GT_THRESHOLD
+            gt = read_mask(pair.mask) > FG_THRESHOLD
             pic = report.comparison_picture(
                 read_image(pair.image), gt, rec.masks["sam"], rec.masks["hq"], report.picture_caption(label, rec)
             )

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from samhq_jax.datasets import FG_THRESHOLD
 from samhq_jax.transforms import MASK_THRESHOLD
 
-GT_THRESHOLD = 128  # ground-truth labels are 0-255 images; foreground is > 128
 DILATION_RATIO = 0.02  # boundary band width as a fraction of the image diagonal
 
 
@@ -98,7 +98,7 @@ def mask_iou(pred_logits: np.ndarray, gt: np.ndarray) -> float | np.ndarray:
     Returns:
       IoU in [0, 1]: a float for one mask, a float64 array of the leading shape for a batch.
     """
-    return binary_iou(np.asarray(pred_logits) > MASK_THRESHOLD, np.asarray(gt) > GT_THRESHOLD)
+    return binary_iou(np.asarray(pred_logits) > MASK_THRESHOLD, np.asarray(gt) > FG_THRESHOLD)
 
 
 def boundary_iou(gt: np.ndarray, pred_logits: np.ndarray, dilation_ratio: float = DILATION_RATIO) -> float | np.ndarray:
@@ -113,6 +113,6 @@ def boundary_iou(gt: np.ndarray, pred_logits: np.ndarray, dilation_ratio: float 
     Returns:
       Boundary IoU in [0, 1]: a float for one mask, a float64 array for a batch.
     """
-    gt_band = mask_to_boundary(np.asarray(gt) > GT_THRESHOLD, dilation_ratio)
+    gt_band = mask_to_boundary(np.asarray(gt) > FG_THRESHOLD, dilation_ratio)
     pred_band = mask_to_boundary(np.asarray(pred_logits) > MASK_THRESHOLD, dilation_ratio)
     return binary_iou(gt_band, pred_band)

@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from eval.metrics import GT_THRESHOLD, binary_iou, mask_to_boundary
+from eval.metrics import binary_iou, mask_to_boundary
 from samhq_jax.config import SamHQConfig
-from samhq_jax.datasets import DatasetError, Pair, read_image, read_mask
+from samhq_jax.datasets import FG_THRESHOLD, DatasetError, Pair, is_empty_box, mask_to_box, read_image, read_mask
 from samhq_jax.sam_hq import SamHQ
 from samhq_jax.transforms import MASK_THRESHOLD, normalize_and_pad, resize_bilinear
 
@@ -97,21 +97,12 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.nda
     return resized, resize_bilinear(label, (size, size))
 
 
-def box_from_label(label: np.ndarray) -> np.ndarray | None:
-    """Official ``masks_to_boxes`` for one label: ``[x_min, y_min, x_max, y_max]`` (float32, inclusive
-    pixel indices) of the pixels ``> 128`` of the ``(h, w)`` label, or None when there are none."""
-    ys, xs = np.nonzero(np.asarray(label) > GT_THRESHOLD)
-    if ys.size == 0:
-        return None
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
-
-
 def non_binary_note(mask: np.ndarray) -> str | None:
     """A note when a ``(H, W)`` uint8 mask has values other than 0 and 255 (it is binarised at 128)."""
     other = np.count_nonzero((mask != 0) & (mask != 255))
     if not other:
         return None
-    note = f"non-binary mask: {other} of {mask.size} pixels not 0 or 255, binarised at > {GT_THRESHOLD}"
+    note = f"non-binary mask: {other} of {mask.size} pixels not 0 or 255, binarised at > {FG_THRESHOLD}"
     if mask.max() <= 1:
         note += " (looks like a 0/1 mask: it has no foreground at > 128)"
     return note
@@ -133,11 +124,11 @@ def _load(pair: Pair, size: int) -> tuple[ImageRecord, _Sample | None]:
     if note:
         record.problems.append(note)
     resized, label = resize_pair(image, mask, size)
-    box = box_from_label(label)
-    if box is None:
-        record.skipped = f"mask {pair.mask} has no foreground (> {GT_THRESHOLD}) at {size}x{size}: no box prompt"
+    box = mask_to_box(label)
+    if is_empty_box(box):
+        record.skipped = f"mask {pair.mask} has no foreground (> {FG_THRESHOLD}) at {size}x{size}: no box prompt"
         return record, None
-    return record, _Sample(record, normalize_and_pad(resized, size), box, mask > GT_THRESHOLD)
+    return record, _Sample(record, normalize_and_pad(resized, size), box, mask > FG_THRESHOLD)
 
 
 # ---- model -------------------------------------------------------------------------------------------

@@ -74,6 +74,26 @@ HQSEG_LAYOUT: dict[str, HQSegSplit] = {
         gt_dir="thin_object_detection/ThinObject5K/masks_test",
     ),
 }
+FG_THRESHOLD = 128  # masks are 0-255 images; foreground is > 128 (official training and evaluation)
+EMPTY_BOX_MIN = 1e8  # official masks_to_boxes gives [1e8, 1e8, 0, 0] for an empty mask
+
+
+def mask_to_box(label: np.ndarray) -> np.ndarray:
+    """Official ``masks_to_boxes`` of one ``(H, W)`` 0-255 label: ``(4,)`` float32
+    ``[x_min, y_min, x_max, y_max]`` of ``label > 128``, inclusive pixel indices. An empty mask gives
+    the official ``[1e8, 1e8, 0, 0]`` (``x_min > x_max``: test with :func:`is_empty_box`)."""
+    fg = np.asarray(label) > FG_THRESHOLD
+    cols, rows = np.flatnonzero(fg.any(axis=0)), np.flatnonzero(fg.any(axis=1))
+    if cols.size == 0:
+        return np.array([EMPTY_BOX_MIN, EMPTY_BOX_MIN, 0, 0], np.float32)
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float32)
+
+
+def is_empty_box(box: np.ndarray) -> bool:
+    """Whether :func:`mask_to_box` found no foreground."""
+    return bool(box[0] > box[2])
+
+
 HQSEG_TRAIN = ("DIS5K-TR", "ThinObject5k-TR", "FSS", "DUTS-TR", "DUTS-TE", "ECSSD", "MSRA10K")
 HQSEG_VAL = ("DIS5K-VD", "COIFT", "HRSOD", "ThinObject5k-TE")
 
@@ -92,7 +112,7 @@ def _check_dirs(dirs: Iterable[Path]) -> None:
         raise DatasetError(_listing("missing dataset folders", missing))
 
 
-def hqseg_pairs(root: Path, names: Sequence[str]) -> list[Pair]:
+def hqseg_pairs(root: Path, names: Sequence[str], strict: bool = True) -> list[Pair]:
     """Pairs of the HQSeg-44K datasets ``names`` below ``root`` (the official ``./data`` folder).
 
     As the official ``get_im_gt_name_dict``: every ``<im_dir>/*<im_ext>`` is an image, its mask is
@@ -100,7 +120,8 @@ def hqseg_pairs(root: Path, names: Sequence[str]) -> list[Pair]:
     and masks share one folder). Pairs are sorted by stem within a dataset, datasets kept in the
     order given (the official ``glob`` order is the filesystem's). Raises ``DatasetError`` for an
     unknown name (listing the known ones), missing folders, an empty dataset, or images whose mask
-    is missing (listing them).
+    is missing (listing them). With ``strict=False`` (evaluation, where bad data is reported per
+    image) an image without a mask is returned with its absent mask path instead.
     """
     root = Path(root)
     unknown = [n for n in names if n not in HQSEG_LAYOUT]
@@ -117,7 +138,7 @@ def hqseg_pairs(root: Path, names: Sequence[str]) -> list[Pair]:
         for image in images:
             stem = image.name[: -len(split.im_ext)]
             mask = root / split.gt_dir / f"{stem}{split.gt_ext}"
-            if mask.is_file():
+            if mask.is_file() or not strict:
                 pairs.append(Pair(dataset=name, stem=stem, image=image, mask=mask))
             else:
                 missing.append(mask)
@@ -126,13 +147,15 @@ def hqseg_pairs(root: Path, names: Sequence[str]) -> list[Pair]:
     return pairs
 
 
-def folder_pairs(folder: Path, name: str | None = None) -> list[Pair]:
+def folder_pairs(folder: Path, name: str | None = None, strict: bool = True) -> list[Pair]:
     """Pairs of a generic folder: ``folder/images/<stem>.{jpg,jpeg,png}`` with ``folder/masks/<stem>.png``.
 
     ``name`` (default: the folder's name) becomes ``Pair.dataset``. Pairs are sorted by stem.
     Hidden files are skipped; other files with unsupported extensions are skipped with a warning.
     Raises ``DatasetError`` for missing folders, an empty folder, a stem with two image files
     (``a.jpg`` and ``a.png``), and images without a mask or masks without an image (listing them).
+    With ``strict=False`` (evaluation) an image without a mask is returned with its absent mask
+    path, so the caller reports that one image, and masks without an image are only logged.
     """
     folder = Path(folder)
     name = folder.name if name is None else name
@@ -157,7 +180,11 @@ def folder_pairs(folder: Path, name: str | None = None) -> list[Pair]:
         raise DatasetError(_listing(f"{im_dir}: stems with more than one image file", duplicates))
     no_mask = [gt_dir / f"{stem}{MASK_EXT}" for stem in images if stem not in masks]
     no_image = sorted(masks[stem] for stem in masks if stem not in images)
-    if no_mask or no_image:
+    if not strict:
+        if no_image:
+            logger.warning("%s", _listing(f"masks without an image in {im_dir}, ignored", no_image))
+        masks.update({p.stem: p for p in no_mask})
+    elif no_mask or no_image:
         parts = []
         if no_mask:
             parts.append(_listing("images without a mask; missing masks", no_mask))

@@ -18,8 +18,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -68,21 +66,21 @@ def init_hq_params(config: SamHQConfig, seed: int = 0) -> dict:
 
     shapes = {k: tuple(v.shape) for k, v in flatten_dict(param_shapes(config), sep="/").items()}
     out = {}
-    key = jax.random.PRNGKey(seed)
     for i, path in enumerate(sorted(k for k in shapes if is_hq_path(k))):
         kinds = [kind for pattern, kind in _INIT_RULES if pattern.search(path)]
         if len(kinds) != 1:
             raise AssertionError(f"HQ parameter {path} matches {len(kinds)} init rules")
-        kind, shape, k = kinds[0], shapes[path], jax.random.fold_in(key, i)
+        kind, shape = kinds[0], shapes[path]
+        rng = np.random.default_rng([seed, i])  # one stream per tensor, in path order
         if kind == "normal":
-            value = jax.random.normal(k, shape, jnp.float32)
+            value = rng.standard_normal(shape)
         elif kind in ("ones", "zeros"):
-            value = (jnp.ones if kind == "ones" else jnp.zeros)(shape, jnp.float32)
+            value = np.full(shape, 1.0 if kind == "ones" else 0.0)
         else:
             kernel_shape = shapes[path.rsplit("/", 1)[0] + "/kernel"]
             bound = 1.0 / np.sqrt(_fan_in(kind, kernel_shape))
-            value = jax.random.uniform(k, shape, jnp.float32, -bound, bound)
-        out[path] = np.asarray(value)
+            value = rng.uniform(-bound, bound, shape)
+        out[path] = value.astype(np.float32)
     return unflatten_dict(out, sep="/")
 
 

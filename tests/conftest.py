@@ -9,6 +9,7 @@ import functools
 
 import jax
 import numpy as np
+import torch
 
 from convert.core import state_dict_to_params
 from eval.reference import build_official
@@ -39,3 +40,17 @@ def assert_close(ours: np.ndarray, ref: np.ndarray, what: str, rtol: float = PAR
     err = relative_error(ours, ref)
     assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.0e}"
     return err
+
+
+def official_masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Transcription of the official ``train/utils/misc.py`` ``masks_to_boxes``: ``(N, H, W)`` 0-255
+    -> ``(N, 4)`` xyxy of the pixels > 128 (inclusive; ``[1e8, 1e8, 0, 0]`` when empty)."""
+    h, w = masks.shape[-2:]
+    y, x = torch.meshgrid(torch.arange(0, h, dtype=torch.float), torch.arange(0, w, dtype=torch.float), indexing="ij")
+    x_mask = (masks > 128) * x.unsqueeze(0)
+    x_max = x_mask.flatten(1).max(-1)[0]
+    x_min = x_mask.masked_fill(~(masks > 128), 1e8).flatten(1).min(-1)[0]
+    y_mask = (masks > 128) * y.unsqueeze(0)
+    y_max = y_mask.flatten(1).max(-1)[0]
+    y_min = y_mask.masked_fill(~(masks > 128), 1e8).flatten(1).min(-1)[0]
+    return torch.stack([x_min, y_min, x_max, y_max], 1)

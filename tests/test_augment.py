@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.augment import IMAGE_PAD, jitter_size, large_scale_jitter, train_augment, val_resize
+from train.augment import IMAGE_PAD, jitter_size, large_scale_jitter, train_augment
 
 # 1e-5 of the 0-255 range. Both sides compute the bilinear source coordinates in float32, PyTorch's CPU
 # kernel with a fused multiply-add, so they differ in the last bits; the gap grows with the output size
@@ -52,12 +52,6 @@ def official_lsj(image, label, u, randint, output_size=1024, aug_scale_min=0.1, 
     padding_w = max(desired_size - scaled_image.size(2), 0).item()
     image = F.pad(scaled_image, [0, padding_w, 0, padding_h], value=128)
     label = F.pad(scaled_label, [0, padding_w, 0, padding_h], value=0)
-    return image, label
-
-
-def official_resize(image, label, size):
-    image = torch.squeeze(F.interpolate(torch.unsqueeze(image, 0), size, mode="bilinear"), dim=0)
-    label = torch.squeeze(F.interpolate(torch.unsqueeze(label, 0), size, mode="bilinear"), dim=0)
     return image, label
 
 
@@ -171,11 +165,3 @@ def test_large_scale_jitter_rejects_nothing_for_tiny_sides():
     image, label = random_pair(np.random.default_rng(9), 3, 900)
     im, gt = large_scale_jitter(image, label, 160, np.random.default_rng(0))
     assert im.shape == (160, 160, 3) and gt.shape == (160, 160)
-
-
-def test_val_resize_matches_official():
-    image, label = random_pair(np.random.default_rng(10), 97, 143)
-    ours_im, ours_gt = val_resize(image, label, 160)
-    ref_im, ref_gt = official_resize(*to_official(image, label), [160, 160])
-    np.testing.assert_allclose(ours_im, ref_im.permute(1, 2, 0).numpy(), rtol=0, atol=ATOL)
-    np.testing.assert_allclose(ours_gt, ref_gt[0].numpy(), rtol=0, atol=ATOL)

@@ -82,7 +82,7 @@ def test_tiny_outputs_and_bad_data(tiny_checkpoint, tmp_path, capsys) -> None:
     Image.fromarray(mask[:, :-3]).save(good / "masks" / "mismatch.png")
     Image.fromarray(image).save(good / "images" / "empty.png")
     Image.fromarray(np.zeros_like(mask)).save(good / "masks" / "empty.png")
-    unlisted = tmp_path / "unlisted"  # an image without a mask: the folder cannot be listed
+    unlisted = tmp_path / "unlisted"  # an image without a mask: that image is reported, not the folder
     write_folder(unlisted, [(50, 60)])
     (unlisted / "masks" / "im0.png").unlink()
 
@@ -90,7 +90,11 @@ def test_tiny_outputs_and_bad_data(tiny_checkpoint, tmp_path, capsys) -> None:
     argv = ["--checkpoint", tiny_checkpoint, "--data", str(good), "--data", str(unlisted), "--output", str(out)]
     assert main([*argv, "--batch-size", str(BATCH), "--pictures", "1"]) == 0
     err = capsys.readouterr().err
-    for text in ("unlisted: not evaluated", "good/broken: skipped: cannot read image", "good/mismatch: skipped"):
+    for text in (
+        "unlisted/im0: skipped: cannot read mask",
+        "good/broken: skipped: cannot read image",
+        "good/mismatch: skipped",
+    ):
         assert text in err
 
     rows = _csv(out / "per_image.csv")
@@ -112,7 +116,8 @@ def test_tiny_outputs_and_bad_data(tiny_checkpoint, tmp_path, capsys) -> None:
     for o in OUTPUTS:
         assert g[o]["miou"] == pytest.approx(100 * np.mean([float(r[f"iou_{o}"]) for r in rows]), abs=1e-3)
         assert summary["mean"][o] == g[o]
-    assert "images without a mask" in summary["unlisted"]["error"] and summary["unlisted"]["hq"]["miou"] is None
+    u = summary["unlisted"]
+    assert (u["count"], u["skipped"], set(u["problems"]), u["hq"]["miou"]) == (0, 1, {"im0"}, None)
     assert "SAM decoder, HQ token left out" in summary["run"]["sam"]
 
     md = (out / "summary.md").read_text()

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.protocol import OUTPUTS, box_from_label, evaluate_pairs, resize_pair, same_image_encoder, summarize
-from samhq_jax.datasets import Pair, folder_pairs
-from tests.conftest import official_model_and_params
+from eval.protocol import OUTPUTS, evaluate_pairs, resize_pair, same_image_encoder, summarize
+from samhq_jax.datasets import Pair, folder_pairs, is_empty_box, mask_to_box
+from tests.conftest import official_masks_to_boxes, official_model_and_params
 from tests.test_metrics import official_boundary_iou, official_mask_iou
 
 PRESET = "tiny_b"
@@ -50,19 +50,6 @@ def write_folder(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> l
 
 
 # ---- the official evaluation, transcribed ------------------------------------------------------------------
-def official_masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """``train/utils/misc.py`` ``masks_to_boxes``: (N, H, W) 0-255 -> (N, 4) xyxy of the pixels > 128."""
-    h, w = masks.shape[-2:]
-    y, x = torch.meshgrid(torch.arange(0, h, dtype=torch.float), torch.arange(0, w, dtype=torch.float), indexing="ij")
-    x_mask = (masks > 128) * x.unsqueeze(0)
-    x_max = x_mask.flatten(1).max(-1)[0]
-    x_min = x_mask.masked_fill(~(masks > 128), 1e8).flatten(1).min(-1)[0]
-    y_mask = (masks > 128) * y.unsqueeze(0)
-    y_max = y_mask.flatten(1).max(-1)[0]
-    y_min = y_mask.masked_fill(~(masks > 128), 1e8).flatten(1).min(-1)[0]
-    return torch.stack([x_min, y_min, x_max, y_max], 1)
-
-
 def official_resize(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, torch.Tensor]:
     """The ``Resize`` transform (``F.interpolate(mode="bilinear")``) and the ``astype(np.uint8)`` of ``evaluate``."""
     im = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1)
@@ -146,13 +133,13 @@ def test_resize_and_box_equal_official() -> None:
         assert np.abs(ours_image.astype(int) - ref_image).max() <= 1
         assert np.mean(ours_image == ref_image) > 0.999
         np.testing.assert_allclose(ours_label, ref_label[0].numpy(), rtol=0, atol=1e-3)
-        np.testing.assert_array_equal(box_from_label(ours_label), official_masks_to_boxes(ref_label)[0].numpy())
+        np.testing.assert_array_equal(mask_to_box(ours_label), official_masks_to_boxes(ref_label)[0].numpy())
     label = np.zeros((20, 30), np.float32)
     label[3, 7] = 129
     label[11:15, 2] = 200
     label[0, 29] = 128  # not foreground
-    assert box_from_label(label).tolist() == [2, 3, 7, 14]
-    assert box_from_label(np.full((5, 5), 128)) is None
+    assert mask_to_box(label).tolist() == [2, 3, 7, 14]
+    assert is_empty_box(mask_to_box(np.full((5, 5), 128)))
 
 
 def test_protocol_equals_official_pytorch(tmp_path) -> None:

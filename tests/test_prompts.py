@@ -9,36 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from samhq_jax.datasets import mask_to_box
+from tests.conftest import official_masks_to_boxes
 from train.prompts import (
     BOX,
     NOISE_MASK,
     NUM_POINTS,
     POINTS,
-    mask_to_box,
     noisy_mask,
     sample_points,
     sample_prompts,
 )
 
 # --- transcription of the official code (misc.masks_to_boxes, misc.masks_noise; train.py's resize) ---
-
-
-def official_masks_to_boxes(masks):
-    if masks.numel() == 0:
-        return torch.zeros((0, 4), device=masks.device)
-    h, w = masks.shape[-2:]
-    y = torch.arange(0, h, dtype=torch.float)
-    x = torch.arange(0, w, dtype=torch.float)
-    y, x = torch.meshgrid(y, x, indexing="ij")
-    y = y.to(masks)
-    x = x.to(masks)
-    x_mask = (masks > 128) * x.unsqueeze(0)
-    x_max = x_mask.flatten(1).max(-1)[0]
-    x_min = x_mask.masked_fill(~(masks > 128), 1e8).flatten(1).min(-1)[0]
-    y_mask = (masks > 128) * y.unsqueeze(0)
-    y_max = y_mask.flatten(1).max(-1)[0]
-    y_min = y_mask.masked_fill(~(masks > 128), 1e8).flatten(1).min(-1)[0]
-    return torch.stack([x_min, y_min, x_max, y_max], 1)
 
 
 def official_masks_noise(masks, mask_noise):

@@ -1,7 +1,8 @@
-"""Train-time augmentation and the validation resize of the official ``train/utils/dataloader.py``.
+"""Train-time augmentation of the official ``train/utils/dataloader.py``.
 
 Training applies ``RandomHFlip(prob=0.5)`` then ``LargeScaleJitter(output_size=img_size,
-aug_scale_min=0.1, aug_scale_max=2.0)``; validation applies ``Resize([img_size, img_size])``. All
+aug_scale_min=0.1, aug_scale_max=2.0)``; validation's ``Resize([img_size, img_size])`` is the
+evaluation protocol's (``eval.protocol.resize_pair``), which the training's validation uses. All
 resizes are bilinear with half-pixel centres (``F.interpolate(mode="bilinear")``, whose
 ``align_corners`` defaults to False), computed by ``samhq_jax.transforms.resize_bilinear``. Images
 and labels stay float32 on the 0-255 scale, so labels are soft near edges (never re-binarised);
@@ -77,11 +78,3 @@ def train_augment(
     if rng.random() >= FLIP_PROB:
         image, label = image[:, ::-1], label[:, ::-1]
     return large_scale_jitter(image, label, img_size, rng)
-
-
-def val_resize(image: np.ndarray, label: np.ndarray, img_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Official validation ``Resize``: both to ``img_size x img_size`` bilinear, aspect ratio not kept.
-
-    ``(H, W, 3)`` and ``(H, W)``, 0-255 -> float32 ``(img_size, img_size, 3)`` and ``(img_size, img_size)``.
-    """
-    return resize_bilinear(image, (img_size, img_size)), resize_bilinear(label, (img_size, img_size))

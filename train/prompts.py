@@ -21,26 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from samhq_jax.datasets import FG_THRESHOLD, mask_to_box
 from samhq_jax.transforms import resize_bilinear
 
 BOX, POINTS, NOISE_MASK = 0, 1, 2  # values of the batch's "prompt" field
 NUM_POINTS = 10
-FG_THRESHOLD = 128.0  # foreground is label > 128 on the 0-255 scale
-EMPTY_BOX_MIN = 1e8  # official masks_to_boxes gives [1e8, 1e8, 0, 0] for an empty mask
 INCOHERENT_FACTOR = 8  # incoherent region: |m - up(down(m, 1/8))| >= 0.01
 INCOHERENT_THRESHOLD = 0.01
-
-
-def mask_to_box(label: np.ndarray) -> np.ndarray:
-    """``(H, W)`` 0-255 label -> ``(4,)`` float32 ``[x_min, y_min, x_max, y_max]`` of ``label > 128``.
-
-    Inclusive pixel indices; an empty mask gives the official ``[1e8, 1e8, 0, 0]``.
-    """
-    fg = label > FG_THRESHOLD
-    cols, rows = np.flatnonzero(fg.any(axis=0)), np.flatnonzero(fg.any(axis=1))
-    if cols.size == 0:
-        return np.array([EMPTY_BOX_MIN, EMPTY_BOX_MIN, 0, 0], np.float32)
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float32)
 
 
 def sample_points(label: np.ndarray, rng: np.random.Generator, k: int = NUM_POINTS) -> np.ndarray:
