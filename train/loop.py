@@ -220,6 +220,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     val_every = per_epoch if cfg.val_every is None else cfg.val_every
     if cfg.batch_size % jax.device_count():
         raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of the {jax.device_count()} devices")
+    saved = sorted(int(p.name) for p in (output / "checkpoints").glob("*") if p.name.isdigit())
+    if saved and not cfg.resume:
+        raise ValueError(
+            f"{output} already holds checkpoints (latest step {saved[-1]}); pass --resume or a new --output"
+        )
     config, params = load_start(cfg)
     output.mkdir(parents=True, exist_ok=True)
 
@@ -246,8 +251,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     start, data_state = 0, None
     latest = manager.latest_step()
-    if latest is not None and not cfg.resume:
-        raise ValueError(f"{output} already holds checkpoints (latest step {latest}); pass --resume or a new --output")
     if cfg.resume and latest is not None:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         restored = manager.restore(
