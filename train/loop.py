@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax.traverse_util import flatten_dict
+from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
@@ -37,7 +37,6 @@ from samhq_jax.hq_params import is_hq_path, merge_params
 from samhq_jax.sam_hq import init_params
 from train import data as train_data
 from train.step import (
-    TrainState,
     global_batch,
     init_state,
     jit_train_step,
@@ -329,14 +328,8 @@ def export_final(final_dir: Path, config: SamHQConfig, params: dict, source: str
     loadable into the official model with ``load_state_dict(..., strict=False)``."""
     save_checkpoint(final_dir, config, params, source=f"samhq-train from {source}")
     hq = {k: v for k, v in flatten_dict(params, sep="/").items() if is_hq_path(k)}
-    state = params_to_state_dict(_unflatten(hq), OFFICIAL)
+    state = params_to_state_dict(unflatten_dict(hq, sep="/"), OFFICIAL)
     save_file(state, str(final_dir / "hq_only.safetensors"), metadata={"format": "official", "part": "hq"})
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-    from flax.traverse_util import unflatten_dict
-
-    return unflatten_dict(flat, sep="/")
-
-
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "TrainState", "export_final", "train", "validate"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "export_final", "train", "validate"]
