@@ -41,28 +41,27 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import jaxlib.version
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from samhq_jax.cli import OneLineParser
 from samhq_jax.config import PRESETS, SamHQConfig
-from samhq_jax.sam_hq import SamHQ, init_params
+from samhq_jax.sam_hq import init_params
 from train.prompts import BOX, NOISE_MASK, POINTS, sample_prompts
 from train.step import (
+    ENCODER_DTYPES,
     global_batch,
     init_state,
     jit_train_step,
+    make_embed,
     make_mesh,
     make_optimizer,
     make_train_step,
-    normalize,
     replicate,
 )
 from train.trainable import count, partition
 
-ENCODER_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DEFAULT_PRESETS = ("tiny_b", "vit_b")
 
 
@@ -173,13 +172,9 @@ def bench_preset(name: str, *, batch_size: int, steps: int, encoder_dtype: str, 
         step_times.append(time.perf_counter() - t0)
         losses.append(float(metrics["loss"]))  # read after the timer stops
 
-    # The encoder exactly as the step runs it (train.step.make_train_step's embed), outside jax.grad.
-    encoder = SamHQ(config, dtype=dtype)
+    # The encoder exactly as the step runs it (train.step.make_embed), outside jax.grad.
+    embed = make_embed(config, dtype)
     replicated = NamedSharding(mesh, PartitionSpec())
-
-    def embed(p: Any, images: jax.Array) -> Any:
-        emb = encoder.apply({"params": p}, normalize(images), method=SamHQ.embed_image)
-        return jax.tree.map(lambda x: x.astype(jnp.float32), emb)
 
     progress(f"{name}: compiling the encoder, then 1 + {steps} calls")
     t0 = time.perf_counter()

@@ -19,12 +19,16 @@ when tensorboardX is installed), ``OUTPUT/checkpoints/`` and ``OUTPUT/final/`` (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
+from convert.core import ConversionError
 from samhq_jax.cli import OneLineParser
 from samhq_jax.datasets import HQSEG_TRAIN
+from train.loop import OUTPUT_MASKS, NonFiniteLossError, TrainConfig, train
+from train.step import ENCODER_DTYPES
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -49,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--trainable", default="hq", help="hq (default) | decoder | all | a regex over parameter paths")
-    p.add_argument("--output-mask", default="hq", choices=("hq", "sam"), help="output trained (sam: a stand-in SAM)")
-    p.add_argument("--encoder-dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--output-mask", default="hq", choices=OUTPUT_MASKS, help="output trained (sam: a stand-in SAM)")
+    p.add_argument("--encoder-dtype", default="float32", choices=tuple(ENCODER_DTYPES))
     p.add_argument("--save-every", type=int, help="steps between checkpoints (default: one epoch)")
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
@@ -89,36 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # libraries that configure the root logger would print it twice
-    from convert.core import ConversionError
-    from train.loop import NonFiniteLossError, TrainConfig, train
-
     try:
-        cfg = TrainConfig(
-            output=Path(args.output),
-            checkpoint=args.checkpoint,
-            preset=args.preset,
-            data=tuple(args.data),
-            data_root=args.data_root,
-            datasets=args.datasets,
-            val_data=tuple(args.val_data),
-            val_datasets=args.val_datasets,
-            epochs=args.epochs,
-            lr_drop_epoch=args.lr_drop_epoch,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            trainable=args.trainable,
-            output_mask=args.output_mask,
-            encoder_dtype=args.encoder_dtype,
-            save_every=args.save_every,
-            keep=args.keep,
-            resume=args.resume,
-            log_every=args.log_every,
-            val_every=args.val_every,
-            val_limit=args.val_limit,
-            workers=args.workers,
-        )
+        # Every flag named like a TrainConfig field is that field.
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        values = {k: v for k, v in vars(args).items() if k in fields}
+        values.update(output=Path(args.output), data=tuple(args.data), val_data=tuple(args.val_data))
+        cfg = TrainConfig(**values)
         init_distributed(args)
         result = train(cfg)
     except NonFiniteLossError as err:

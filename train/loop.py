@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -37,6 +36,7 @@ from samhq_jax.hq_params import is_hq_path, merge_params
 from samhq_jax.sam_hq import init_params
 from train import data as train_data
 from train.step import (
+    ENCODER_DTYPES,
     global_batch,
     init_state,
     jit_train_step,
@@ -50,8 +50,7 @@ from train.trainable import count, partition, touches_encoder, trainable_regex
 
 logger = logging.getLogger("samhq.train")
 
-OUTPUTS = ("hq", "sam")
-ENCODER_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+OUTPUT_MASKS = ("hq", "sam")  # the trained output: the HQ mask, or SAM's (a stand-in SAM)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,8 +92,8 @@ class TrainConfig:
             raise ValueError("give exactly one of --checkpoint or --preset")
         if not self.data and self.data_root is None:
             raise ValueError("give training data: --data DIR (repeatable) or --data-root ROOT")
-        if self.output_mask not in OUTPUTS:
-            raise ValueError(f"output_mask must be one of {OUTPUTS}, got {self.output_mask!r}")
+        if self.output_mask not in OUTPUT_MASKS:
+            raise ValueError(f"output_mask must be one of {OUTPUT_MASKS}, got {self.output_mask!r}")
         if self.encoder_dtype not in ENCODER_DTYPES:
             raise ValueError(f"--encoder-dtype must be one of {', '.join(ENCODER_DTYPES)}")
         for name in ("epochs", "batch_size", "log_every", "keep"):

@@ -27,6 +27,7 @@ from train.loss import loss_masks
 from train.prompts import BOX, NOISE_MASK, POINTS
 
 DATA_AXIS = "data"
+ENCODER_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # --encoder-dtype choices
 Batch = dict[str, jax.Array]
 
 
@@ -99,6 +100,20 @@ def decode_batch(module: SamHQ, emb: ImageEmbeddings, batch: Batch, output: str)
     return masks[:, 0]
 
 
+def make_embed(
+    config: SamHQConfig, encoder_dtype: jnp.dtype = jnp.float32
+) -> Callable[[Any, jax.Array], ImageEmbeddings]:
+    """``embed(params, images (B, S, S, 3) uint8) -> ImageEmbeddings`` (float32) as the train step runs
+    the image encoder: normalised, computed in ``encoder_dtype``."""
+    encoder = SamHQ(config, dtype=encoder_dtype)
+
+    def embed(params: Any, images: jax.Array) -> ImageEmbeddings:
+        emb = encoder.apply({"params": params}, normalize(images), method=SamHQ.embed_image)
+        return jax.tree.map(lambda x: x.astype(jnp.float32), emb)
+
+    return embed
+
+
 def make_train_step(
     config: SamHQConfig,
     tx: optax.GradientTransformation,
@@ -116,12 +131,8 @@ def make_train_step(
     mesh. ``metrics``: ``loss``, ``loss_mask``, ``loss_dice`` (float32 scalars).
     """
     model = SamHQ(config)
-    encoder = SamHQ(config, dtype=encoder_dtype)
+    embed = make_embed(config, encoder_dtype)
     base_key = jax.random.PRNGKey(seed)
-
-    def embed(params: Any, images: jax.Array) -> ImageEmbeddings:
-        emb = encoder.apply({"params": params}, normalize(images), method=SamHQ.embed_image)
-        return jax.tree.map(lambda x: x.astype(jnp.float32), emb)
 
     def step(state: TrainState, frozen: Any, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(base_key, state.step)
