@@ -2,20 +2,22 @@
 folders (``config.json`` + ``model.safetensors``, as in a hub snapshot).
 
 ``.pth`` files are read with ``torch.load(..., weights_only=True)``: tensors only, never arbitrary
-pickled code. torch is needed for ``.pth`` files only.
+pickled code. torch is needed for ``.pth`` files only. A file or folder that is none of these, an
+unreadable file and a ``config.json`` with keys of the wrong type are a :class:`ConversionError` /
+``ValueError`` naming the file, never a ``KeyError`` or ``TypeError`` from deep inside.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from convert.core import HF, ConversionError, state_dict_to_params
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import SamHQConfig, checked_value, read_json_object
 
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
@@ -26,6 +28,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         with safe_open(str(path), framework="numpy") as f:
             return {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in f.keys()}
+    except SafetensorError as err:  # truncated, or not a safetensors file at all
+        raise ConversionError(f"cannot read {path} as a safetensors file: {err}") from err
     except (TypeError, ValueError):
         # numpy cannot hold bfloat16; go through torch, which can.
         import_torch(path)
@@ -58,20 +62,48 @@ def read_pth(path: Path) -> dict[str, np.ndarray]:
 
 
 HF_MODEL_TYPES = ("sam_hq", "sam")  # SamHQModel, and the plain SamModel (no HQ tensors)
+HF_CONFIG = "config.json"
+# The keys of mask_decoder_config the import reads, with their types and defaults.
+HF_DECODER_KEYS = {"num_attention_heads": (int, 8), "layer_norm_eps": (float, HF.transformer_layer_norm_eps)}
 
 
 def is_hf_folder(path: Path) -> bool:
-    cfg = path / "config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") in HF_MODEL_TYPES
+    """Whether folder ``path`` has a ``config.json`` with ``model_type`` ``sam_hq`` or ``sam``.
+
+    A ``config.json`` that is not a JSON object is a ``ValueError`` naming it.
+    """
+    cfg = path / HF_CONFIG
+    return cfg.is_file() and read_json_object(cfg).get("model_type") in HF_MODEL_TYPES
+
+
+def hf_decoder_options(hf_config: dict, where: str) -> dict[str, Any]:
+    """The ``mask_decoder_config`` values the import uses (defaults filled in), each type-checked.
+
+    ``where`` names the file in a ``ValueError``: ``.../config.json: mask_decoder_config.layer_norm_eps:
+    expected a positive number, got "1e-6"``.
+    """
+    decoder = checked_value(hf_config.get("mask_decoder_config", {}), dict, f"{where}: mask_decoder_config")
+    return {
+        key: checked_value(decoder.get(key, default), kind, f"{where}: mask_decoder_config.{key}")
+        for key, (kind, default) in HF_DECODER_KEYS.items()
+    }
 
 
 def read_hf_folder(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """``(state dict, config.json)`` of a Hugging Face ``SamHQModel`` folder (single file or shards)."""
-    hf_config = json.loads((path / "config.json").read_text())
+    """``(state dict, config.json)`` of a Hugging Face ``SamHQModel`` folder (single file or shards).
+
+    The ``config.json`` keys the import reads are checked (:func:`hf_decoder_options`) before any
+    weights are.
+    """
+    hf_config = read_json_object(path / HF_CONFIG)
+    hf_decoder_options(hf_config, str(path / HF_CONFIG))
     if (path / HF_WEIGHTS).is_file():
         return read_safetensors(path / HF_WEIGHTS), hf_config
     if (path / HF_INDEX).is_file():
-        shards = sorted(set(json.loads((path / HF_INDEX).read_text())["weight_map"].values()))
+        weight_map = read_json_object(path / HF_INDEX).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{path / HF_INDEX}: weight_map must be an object mapping tensor names to shard files")
+        shards = sorted(set(weight_map.values()))
         state: dict[str, np.ndarray] = {}
         for shard in shards:
             state.update(read_safetensors(path / shard))
@@ -89,16 +121,18 @@ def load_torch_checkpoint(path: str | Path, allow_plain_sam: bool = False) -> tu
     path = Path(path)
     if path.is_dir():
         if not is_hf_folder(path):
+            found = "no config.json" if not (path / HF_CONFIG).is_file() else "a config.json of another kind"
             raise ConversionError(
-                f"{path} is not a Hugging Face SAM-HQ / SAM folder (config.json with model_type sam_hq or sam)"
+                f"unknown checkpoint format: folder {path} has {found}; expected one of our checkpoint folders "
+                f'("format": "samhq_jax") or a Hugging Face SAM-HQ / SAM folder ("model_type": "sam_hq" or "sam")'
             )
         state, hf_config = read_hf_folder(path)
-        decoder = hf_config.get("mask_decoder_config", {})
+        decoder = hf_decoder_options(hf_config, str(path / HF_CONFIG))
         return state_dict_to_params(
             state,
             fmt=HF,
-            decoder_heads=decoder.get("num_attention_heads", 8),
-            transformer_eps=decoder.get("layer_norm_eps", HF.transformer_layer_norm_eps),
+            decoder_heads=decoder["num_attention_heads"],
+            transformer_eps=decoder["layer_norm_eps"],
             allow_plain_sam=allow_plain_sam,
         )
     if not path.is_file():
@@ -107,4 +141,7 @@ def load_torch_checkpoint(path: str | Path, allow_plain_sam: bool = False) -> tu
         return state_dict_to_params(read_safetensors(path), allow_plain_sam=allow_plain_sam)
     if path.suffix in (".pth", ".pt", ".bin"):
         return state_dict_to_params(read_pth(path), allow_plain_sam=allow_plain_sam)
-    raise ConversionError(f"unknown checkpoint type {path.suffix!r}: expected .pth, .pt, .bin or .safetensors")
+    raise ConversionError(
+        f"unknown checkpoint format: {path} (suffix {path.suffix!r}); expected an official .pth / .pt / .bin / "
+        ".safetensors file, one of our checkpoint folders or a Hugging Face folder"
+    )

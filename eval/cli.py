@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from samhq_jax.cli import OneLineParser
+from samhq_jax.cli import CHECKPOINT_HELP, command_parser, docstring_help, doing, run_guarded
 from samhq_jax.datasets import HQSEG_LAYOUT, HQSEG_VAL
 
 if TYPE_CHECKING:
@@ -55,8 +55,11 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description="mIoU / boundary IoU of SAM-HQ vs SAM on HQ segmentation benchmarks")
-    p.add_argument("--checkpoint", required=True, help="SAM-HQ weights: anything samhq_jax.load_pretrained accepts")
+    """The ``samhq-eval`` parser."""
+    p = command_parser(
+        PROG, "mIoU / boundary IoU of SAM-HQ vs SAM on HQ segmentation benchmarks", docstring_help(__doc__)
+    )
+    p.add_argument("--checkpoint", required=True, help=f"SAM-HQ weights: {CHECKPOINT_HELP}")
     p.add_argument(
         "--sam-checkpoint", help="original SAM weights for the SAM row (default: the HQ checkpoint's SAM part)"
     )
@@ -118,7 +121,8 @@ def _read(path: str, what: str) -> LoadedWeights:
     from samhq_jax.checkpoint import read_weights
 
     try:
-        return read_weights(path)
+        with doing(f"reading {what} {path}"):
+            return read_weights(path)
     except (ValueError, OSError) as err:
         raise ValueError(f"{what} {path}: {err}") from err
 
@@ -152,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
     records = []
     for name, found in pairs.items():
-        records += evaluate_pairs(config, params, found, args.batch_size, desc=name, **sam_kwargs)
+        with doing(f"evaluating {name}"):
+            records += evaluate_pairs(config, params, found, args.batch_size, desc=name, **sam_kwargs)
     summary = summarize(records, dataset_errors)
     for line in report.problem_lines({n: s for n, s in summary.items() if n not in dataset_errors}):
         print(f"{PROG}: {line}", file=sys.stderr)
@@ -175,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         (out / "pictures").mkdir(exist_ok=True)
         by_key = {(p.dataset, p.stem): p for found in pairs.values() for p in found}
         chosen = [by_key[(r.dataset, r.image)] for _, r in picks]
-        redo = evaluate_pairs(config, params, chosen, args.batch_size, keep_masks=True, **sam_kwargs)
+        with doing("evaluating the pictures' images again"):
+            redo = evaluate_pairs(config, params, chosen, args.batch_size, keep_masks=True, **sam_kwargs)
         for (label, _), pair, rec in tqdm(list(zip(picks, chosen, redo, strict=True)), desc="pictures", unit="image"):
             gt = read_mask(pair.mask) > FG_THRESHOLD
             pic = report.comparison_picture(
@@ -188,13 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except (ValueError, OSError) as err:
-        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        print(f"{PROG}: error: {message}", file=sys.stderr)  # one line, even for multi-line messages
-        return 2
+    """``samhq-eval``; errors are one line on stderr (:func:`samhq_jax.cli.run_guarded`)."""
+    return run_guarded(PROG, lambda: run(parser().parse_args(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

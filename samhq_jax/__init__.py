@@ -8,8 +8,11 @@ from samhq_jax.config import (
     PromptEncoderConfig,
     SamHQConfig,
 )
-from samhq_jax.predictor import SamHQPredictor
+from samhq_jax.hf_model import SamHQImageSegmentationOutput, SamHQModel
+from samhq_jax.hf_processor import SamHQImageProcessor, SamHQProcessor
+from samhq_jax.predictor import SamHQPredictor, TensorLikeArray
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ, init_params, param_shapes
+from samhq_jax.transforms import ResizeLongestSide
 
 __all__ = [
     "PRESETS",
@@ -17,9 +20,15 @@ __all__ = [
     "ImageEncoderConfig",
     "MaskDecoderConfig",
     "PromptEncoderConfig",
+    "ResizeLongestSide",
     "SamHQ",
     "SamHQConfig",
+    "SamHQImageProcessor",
+    "SamHQImageSegmentationOutput",
+    "SamHQModel",
     "SamHQPredictor",
+    "SamHQProcessor",
+    "TensorLikeArray",
     "init_params",
     "load_checkpoint",
     "load_pretrained",

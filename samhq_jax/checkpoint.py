@@ -7,7 +7,11 @@ A checkpoint is a directory with ``config.json`` (``{"format": "samhq_jax", "con
 :func:`read_weights` dispatches on what ``path`` is (our directory, an official ``.pth`` /
 ``.safetensors`` file, a Hugging Face folder, a hub repo id) and accepts original SAM checkpoints,
 whose HQ parameters it initialises as PyTorch would. :func:`load_pretrained` (predictor, CLI) and the
-training entry point both go through it.
+training entry point both go through it. A path that does not exist is a hub repo id only when it has
+the form ``owner/name`` (:func:`is_hub_id`). Every bad source is an exception with a one-line-able
+message naming the file: ``FileNotFoundError`` (no such path, a hub id not in the cache),
+``ValueError`` (a ``config.json`` that is not JSON or lacks a key or has one of the wrong type) or
+its subclass ``ConversionError`` (unknown format, unreadable file, tensors not fitting the model).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import SamHQConfig, checked_value, read_json_object
 from samhq_jax.hq_params import init_hq_params, merge_params
 
 FORMAT = "samhq_jax"
@@ -79,41 +84,113 @@ def save_checkpoint(
 
 
 def is_checkpoint_dir(path: Path) -> bool:
+    """Whether folder ``path`` is one of ours: its ``config.json`` says ``"format": "samhq_jax"``.
+
+    A ``config.json`` that is not a JSON object is a ``ValueError`` naming it.
+    """
     cfg = path / CONFIG_FILE
-    return cfg.is_file() and json.loads(cfg.read_text()).get("format") == FORMAT
+    return cfg.is_file() and read_json_object(cfg).get("format") == FORMAT
+
+
+def _read_ours(path: Path) -> LoadedWeights:
+    """Our checkpoint folder ``path``: ``config.json`` checked key by key (a ``ValueError`` naming the
+    file and the key), then every tensor of ``model.safetensors`` against that config."""
+    from convert.core import ConversionError, check_params
+    from convert.sources import read_safetensors
+
+    cfg = path / CONFIG_FILE
+    meta = read_json_object(cfg)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{cfg}: unsupported checkpoint format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})"
+        )
+    if "config" not in meta:
+        raise ValueError(f"{cfg}: missing key config (the model structure)")
+    hq_trained = checked_value(meta.get("hq_trained", True), bool, f"{cfg}: hq_trained")
+    try:
+        config = SamHQConfig.from_dict(meta["config"])
+    except ValueError as err:
+        raise ValueError(f"{cfg}: {err}") from err
+    if not (path / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{path}: {CONFIG_FILE} is there but not {WEIGHTS_FILE}")
+    flat = read_safetensors(path / WEIGHTS_FILE)
+    problems = check_params(flat, config, None)
+    if problems:
+        raise ConversionError(f"{path} does not fit its own config ({config.name}):\n" + "\n".join(problems))
+    return LoadedWeights(config, unflatten_dict(flat, sep="/"), hq_trained, FORMAT)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[SamHQConfig, dict]:
     """Read a directory written by :func:`save_checkpoint`; checks every tensor against the config."""
-    from convert.core import ConversionError, check_params
+    weights = _read_ours(Path(path))
+    return weights.config, weights.params
 
-    path = Path(path)
-    meta = json.loads((path / CONFIG_FILE).read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint format_version {meta.get('format_version')}")
-    config = SamHQConfig.from_dict(meta["config"])
-    flat = load_file(str(path / WEIGHTS_FILE))
-    problems = check_params(flat, config, None)
-    if problems:
-        raise ConversionError(f"{path} does not fit its own config ({config.name}):\n" + "\n".join(problems))
-    return config, unflatten_dict(flat, sep="/")
+
+# owner/name as the hub spells repo ids: letters, digits, "-", "_", "." (not first or last).
+HUB_ID = re.compile(r"([A-Za-z0-9]([\w.-]*[A-Za-z0-9])?)/([A-Za-z0-9]([\w.-]*[A-Za-z0-9])?)", re.ASCII)
+# A name ending like this is a mistyped file path, never a repo id.
+FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".json", ".npz", ".msgpack")
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` has the form of a hub repo id ``owner/name``.
+
+    Exactly one ``/``, hub characters only (so nothing starting with ``.``, ``/`` or ``~``), no
+    ``--`` or ``..``, and no checkpoint file extension (``.pth``, ``.safetensors``, ...).
+    """
+    return (
+        HUB_ID.fullmatch(text) is not None
+        and "--" not in text
+        and ".." not in text
+        and not text.lower().endswith(FILE_SUFFIXES)
+    )
 
 
 def _resolve_hub(repo_id: str) -> Path:
-    """Local snapshot folder of a hub repo (honours ``HF_HUB_OFFLINE`` and the hub cache)."""
+    """Local snapshot folder of a hub repo (honours ``HF_HUB_OFFLINE`` and the hub cache).
+
+    Failing, a one-line ``FileNotFoundError`` saying that ``repo_id`` was looked up as a hub id,
+    why that failed, and how to name a local path instead.
+    """
+    local_hint = f"for a local checkpoint pass an existing path (./{repo_id} is {Path(repo_id).absolute()})"
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as err:
         raise FileNotFoundError(
-            f"{repo_id!r} is not a local path, and loading from the hub needs huggingface_hub "
-            "(pip install 'samhq-jax[hub]')"
+            f"{repo_id!r} is no local path, so it was looked up as a hub repo id, which needs huggingface_hub "
+            f"(pip install 'samhq-jax[hub]'); {local_hint}"
         ) from err
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors", "*.json"]))
     except Exception as err:  # offline and not cached, unknown repo, no network
+        if constants.HF_HUB_OFFLINE and isinstance(err, LocalEntryNotFoundError):
+            why = "the hub is offline (HF_HUB_OFFLINE=1)"
+        else:
+            reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            why = f"it could not be downloaded (offline, unreachable or no such repo: {reason})"
         raise FileNotFoundError(
-            f"{repo_id!r} is not a local path, and the hub repo could not be fetched or found in the cache: {err}"
+            f"{repo_id!r} is no local path, so it was looked up as a hub repo id: it is not in the local hub "
+            f"cache ({constants.HF_HUB_CACHE}) and {why}; {local_hint}"
         ) from err
+
+
+def resolve_source(path: str | os.PathLike) -> Path:
+    """The local file or folder behind a checkpoint source: ``path`` itself, or the hub cache's
+    snapshot folder when ``path`` is a hub repo id (see :func:`read_weights`).
+
+    ``path`` is looked up on the hub only when nothing exists at it and it has the form
+    ``owner/name`` (:func:`is_hub_id`); any other missing path is a ``FileNotFoundError`` naming it
+    and, when relative, where it was looked for.
+    """
+    text = os.fspath(path)
+    local = Path(text).expanduser()
+    if local.exists():
+        return local
+    if is_hub_id(text):
+        return _resolve_hub(text)
+    where = "" if local.is_absolute() else f" ({local.absolute()})"
+    raise FileNotFoundError(f"no checkpoint at {text}{where}")
 
 
 def read_weights(path: str | os.PathLike, hq_seed: int = 0) -> LoadedWeights:
@@ -127,16 +204,17 @@ def read_weights(path: str | os.PathLike, hq_seed: int = 0) -> LoadedWeights:
     For the latter, SAM's tensors are imported and the HQ parameters initialised from ``hq_seed``
     with PyTorch's distributions (:func:`samhq_jax.hq_params.init_hq_params`);
     ``hq_trained`` is then False.
+
+    A missing ``path`` goes to the hub only in the form ``owner/name`` (see :func:`resolve_source`):
+    ``checkpoints/sam_hq_vit_b.pth`` is ``FileNotFoundError("no checkpoint at ...")``. Unknown
+    formats, unreadable files and bad ``config.json`` files are ``ValueError`` /
+    :class:`convert.core.ConversionError` naming the file and the problem.
     """
     from convert.sources import load_torch_checkpoint
 
-    local = Path(path)
-    if not local.exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/")):
-        local = _resolve_hub(str(path))
+    local = resolve_source(path)
     if local.is_dir() and is_checkpoint_dir(local):
-        config, params = load_checkpoint(local)
-        hq_trained = json.loads((local / CONFIG_FILE).read_text()).get("hq_trained", True)
-        return LoadedWeights(config, params, hq_trained, FORMAT)
+        return _read_ours(local)
     config, params = load_torch_checkpoint(local, allow_plain_sam=True)
     fmt = "hf" if local.is_dir() else "official"
     if "hq_token" in params["mask_decoder"]:

@@ -8,6 +8,11 @@ Every numeric choice that differs between the official SysCV/sam-hq checkpoints 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
+import typing
+from pathlib import Path
 from typing import Any
 
 OFFICIAL_TRANSFORMER_LN_EPS = 1e-5  # nn.LayerNorm default in the official TwoWayTransformer
@@ -218,15 +223,100 @@ class SamHQConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SamHQConfig:
-        enc = dict(d["image_encoder"])
-        enc["global_attn_indexes"] = tuple(enc["global_attn_indexes"])
-        return cls(
-            image_encoder=ImageEncoderConfig(**enc),
-            prompt_encoder=PromptEncoderConfig(**d["prompt_encoder"]),
-            mask_decoder=MaskDecoderConfig(**d["mask_decoder"]),
-            name=d.get("name", "custom"),
-        )
+    def from_dict(cls, d: Any, where: str = "config") -> SamHQConfig:
+        """The inverse of :meth:`to_dict`, checked: ``ValueError`` naming the first bad key.
+
+        Every section and field must be there (``name`` may be left out), with its type (an int
+        where an int is due, ...; ints and floats positive), and nothing else; a message reads
+        ``config.image_encoder.depth: expected a positive integer, got "12"`` (``where`` is the
+        prefix). Callers reading a file put its name in front.
+        """
+        hints = typing.get_type_hints(cls)
+        values = _checked_fields(cls, d, where, optional=("name",))  # every section present
+        for key, value in values.items():
+            if dataclasses.is_dataclass(hints[key]):
+                section = f"{where}.{key}"
+                values[key] = _build(hints[key], _checked_fields(hints[key], value, section), section)
+        return _build(cls, values, where)
 
 
 PRESETS = ("vit_b", "vit_l", "vit_h", "tiny_b", "tiny_l", "tiny_h")
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in file ``path``; ``ValueError`` naming the file when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a JSON text file ({err.reason})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {{...}}, got {_json_kind(data)}")
+    return data
+
+
+def checked_value(value: Any, kind: Any, where: str) -> Any:
+    """``value`` (read from JSON) as a field of type ``kind``, or a ``ValueError`` naming ``where``.
+
+    ``kind``: ``bool``, ``int`` (positive), ``float`` (positive, finite; an int is taken), ``str``,
+    ``tuple[int, ...]`` (a list of non-negative ints, returned as a tuple), or ``dict`` or a config
+    dataclass (an object; its fields are checked by the caller).
+    """
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool:
+        ok, want = isinstance(value, bool), "true or false"
+    elif kind is int:
+        ok, want = number and isinstance(value, int) and value > 0, "a positive integer"
+    elif kind is float:
+        ok, want = number and math.isfinite(value) and value > 0, "a positive number"
+        value = float(value) if ok else value
+    elif kind is str:
+        ok, want = isinstance(value, str), "a string"
+    elif typing.get_origin(kind) is tuple:
+        want = "a list of integers >= 0"
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+        )
+        value = tuple(value) if ok else value
+    elif kind is dict or dataclasses.is_dataclass(kind):  # a section: its reader checks its fields
+        ok, want = isinstance(value, dict), "an object {...}"
+    else:
+        raise TypeError(f"{where}: no JSON check for fields of type {kind}")
+    if not ok:
+        raise ValueError(f"{where}: expected {want}, got {json.dumps(value, default=str)[:60]}")
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    """How JSON names the type of ``value``."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _checked_fields(owner: type, d: Any, where: str, optional: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``d`` checked field by field against dataclass ``owner``: an object, no key missing or unknown,
+    each value of its field's type. ``optional``: the fields that may be absent (default: those with
+    a default value).
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected an object {{...}} of {owner.__name__} fields, got {_json_kind(d)}")
+    hints = typing.get_type_hints(owner)
+    kinds = {f.name: hints[f.name] for f in dataclasses.fields(owner)}
+    if optional is None:
+        optional = tuple(f.name for f in dataclasses.fields(owner) if f.default is not dataclasses.MISSING)
+    missing = [k for k in kinds if k not in d and k not in optional]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+    unknown = sorted(set(d) - set(kinds))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(kinds)}")
+    return {k: checked_value(v, kinds[k], f"{where}.{k}") for k, v in d.items()}
+
+
+def _build(owner: type, values: dict[str, Any], where: str) -> Any:
+    """``owner(**values)``, its ``__post_init__`` consistency errors prefixed with ``where``."""
+    try:
+        return owner(**values)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err

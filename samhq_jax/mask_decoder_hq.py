@@ -14,6 +14,10 @@ The decoder returns one mask per prompt: the SAM mask picked by the rule below p
 is the one of the three multimask tokens with the highest predicted IoU, otherwise token 0; the
 returned IoU is SAM's prediction for that token (there is no IoU for the HQ mask).
 
+``all_multimask`` gives the Hugging Face ``SamHQModel`` semantics of ``multimask_output``: all
+three multimask SAM masks, sorted by predicted IoU (descending), each plus the HQ mask, with their
+three IoUs; the first of them is the official single choice.
+
 ``sam_only`` decodes as the original SAM ``MaskDecoder``: the HQ token does not enter the two-way
 transformer (so SAM's tokens are exactly SAM's), no HQ feature is computed, and SAM's masks are
 returned: the three multimask outputs with ``multimask_output``, else the single-mask output.
@@ -117,6 +121,7 @@ class MaskDecoderHQ(nn.Module):
         hq_token_only: bool,
         sam_only: bool = False,
         sparse_mask: jax.Array | None = None,
+        all_multimask: bool = False,
     ) -> tuple[jax.Array, jax.Array]:
         """Decode P prompts for each of B images.
 
@@ -132,10 +137,13 @@ class MaskDecoderHQ(nn.Module):
           sparse_mask: optional ``(B, P, T)`` bool; prompt tokens marked False are padding and are
             ignored exactly (see :class:`TwoWayTransformer`), so prompts of different kinds and
             lengths can share one call.
+          all_multimask: with ``multimask_output``, return all three SAM masks sorted by IoU, each
+            plus the HQ mask (Hugging Face semantics; static).
 
         Returns:
-          ``masks (B, P, K, 4G, 4G)`` float32 low-res logits and ``iou_predictions (B, P, K)`` float32;
-          K = 1, except K = 3 (SAM's multimask outputs) with ``sam_only`` and ``multimask_output``.
+          ``masks (B, P, K, 4G, 4G)`` float32 low-res logits and ``iou_predictions (B, P, J)`` float32.
+          K = J = 1, except with ``multimask_output`` and ``sam_only`` (K = J = 3, SAM's multimask
+          outputs) or ``all_multimask`` (J = 3; K = 3, or 1 with ``hq_token_only``).
         """
         cfg = self.config
         b, p, t, c = sparse_embeddings.shape
@@ -181,7 +189,11 @@ class MaskDecoderHQ(nn.Module):
         masks_hq = jnp.einsum("nc,nhwc->nhw", hyper_hq, up_hq, preferred_element_type=f32)[:, None]
         self.sow("intermediates", "masks", jnp.concatenate([masks_sam, masks_hq], axis=1))
 
-        if multimask_output:
+        if multimask_output and all_multimask:
+            order = jnp.argsort(-iou_pred[:, 1:], axis=1)  # descending, like torch.sort
+            iou_out = jnp.take_along_axis(iou_pred[:, 1:], order, axis=1)
+            chosen = jnp.take_along_axis(masks_sam[:, 1:], order[:, :, None, None], axis=1)
+        elif multimask_output:
             best = jnp.argmax(iou_pred[:, 1:], axis=1)[:, None]  # first maximum, like torch.max
             iou_out = jnp.take_along_axis(iou_pred[:, 1:], best, axis=1)
             chosen = jnp.take_along_axis(masks_sam[:, 1:], best[:, :, None, None], axis=1)
@@ -189,4 +201,4 @@ class MaskDecoderHQ(nn.Module):
             iou_out = iou_pred[:, :1]
             chosen = masks_sam[:, :1]
         masks = masks_hq if hq_token_only else chosen + masks_hq
-        return masks.reshape(b, p, 1, *masks.shape[2:]), iou_out.reshape(b, p, 1)
+        return masks.reshape(b, p, *masks.shape[1:]), iou_out.reshape(b, p, -1)

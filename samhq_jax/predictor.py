@@ -8,12 +8,24 @@
 Coordinates are pixels in the original image. The image embedding and the early ViT feature are
 cached at ``set_image``; prompt counts are padded to powers of two (by repeating the last prompt,
 whose result is dropped) so a new count rarely recompiles.
+
+The official ``SamPredictor`` surface is here too, so the official demo (``demo/demo_hqsam.py``)
+runs with changed imports: ``transform`` (a :class:`~samhq_jax.transforms.ResizeLongestSide`),
+``predict_torch`` (prompts already in the model's input frame, batched), ``set_torch_image``,
+``features`` / ``interm_features``, ``device``, ``original_size`` / ``input_size`` /
+``is_image_set`` / ``reset_image``. Where the official API hands out torch tensors, this one hands
+out NumPy arrays of type :class:`TensorLikeArray`, whose ``.cpu()`` / ``.detach()`` / ``.numpy()``
+are no-ops, so ``masks.squeeze(1).cpu().numpy()`` keeps working. The one line to change in user
+code: ``torch.tensor(..., device=predictor.device)`` -- ``device`` is a JAX device, which torch
+cannot place a tensor on; drop ``device=`` (or use ``np.array``): the prompts may be torch tensors
+or any array-like.
 """
 
 from __future__ import annotations
 
 import os
-from functools import partial
+from collections.abc import Callable
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +35,16 @@ from samhq_jax.checkpoint import load_pretrained
 from samhq_jax.config import SamHQConfig
 from samhq_jax.prompt_encoder import LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_POSITIVE
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
-from samhq_jax.transforms import MASK_THRESHOLD, apply_boxes, apply_coords, postprocess_masks, preprocess
+from samhq_jax.transforms import (
+    MASK_THRESHOLD,
+    ResizeLongestSide,
+    apply_boxes,
+    apply_coords,
+    as_numpy,
+    normalize_and_pad,
+    postprocess_masks,
+    preprocess,
+)
 
 VALID_LABELS = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_NOT_A_POINT)
 
@@ -33,6 +54,26 @@ def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+class TensorLikeArray(np.ndarray):
+    """A NumPy array standing in for a torch tensor of the official API: ``.cpu()`` and
+    ``.detach()`` return it unchanged and ``.numpy()`` returns it as a plain ``np.ndarray``, so
+    official-style code such as ``masks.squeeze(1).cpu().numpy()`` runs as it is. Everything
+    else is NumPy (``squeeze``, indexing, ``shape``, ``dtype``)."""
+
+    def cpu(self) -> TensorLikeArray:
+        return self
+
+    def detach(self) -> TensorLikeArray:
+        return self
+
+    def numpy(self) -> np.ndarray:
+        return np.asarray(self)
+
+
+def _tensor_like(a: jax.Array | np.ndarray) -> TensorLikeArray:
+    return np.asarray(a).view(TensorLikeArray)
+
+
 def _pad_prompts(a: np.ndarray | None, count: int) -> np.ndarray | None:
     """Pad axis 0 to ``count`` by repeating the last entry."""
     if a is None or a.shape[0] == count:
@@ -40,18 +81,34 @@ def _pad_prompts(a: np.ndarray | None, count: int) -> np.ndarray | None:
     return np.concatenate([a, np.repeat(a[-1:], count - a.shape[0], axis=0)], axis=0)
 
 
+@lru_cache(maxsize=16)
+def compiled_model(config: SamHQConfig, dtype: jnp.dtype) -> tuple[SamHQ, Callable, Callable]:
+    """The Flax module with its jitted ``embed_image`` and ``decode``, shared by every predictor of
+    one ``(config, dtype)``: a prompt signature compiles once per process, not once per predictor."""
+    model = SamHQ(config, dtype=dtype)
+    embed = jax.jit(partial(model.apply, method=SamHQ.embed_image))
+    decode = jax.jit(
+        partial(model.apply, method=SamHQ.decode),
+        static_argnames=("multimask_output", "hq_token_only", "sam_only", "all_multimask"),
+    )
+    return model, embed, decode
+
+
 class SamHQPredictor:
-    """Encode an image once, then predict HQ masks for any number of prompts."""
+    """Encode an image once, then predict HQ masks for any number of prompts.
+
+    Attributes:
+      config: the model's :class:`SamHQConfig`; ``params`` its weights; ``model`` the Flax module.
+      transform: ``ResizeLongestSide(config.img_size)``, the official ``predictor.transform``.
+      original_size / input_size: ``(H, W)`` of the image set, and of it resized into the model's
+        input frame (longest side ``config.img_size``); None before an image is set.
+    """
 
     def __init__(self, config: SamHQConfig, params: dict, dtype: jnp.dtype = jnp.float32) -> None:
         self.config = config
         self.params = params
-        self.model = SamHQ(config, dtype=dtype)
-        self._embed = jax.jit(partial(self.model.apply, method=SamHQ.embed_image))
-        self._decode = jax.jit(
-            partial(self.model.apply, method=SamHQ.decode),
-            static_argnames=("multimask_output", "hq_token_only", "sam_only"),
-        )
+        self.model, self._embed, self._decode = compiled_model(config, dtype)
+        self.transform = ResizeLongestSide(config.img_size)
         self.reset_image()
 
     @classmethod
@@ -67,7 +124,33 @@ class SamHQPredictor:
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         if image_format == "BGR":
             image = np.asarray(image)[..., ::-1]
-        net_input, self.input_size, self.original_size = preprocess(image, self.config.img_size)
+        net_input, input_size, original_size = preprocess(image, self.config.img_size)
+        self._set_embeddings(net_input, input_size, original_size)
+
+    def set_torch_image(self, transformed_image: object, original_image_size: tuple[int, ...]) -> None:
+        """The official ``set_torch_image``: encode an image already resized by :attr:`transform`.
+
+        Args:
+          transformed_image: ``(1, 3, h, w)`` NCHW, 0-255 (uint8 or float; a torch tensor or any
+            array-like), RGB, with ``max(h, w) == config.img_size``, e.g.
+            ``transform.apply_image(image)`` moved to channels-first with a batch axis.
+          original_image_size: ``(H, W)`` of the image before resizing (prompts are in its pixels).
+        """
+        image = as_numpy(transformed_image)
+        s = self.config.img_size
+        if image.ndim != 4 or image.shape[:2] != (1, 3) or max(image.shape[2:]) != s or min(image.shape[2:]) < 1:
+            raise ValueError(f"set_torch_image input must be (1, 3, h, w) with long side {s}, got {image.shape}")
+        if len(original_image_size) != 2:
+            raise ValueError(f"original_image_size must be (H, W), got {original_image_size}")
+        net_input = normalize_and_pad(image[0].transpose(1, 2, 0), s)
+        self._set_embeddings(net_input, image.shape[2:], original_image_size)
+
+    def _set_embeddings(
+        self, net_input: np.ndarray, input_size: tuple[int, ...], original_size: tuple[int, ...]
+    ) -> None:
+        """Encode ``(S, S, 3)`` float32 normalised, padded ``net_input`` and cache it with its sizes."""
+        self.input_size = tuple(int(v) for v in input_size)
+        self.original_size = tuple(int(v) for v in original_size)
         self.embeddings: ImageEmbeddings | None = self._embed({"params": self.params}, jnp.asarray(net_input)[None])
 
     def reset_image(self) -> None:
@@ -78,7 +161,43 @@ class SamHQPredictor:
 
     @property
     def is_image_set(self) -> bool:
+        """Whether an image has been set (and not reset)."""
         return self.embeddings is not None
+
+    @property
+    def device(self) -> jax.Device:
+        """The JAX device holding the cached embedding (the default device before an image is set).
+
+        The official attribute is a ``torch.device``; torch cannot place tensors on a JAX device,
+        so ``torch.tensor(x, device=predictor.device)`` in ported code becomes ``torch.tensor(x)``
+        (or ``np.array(x)``): every prompt argument takes torch tensors or any array-like.
+        """
+        if self.embeddings is None:
+            return jax.devices()[0]
+        return min(self.embeddings.image_embeddings.devices(), key=lambda d: d.id)
+
+    @property
+    def features(self) -> TensorLikeArray | None:
+        """The image embedding in the official layout: ``(1, C, G, G)`` NCHW (C = 256, G = 64 for the
+        real models; float32 unless the predictor computes in another dtype), a host copy of
+        ``get_image_embedding().image_embeddings`` (NHWC) transposed; None before an image is set."""
+        if self.embeddings is None:
+            return None
+        return _tensor_like(self.embeddings.image_embeddings).transpose(0, 3, 1, 2)
+
+    @property
+    def interm_features(self) -> list[TensorLikeArray] | None:
+        """``[early_feature]``: ``(1, G, G, vit_dim)`` NHWC output of the ViT's first global-attention
+        block, the official layout (a host copy of ``get_image_embedding().early_features``); None
+        before an image is set.
+
+        The official list holds every global-attention block's output (4 for ViT-B/L/H), but the HQ
+        decoder reads only ``interm_features[0]``; this encoder keeps only that one, so the list has
+        length 1.
+        """
+        if self.embeddings is None:
+            return None
+        return [_tensor_like(self.embeddings.early_features)]
 
     def get_image_embedding(self) -> ImageEmbeddings:
         """The cached ``(1, G, G, C)`` embedding and ``(1, G, G, vit_dim)`` early feature."""
@@ -105,8 +224,12 @@ class SamHQPredictor:
 
         Args:
           point_coords: ``(N, 2)`` xy pixels in the original image.
-          point_labels: ``(N,)`` 1 foreground, 0 background, -1 ignore.
-          box: ``(4,)`` xyxy pixels in the original image.
+          point_labels: ``(N,)`` 1 foreground, 0 background, -1 ignore (ints, or floats such as the
+            official demo's ``np.ones(N)``). Other values raise ``ValueError`` (the official
+            truncates fractions and gives 2 / 3 no label embedding).
+          box: one xyxy box in pixels of the original image: ``(4,)`` or ``(1, 4)`` (as the official,
+            any array of exactly 4 numbers). Several boxes raise ``ValueError``: use
+            :meth:`predict_batch` (the official silently returns the first box's mask).
           mask_input: ``(1, 256, 256)`` low-res logits from an earlier call.
           multimask_output: add the best of SAM's three multimask outputs (else SAM's single mask).
           return_logits: return logits instead of boolean masks.
@@ -125,7 +248,13 @@ class SamHQPredictor:
         if point_labels is not None:
             point_labels = np.asarray(point_labels)[None]
         if box is not None:
-            box = _as_array(box, "box", (4,))[None]
+            box = as_numpy(box)
+            if box.size != 4:
+                raise ValueError(
+                    f"box must be one x0 y0 x1 y1 box, shape (4,) or (1, 4), got {box.shape}; "
+                    "several boxes go to predict_batch"
+                )
+            box = box.reshape(1, 4)
         if mask_input is not None:
             mask_input = _as_array(mask_input, "mask_input", (1, None, None))[None]
         masks, iou, low_res = self.predict_batch(
@@ -156,19 +285,61 @@ class SamHQPredictor:
         Returns:
           ``masks (P, K, H, W)``, ``iou_predictions (P, K)``, ``low_res_logits (P, K, 256, 256)``.
         """
+        flags = multimask_output, return_logits, hq_token_only, sam_only
+        return self._predict_set_image((point_coords, point_labels, boxes, mask_input), self.original_size, flags)
+
+    def predict_torch(
+        self,
+        point_coords: object | None,
+        point_labels: object | None,
+        boxes: object | None = None,
+        mask_input: object | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        hq_token_only: bool = False,
+        sam_only: bool = False,
+    ) -> tuple[TensorLikeArray, TensorLikeArray, TensorLikeArray]:
+        """The official ``predict_torch``: B prompts already in the model's input frame.
+
+        Same compiled decode as :meth:`predict_batch`; only the coordinate frame differs. Prompts are
+        torch tensors (any device) or any array-like, e.g. the NumPy output of
+        ``transform.apply_boxes_torch``.
+
+        Args:
+          point_coords: ``(B, N, 2)`` xy in the resized input frame (``transform.apply_coords_torch``).
+          point_labels: ``(B, N)`` in {1, 0, -1}.
+          boxes: ``(B, 4)`` xyxy in the resized input frame (``(B, 1, 4)`` / ``(B, 2, 2)``, read
+            row by row as the official does, are accepted too).
+          mask_input: ``(B, 1, 256, 256)`` low-res logits; with B = 1 it is used for every prompt,
+            as torch broadcasting does in the official.
+          Flags as in :meth:`predict`.
+
+        Returns:
+          ``masks (B, K, H, W)`` bool (float32 logits with ``return_logits``), ``iou_predictions
+          (B, K)`` float32, ``low_res_logits (B, K, 256, 256)`` float32, as :class:`TensorLikeArray`
+          (NumPy, where the official returns torch tensors; ``.cpu()`` / ``.numpy()`` still work).
+        """
+        prompts = [None if a is None else as_numpy(a) for a in (point_coords, point_labels, boxes, mask_input)]
+        point_coords, point_labels, boxes, mask_input = prompts
+        if boxes is not None and boxes.ndim > 2:
+            boxes = boxes.reshape(boxes.shape[0], -1)
+        if mask_input is not None and mask_input.ndim == 4 and mask_input.shape[0] == 1:
+            count = next((a.shape[0] for a in (point_coords, boxes) if a is not None and a.ndim > 0), 1)
+            mask_input = np.repeat(mask_input, count, axis=0)
+        flags = multimask_output, return_logits, hq_token_only, sam_only
+        outputs = self._predict_set_image((point_coords, point_labels, boxes, mask_input), None, flags)
+        return tuple(_tensor_like(a) for a in outputs)
+
+    def _predict_set_image(
+        self, prompts: tuple[np.ndarray | None, ...], prompt_frame: tuple[int, int] | None, flags: tuple[bool, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The one path of :meth:`predict_batch` and :meth:`predict_torch`: check, decode and
+        post-process ``prompts = (point_coords, point_labels, boxes, mask_input)`` for the image set.
+        Coordinates are pixels of an image of size ``prompt_frame``, or already in the input frame
+        when it is None; ``flags = (multimask_output, return_logits, hq_token_only, sam_only)``."""
         self._require_image()
-        points, labels, boxes, masks = self._check_prompts(
-            point_coords, point_labels, boxes, mask_input, self.original_size
-        )
-        return self._decode_padded(
-            self.embeddings,
-            [(points, labels, boxes, masks)],
-            [(self.input_size, self.original_size)],
-            multimask_output,
-            return_logits,
-            hq_token_only,
-            sam_only,
-        )[0]
+        checked = self._check_prompts(*prompts, prompt_frame)
+        return self._decode_padded(self.embeddings, [checked], [(self.input_size, self.original_size)], *flags)[0]
 
     def predict_images(
         self,
@@ -253,9 +424,10 @@ class SamHQPredictor:
         point_labels: np.ndarray | None,
         boxes: np.ndarray | None,
         mask_input: np.ndarray | None,
-        original_size: tuple[int, int],
+        original_size: tuple[int, int] | None,
     ) -> tuple[np.ndarray | None, ...]:
-        """Validate batched prompts and map coordinates into the resized frame."""
+        """Validate batched prompts and map coordinates from an image of ``original_size`` into the
+        resized input frame (None: they are in that frame already, as ``predict_torch`` takes them)."""
         s, low = self.config.img_size, self.config.low_res_mask_size
         counts = {}
         points = labels = masks = None
@@ -271,14 +443,15 @@ class SamHQPredictor:
             bad = sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))
             if bad:
                 raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
-            points, labels = apply_coords(coords, original_size, s), labels.astype(np.int32)
+            points = coords if original_size is None else apply_coords(coords, original_size, s)
+            labels = labels.astype(np.int32)
             counts["point_coords"] = coords.shape[0]
         if boxes is not None:
             raw = _as_array(boxes, "boxes", (None, 4))
             flipped = np.nonzero((raw[:, 2] < raw[:, 0]) | (raw[:, 3] < raw[:, 1]))[0]
             if flipped.size:
                 raise ValueError(f"boxes must be x0 y0 x1 y1 with x1 >= x0 and y1 >= y0; bad rows {flipped.tolist()}")
-            boxes = apply_boxes(raw, original_size, s)
+            boxes = raw if original_size is None else apply_boxes(raw, original_size, s)
             counts["boxes"] = raw.shape[0]
         if mask_input is not None:
             masks = _as_array(mask_input, "mask_input", (None, 1, low, low))[:, 0]

@@ -16,6 +16,7 @@ from samhq_jax.config import PromptEncoderConfig
 from samhq_jax.layers import Dtype, gelu, layer_norm
 
 LABEL_NOT_A_POINT = -1  # padding point: its PE is replaced by not_a_point_embed
+LABEL_PAD = -10  # Hugging Face padding of ragged point lists: the token is all zeros (it still attends)
 LABEL_NEGATIVE = 0
 LABEL_POSITIVE = 1
 
@@ -95,7 +96,8 @@ class PromptEncoder(nn.Module):
     def embed_points(self, points: jax.Array, labels: jax.Array, pad: bool) -> jax.Array:
         """``(..., N, 2)`` xy pixels and ``(..., N)`` int labels -> ``(..., N [+1], C)`` float32.
 
-        Labels: 1 positive, 0 negative, -1 not-a-point (padding). With ``pad`` a ``(0, 0)`` point
+        Labels: 1 positive, 0 negative, -1 not-a-point (padding), -10 the Hugging Face pad of a
+        ragged point list (a zero token, as ``transformers`` does). With ``pad`` a ``(0, 0)`` point
         labelled -1 is appended, as the reference does whenever no box is given.
         """
         points = points.astype(jnp.float32) + 0.5
@@ -106,6 +108,7 @@ class PromptEncoder(nn.Module):
         emb = self._pe_pixels(points)
         lab = labels[..., None]
         emb = jnp.where(lab == LABEL_NOT_A_POINT, self.not_a_point_embed.astype(jnp.float32), emb)
+        emb = jnp.where(lab == LABEL_PAD, 0.0, emb)
         emb = emb + jnp.where(lab == LABEL_NEGATIVE, self.point_embeddings[0].astype(jnp.float32), 0.0)
         return emb + jnp.where(lab == LABEL_POSITIVE, self.point_embeddings[1].astype(jnp.float32), 0.0)
 
@@ -128,7 +131,7 @@ class PromptEncoder(nn.Module):
 
         Args:
           points: ``(*batch_shape, N, 2)`` xy pixels, or None.
-          labels: ``(*batch_shape, N)`` int labels in {1, 0, -1}; required with ``points``.
+          labels: ``(*batch_shape, N)`` int labels in {1, 0, -1, -10}; required with ``points``.
           boxes: ``(*batch_shape, 4)`` xyxy pixels, or None.
           masks: ``(*batch_shape, 4G, 4G)`` low-res mask logits, or None.
           batch_shape: leading shape of the prompt batch.

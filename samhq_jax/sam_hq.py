@@ -11,6 +11,7 @@ not part of the model.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -68,23 +69,28 @@ class SamHQ(nn.Module):
         multimask_output: bool = False,
         hq_token_only: bool = False,
         sam_only: bool = False,
+        all_multimask: bool = False,
     ) -> tuple[jax.Array, jax.Array]:
         """Decode P prompts for each of the B encoded images.
 
         Args:
           embeddings: from :meth:`embed_image`, batch B.
           points: ``(B, P, N, 2)`` float xy in the padded input frame (pixels), or None.
-          labels: ``(B, P, N)`` int, 1 = foreground, 0 = background, -1 = padding point.
+          labels: ``(B, P, N)`` int, 1 = foreground, 0 = background, -1 = padding point, -10 = Hugging
+            Face pad of a ragged point list (zero token).
           boxes: ``(B, P, 4)`` float xyxy in the padded input frame, or None.
           mask_inputs: ``(B, P, 4G, 4G)`` low-res logits from an earlier call, or None.
           multimask_output: choose the best of SAM's three multimask outputs (static).
           hq_token_only: return only the HQ-token mask (static).
           sam_only: decode as the original SAM, HQ token left out (static): SAM's masks, three with
             ``multimask_output``. The SAM-vs-HQ baseline, and the mode for a plain SAM checkpoint.
+          all_multimask: with ``multimask_output``, all three SAM masks sorted by IoU, each plus the
+            HQ mask, as Hugging Face ``SamHQModel`` returns them (static).
 
         Returns:
-          ``low_res_masks (B, P, K, 4G, 4G)`` float32 logits and ``iou_predictions (B, P, K)`` float32;
-          K = 1, or 3 with ``sam_only`` and ``multimask_output``.
+          ``low_res_masks (B, P, K, 4G, 4G)`` float32 logits and ``iou_predictions (B, P, J)`` float32;
+          K = J = 1, or 3 with ``multimask_output`` and ``sam_only`` or ``all_multimask`` (then K = 1
+          with ``hq_token_only``, J = 3).
         """
         b = embeddings.image_embeddings.shape[0]
         batch_shape = _prompt_batch_shape(b, points, labels, boxes, mask_inputs)
@@ -100,6 +106,7 @@ class SamHQ(nn.Module):
             multimask_output,
             hq_token_only,
             sam_only,
+            all_multimask=all_multimask,
         )
 
     def __call__(
@@ -170,5 +177,13 @@ def init_params(config: SamHQConfig, rng: jax.Array, param_dtype: Dtype = jnp.fl
 
 
 def param_shapes(config: SamHQConfig, param_dtype: Dtype = jnp.float32) -> dict:
-    """``jax.ShapeDtypeStruct`` tree of :func:`init_params`'s output, computed without allocating."""
+    """``jax.ShapeDtypeStruct`` tree of :func:`init_params`'s output, computed without allocating.
+
+    Traced once per ``(config, param_dtype)``; each call returns a fresh copy of the tree.
+    """
+    return jax.tree.map(lambda s: s, _traced_param_shapes(config, jnp.dtype(param_dtype)))
+
+
+@functools.lru_cache(maxsize=32)
+def _traced_param_shapes(config: SamHQConfig, param_dtype: jnp.dtype) -> dict:
     return jax.eval_shape(lambda rng: init_params(config, rng, param_dtype), jax.random.PRNGKey(0))

@@ -8,6 +8,10 @@
 * Prompt coordinates are scaled from the original frame by ``new / old`` per axis (float64).
 * Low-res logits go back by bilinear resizing (half-pixel centres, no antialias) to
   ``long_side`` squared, cropping the padding, and bilinear resizing to the original size.
+
+:class:`ResizeLongestSide` gathers the resize and coordinate maps under the official class's
+method names, so code written against ``segment_anything_hq.utils.transforms`` ports unchanged
+(its ``*_torch`` methods take torch tensors or any array-like and return NumPy arrays).
 """
 
 from __future__ import annotations
@@ -73,20 +77,96 @@ def preprocess(image: np.ndarray | Image.Image, size: int) -> tuple[np.ndarray, 
     return normalize_and_pad(resized, size), resized.shape[:2], rgb.shape[:2]
 
 
-def apply_coords(coords: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
-    """``(..., 2)`` xy pixels in the original image -> the resized frame (float32, computed in float64)."""
+def apply_coords(
+    coords: np.ndarray, original_size: tuple[int, int], long_side: int, dtype: np.dtype = np.float32
+) -> np.ndarray:
+    """``(..., 2)`` xy pixels in the original image -> the resized frame (computed in float64,
+    returned as ``dtype``, float32 by default)."""
     old_h, old_w = original_size
     new_h, new_w = preprocess_shape(old_h, old_w, long_side)
     out = np.array(coords, dtype=np.float64, copy=True)
     out[..., 0] *= new_w / old_w
     out[..., 1] *= new_h / old_h
-    return out.astype(np.float32)
+    return out.astype(dtype)
 
 
-def apply_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
-    """``(..., 4)`` xyxy boxes in the original image -> the resized frame (float32)."""
+def apply_boxes(
+    boxes: np.ndarray, original_size: tuple[int, int], long_side: int, dtype: np.dtype = np.float32
+) -> np.ndarray:
+    """``(..., 4)`` xyxy boxes in the original image -> the resized frame (``dtype``, float32 by default)."""
     boxes = np.asarray(boxes)
-    return apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side).reshape(boxes.shape)
+    corners = boxes.reshape(*boxes.shape[:-1], 2, 2)
+    return apply_coords(corners, original_size, long_side, dtype).reshape(boxes.shape)
+
+
+def untorch(x: object) -> object:
+    """A torch tensor (any device, also one that requires grad) as a NumPy array, duck-typed through
+    its ``detach`` / ``cpu`` / ``numpy`` methods so torch is never imported; anything else as is."""
+    if all(hasattr(x, m) for m in ("detach", "cpu", "numpy")):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def as_numpy(x: object) -> np.ndarray:
+    """Any array-like as a NumPy array: NumPy, JAX, nested lists, or a torch tensor."""
+    return np.asarray(untorch(x))
+
+
+class ResizeLongestSide:
+    """The official ``ResizeLongestSide`` (``segment_anything_hq.utils.transforms``) on this module's
+    functions: resize images so the longest side is ``target_length`` and map prompt coordinates
+    from the original image into that resized frame.
+
+    The NumPy methods return what the official ones return (``apply_image`` bit-identically,
+    ``apply_coords`` / ``apply_boxes`` as float64). The ``*_torch`` methods accept torch tensors
+    (on any device) or any array-like, and return **NumPy** arrays (float32, as the official
+    returns ``torch.float``); torch is not imported. :meth:`SamHQPredictor.predict_torch` takes
+    those arrays as they are.
+    """
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = target_length
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        """``(new_h, new_w)`` with the longest side ``long_side_length`` (sides rounded half up)."""
+        return preprocess_shape(oldh, oldw, long_side_length)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, C)`` uint8 -> ``(h, w, C)`` uint8, longest side ``target_length`` (PIL bilinear)."""
+        return resize_longest_side(np.asarray(image), self.target_length)
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        """``(..., 2)`` xy in an image of ``original_size = (H, W)`` -> the resized frame, float64."""
+        return apply_coords(coords, tuple(original_size), self.target_length, np.float64)
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        """Boxes (``(B, 4)``, or anything of 4 numbers per box) -> ``(B, 4)`` xyxy, float64."""
+        return apply_boxes(np.reshape(boxes, (-1, 4)), tuple(original_size), self.target_length, np.float64)
+
+    def apply_image_torch(self, image: object) -> np.ndarray:
+        """``(B, C, H, W)`` float images -> ``(B, C, h, w)`` float32 NumPy, longest side
+        ``target_length``: bilinear with antialiasing (the official ``F.interpolate(...,
+        antialias=True)``; as there, not exactly :meth:`apply_image`, which the model expects)."""
+        image = as_numpy(image).astype(np.float32)
+        if image.ndim != 4:
+            raise ValueError(f"apply_image_torch expects (B, C, H, W) images, got {image.shape}")
+        size = self.get_preprocess_shape(image.shape[2], image.shape[3], self.target_length)
+        return np.asarray(_resize_antialiased(jnp.asarray(image), size))
+
+    def apply_coords_torch(self, coords: object, original_size: tuple[int, ...]) -> np.ndarray:
+        """``(..., 2)`` xy (torch tensor or array-like) -> the resized frame, float32 NumPy."""
+        return apply_coords(as_numpy(coords), tuple(original_size), self.target_length, np.float32)
+
+    def apply_boxes_torch(self, boxes: object, original_size: tuple[int, ...]) -> np.ndarray:
+        """``(B, 4)`` xyxy boxes (torch tensor or array-like) -> ``(B, 4)`` float32 NumPy."""
+        return apply_boxes(as_numpy(boxes).reshape(-1, 4), tuple(original_size), self.target_length, np.float32)
+
+
+@partial(jax.jit, static_argnames=("size",))
+def _resize_antialiased(images: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """``(B, C, H, W)`` -> ``(B, C, *size)``: bilinear, half-pixel centres, antialiased when shrinking."""
+    return jax.image.resize(images, (*images.shape[:2], *size), "bilinear", antialias=True)
 
 
 def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

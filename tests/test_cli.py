@@ -12,6 +12,7 @@ from PIL import Image
 
 from eval.parity import IMAGES_DIR
 from samhq_jax import save_checkpoint
+from samhq_jax.cli import main
 from tests.conftest import official_model_and_params
 
 
@@ -101,17 +102,22 @@ def test_folder_with_prompts_file(checkpoint: str, tmp_path) -> None:
         ),
         (
             ["predict", "--checkpoint", "CKPT", "--image", "IMG", "--point", "1", "2", "7", "--output", "o"],
-            "point_labels",
+            "the label must be 1 (foreground), 0 (background) or -1 (ignore)",
         ),
         (["predict", "--checkpoint", "CKPT", "--image", "IMG", "--box", "1", "2", "--output", "o"], "--box"),
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_bad_arguments_exit_with_one_line(checkpoint: str, tmp_path, args: list, match: str) -> None:
+def test_bad_arguments_exit_with_one_line(checkpoint: str, tmp_path, capsys, args: list, match: str) -> None:
+    """In-process (no JAX start-up per case); tests/test_cli_errors.py has every other error path."""
     subst = {"CKPT": checkpoint, "IMG": str(IMAGES_DIR / "dog.jpg"), "o": str(tmp_path / "o")}
     args = [subst.get(a, a) for a in args]
-    run = _samhq(*args)
-    assert run.returncode != 0
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-    assert match in lines[0]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("samhq: error: ") and match in lines[0]

@@ -14,6 +14,7 @@ import torch
 from flax.traverse_util import flatten_dict
 
 from convert import HF, OFFICIAL, ConversionError, load_torch_checkpoint, params_to_state_dict, state_dict_to_params
+from eval.parity import sample_images
 from eval.reference import build_hf
 from samhq_jax import SamHQConfig, load_pretrained, param_shapes
 from tests.conftest import official_model_and_params
@@ -57,22 +58,49 @@ def test_official_round_trip_is_bit_identical(preset: str) -> None:
         assert back[k].shape == v.shape and np.array_equal(back[k], v), k
 
 
-def test_hf_round_trip_and_tied_matrix(tmp_path) -> None:
+_TIED = ("shared_image_embedding.positional_embedding", "prompt_encoder.shared_embedding.positional_embedding")
+
+
+def test_hf_round_trip_and_tied_matrix() -> None:
+    """HF -> ours -> HF is bit-identical, the exported state dict loads into transformers' ``SamHQModel``
+    with ``strict=True`` and reproduces the original model exactly; either copy of the tied random-Fourier
+    matrix alone imports to the same parameters; disagreeing copies are refused naming both keys."""
     model = build_hf(SamHQConfig.tiny_b(), seed=3)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
+    assert set(_TIED) <= set(state) and np.array_equal(state[_TIED[0]], state[_TIED[1]])
     config, params = state_dict_to_params(state)
     assert config.mask_decoder.transformer_layer_norm_eps == 1e-6
     back = params_to_state_dict(params, HF)
     assert set(back) == set(state)
-    assert all(np.array_equal(back[k], v) for k, v in state.items())
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
+
+    # The export loads strictly into a fresh transformers model (both tied keys present) ...
+    fresh = type(model)(model.config).eval()
+    result = fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    # ... and that model gives the original's outputs bit for bit.
+    pixels = torch.from_numpy(sample_images(config, 1)).permute(0, 3, 1, 2)
+    boxes = torch.tensor([[[10.0, 20.0, 90.0, 120.0]]])
+    with torch.no_grad():
+        want = model(pixel_values=pixels, input_boxes=boxes, multimask_output=True)
+        have = fresh(pixel_values=pixels, input_boxes=boxes, multimask_output=True)
+    assert torch.equal(have.pred_masks, want.pred_masks) and torch.equal(have.iou_scores, want.iou_scores)
+
+    # Either copy alone is enough (HF's own loader also accepts the prompt-encoder copy missing).
+    flat = flatten_dict(params, sep="/")
+    for dropped in _TIED:
+        _, got = state_dict_to_params({k: v for k, v in state.items() if k != dropped})
+        got = flatten_dict(got, sep="/")
+        assert set(got) == set(flat) and all(np.array_equal(got[k], flat[k]) for k in flat), dropped
+    with pytest.raises(ConversionError, match="positional_embedding"):
+        state_dict_to_params({k: v for k, v in state.items() if k not in _TIED})
+
     untied = dict(state)
-    untied["prompt_encoder.shared_embedding.positional_embedding"] = (
-        state["shared_image_embedding.positional_embedding"] + 1
-    )
-    with pytest.raises(ConversionError, match="tied copy"):
+    untied[_TIED[1]] = state[_TIED[0]] + 1
+    with pytest.raises(ConversionError) as err:
         state_dict_to_params(untied)
-    only_one = {k: v for k, v in state.items() if k != "prompt_encoder.shared_embedding.positional_embedding"}
-    state_dict_to_params(only_one)
+    assert f"{_TIED[1]} should equal its tied copy {_TIED[0]} but differs" in str(err.value)
 
 
 def test_official_and_hf_tables_agree() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from convert.rules import CONV_T, Rule
-from samhq_jax.image_encoder import relative_position_table, window_partition, window_unpartition
+from eval.parity import relative_error
+from samhq_jax.image_encoder import Attention, relative_position_table, window_partition, window_unpartition
 from samhq_jax.layers import ConvTranspose, gelu
 from tests.conftest import assert_close
 
@@ -41,9 +43,66 @@ def test_window_partition_pads_with_zeros_and_round_trips() -> None:
     np.testing.assert_array_equal(np.asarray(window_unpartition(windows, 3, padded, (5, 5))), np.asarray(x))
 
 
-def test_relative_position_table_indexing() -> None:
-    table = jnp.arange(5 * 2, dtype=jnp.float32).reshape(5, 2)  # size 3 -> 2*3-1 rows
-    rel = np.asarray(relative_position_table(table, 3))
-    for i in range(3):
-        for j in range(3):
-            np.testing.assert_array_equal(rel[i, j], np.asarray(table[i - j + 2]))
+def _official_image_encoder():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from segment_anything_hq.modeling import image_encoder
+    return image_encoder
+
+
+@pytest.mark.parametrize("size", [4, 10, 14])  # tiny window, tiny global grid, real window
+def test_relative_position_table_equals_official_get_rel_pos(size: int) -> None:
+    table = torch.randn(2 * size - 1, 6, generator=torch.Generator().manual_seed(size))
+    ref = _official_image_encoder().get_rel_pos(size, size, table).numpy()
+    np.testing.assert_array_equal(np.asarray(relative_position_table(jnp.asarray(table.numpy()), size)), ref)
+
+
+@pytest.mark.parametrize("size", [4, 10])  # a windowed block's window side, a global block's grid side
+def test_attention_with_decomposed_rel_pos_matches_official(size: int) -> None:
+    """Our ``Attention`` against the official module with ``use_rel_pos=True`` (which calls
+    ``add_decomposed_rel_pos`` / ``get_rel_pos``), random weights and random, non-zero rel-pos tables."""
+    dim, heads = 16, 2
+    torch.manual_seed(size)
+    ref_attn = _official_image_encoder().Attention(dim, heads, qkv_bias=True, use_rel_pos=True, input_size=(size, size))
+    with torch.no_grad():
+        ref_attn.rel_pos_h.normal_(0, 0.5)
+        ref_attn.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(2, size, size, dim)
+    with torch.no_grad():
+        ref = ref_attn(x).numpy()
+        ref_attn.use_rel_pos = False
+        without_rel_pos = ref_attn(x).numpy()
+    # Sanity of the reference: the tables move the output far more than the tolerance below.
+    assert relative_error(without_rel_pos, ref) > 1e-2
+    w = {k: v.detach().numpy() for k, v in ref_attn.state_dict().items()}
+    params = {
+        "qkv": {"kernel": w["qkv.weight"].T, "bias": w["qkv.bias"]},
+        "proj": {"kernel": w["proj.weight"].T, "bias": w["proj.bias"]},
+        "rel_pos_h": w["rel_pos_h"],
+        "rel_pos_w": w["rel_pos_w"],
+    }
+    ours = Attention(dim, heads, size).apply({"params": params}, jnp.asarray(x.numpy()))
+    assert_close(np.asarray(ours), ref, f"Attention with rel-pos, {size}x{size}", rtol=1e-5)
+
+
+def test_rel_pos_interpolation_branch_is_refused_not_imitated() -> None:
+    """The official ``get_rel_pos`` linearly resizes a table whose length is not ``2 * max(q, k) - 1``,
+    and rescales coordinates when query and key sizes differ. Inside SAM's image encoder neither
+    happens: ``Attention`` passes ``q_size == k_size == (H, W)`` and every map is exactly the size its
+    table was built for (the window, or the grid at the model's own ``img_size``). We implement only
+    that case, so a mismatched table must raise, not be silently interpolated."""
+    official = _official_image_encoder()
+    table = torch.randn(7, 6)  # built for size 4
+    assert official.get_rel_pos(6, 6, table).shape == (6, 6, 6)  # official: interpolates
+    with pytest.raises(ValueError, match="rel_pos table has 7 rows, expected 11 for size 6"):
+        relative_position_table(jnp.asarray(table.numpy()), 6)
+    params = {
+        "qkv": {"kernel": jnp.zeros((16, 48)), "bias": jnp.zeros(48)},
+        "proj": {"kernel": jnp.zeros((16, 16)), "bias": jnp.zeros(16)},
+        "rel_pos_h": jnp.zeros((7, 8)),
+        "rel_pos_w": jnp.zeros((7, 8)),
+    }
+    with pytest.raises(ValueError, match="expected 11 for size 6"):
+        Attention(16, 2, 4).apply({"params": params}, jnp.zeros((1, 6, 6, 16)))

@@ -52,7 +52,16 @@ def _ours(config, params, images, points=None, labels=None, boxes=None, multimas
     model = SamHQ(config)
     emb = model.apply({"params": params}, jnp.asarray(images), method=SamHQ.embed_image)
     masks, iou = model.apply(
-        {"params": params}, emb, arr(points), arr(labels), arr(boxes), None, multimask, hq_only, method=SamHQ.decode
+        {"params": params},
+        emb,
+        arr(points),
+        arr(labels),
+        arr(boxes),
+        None,
+        multimask,
+        hq_only,
+        all_multimask=True,
+        method=SamHQ.decode,
     )
     return emb, np.asarray(masks), np.asarray(iou)
 
@@ -90,21 +99,65 @@ def test_masks_and_iou(hf_setup: tuple, kind: str, multimask: bool, hq_only: boo
             hq_token_only=hq_only,
             **t,
         )
-    # HF sorts the multimask outputs by IoU; its first one is the official (and our) choice.
-    ref_masks, ref_iou = out.pred_masks[:, :, :1].numpy(), out.iou_scores[:, :, :1].numpy()
+    # all_multimask: HF's three multimask outputs sorted by IoU, each plus the HQ mask (the first is
+    # the official single choice; tests/test_parity_official.py checks that one against SysCV).
+    ref_masks, ref_iou = out.pred_masks.numpy(), out.iou_scores.numpy()
+    assert masks.shape == ref_masks.shape and iou.shape == ref_iou.shape
     assert_close(iou, ref_iou, "iou")
     assert_close(masks, ref_masks, "low-res masks")
     assert mask_agreement(masks, ref_masks) >= MASK_AGREEMENT
 
 
+def _decode_453(model: torch.nn.Module, embeddings: tuple, points: np.ndarray, labels: np.ndarray, bug: bool):
+    """The pinned 4.53 ``SamHQModel`` on points, single-mask, from ``get_image_embeddings``' output; with
+    ``bug`` the documented 4.54+ regression is rebuilt from 4.53's own modules
+    (``../shared/reference/samhq_hf.md`` §0 finding 1, §3.4 step 4).
+
+    The 4.53 decoder turns the transformer's updated image tokens ``keys`` ``(B*P, 1, H*W, C)`` into the
+    mask path's map with ``keys.transpose(2, 3).reshape(B*P, C, H, W)``. The regressed decoder drops
+    ``keys`` and applies that same line to the transformer's *input* ``src`` = image embedding + dense
+    prompt, ``(B*P, C, H, W)``, which swaps H and W. A forward hook on ``mask_decoder.transformer``
+    hands the decoder, in place of ``keys``, the tokens of ``src`` with H and W swapped, so the 4.53
+    line yields exactly the regressed map; tokens, IoU head, hypernetworks and upscaling stay 4.53's.
+    A hook rather than a copied ``forward``: nothing of the decoder is re-typed here, so the test can
+    only pass if the regression is that one substitution.
+    """
+
+    def regressed_keys(module, args, kwargs, output):
+        src = kwargs["image_embeddings"]  # (B*P, C, H, W), before the transformer
+        swapped = src.transpose(2, 3)  # [c, i, j] = src[c, j, i]
+        return (output[0], swapped.flatten(2).permute(0, 2, 1).unsqueeze(1), *output[2:])
+
+    handle = model.mask_decoder.transformer.register_forward_hook(regressed_keys, with_kwargs=True) if bug else None
+    try:
+        with torch.no_grad():
+            out = model(
+                image_embeddings=embeddings[0],
+                intermediate_embeddings=embeddings[1],
+                input_points=torch.from_numpy(points),
+                input_labels=torch.from_numpy(labels),
+                multimask_output=False,
+            )
+    finally:
+        if handle is not None:
+            handle.remove()
+    return out.pred_masks.numpy(), out.iou_scores.numpy()
+
+
 def test_transformers_mask_regression_is_pinned(hf_setup: tuple, tmp_path: Path) -> None:
-    """transformers 4.54 to 5.23 feed the pre-transformer image tokens to the mask path: same IoUs,
-    wrong masks. Our masks must keep matching 4.53 and keep differing from the regressed release."""
+    """transformers 4.54 to 5.23 feed the pre-transformer image tokens, spatially transposed, to the
+    mask path: same IoUs, wrong masks. Pins *what* the regression is, not only that it differs:
+
+    * the regressed release (run in a subprocess from ``.hf-regressed/``) reproduces, to the parity
+      bar, 4.53 with that one substitution rebuilt in torch (:func:`_decode_453` with ``bug``);
+    * our masks and IoUs equal 4.53's on the same inputs;
+    * our IoUs equal the regressed release's, and our masks are far from its masks.
+    """
     assert REGRESSED.is_dir(), (
         f"{REGRESSED} is missing: install a regressed transformers beside the pinned one with "
         "pip install --target .hf-regressed --no-deps transformers==4.57.3 tokenizers==0.22.1"
     )
-    _, folder, config, params, images = hf_setup
+    model, folder, config, params, images = hf_setup
     pr = _prompts(config, 2, 2)
     inputs = tmp_path / "in.npz"
     np.savez(
@@ -125,7 +178,18 @@ def test_transformers_mask_regression_is_pinned(hf_setup: tuple, tmp_path: Path)
     got = np.load(tmp_path / "out.npz")
     major_minor = tuple(int(x) for x in str(got["version"]).split(".")[:2])
     assert (4, 54) <= major_minor <= (5, 23), f"expected a regressed release, got {got['version']}"
+
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(torch.from_numpy(images).permute(0, 3, 1, 2))
+    ref_masks, ref_iou = _decode_453(model, embeddings, pr["points"], pr["labels"], bug=False)
+    bug_masks, bug_iou = _decode_453(model, embeddings, pr["points"], pr["labels"], bug=True)
+    np.testing.assert_array_equal(bug_iou, ref_iou)  # the substitution is downstream of the IoU head's input
+    assert_close(got["pred_masks"], bug_masks, "regressed release vs 4.53 with the documented bug rebuilt")
+    assert_close(got["iou_scores"], ref_iou, "regressed release IoUs vs 4.53")
+
     _, masks, iou = _ours(config, params, images, points=pr["points"], labels=pr["labels"])
-    assert_close(iou, got["iou_scores"], "iou vs regressed release (IoUs are unaffected)")
+    assert_close(masks, ref_masks, "our masks vs 4.53")
+    assert_close(iou, ref_iou, "our IoUs vs 4.53")
+    assert_close(iou, got["iou_scores"], "our IoUs vs the regressed release (IoUs are unaffected)")
     err = relative_error(masks, got["pred_masks"])
     assert err > 100 * PARITY_RTOL, f"our masks match the regressed release ({err:.2e}): the regression leaked in"

@@ -134,6 +134,27 @@ def test_input_errors(predictors: tuple) -> None:
         ours.predict(box=np.array([0, 0, np.nan, 5]))
     with pytest.raises(ValueError, match="at least one prompt"):
         ours.predict()
+    # The official argument shapes: one box as (4,), (1, 4) (the official demo's) or any 4 numbers,
+    # labels as floats (the demo's np.ones(N)); what the official fails on or misreads is refused.
+    box = np.array([2, 3, 20, 15])
+    low = ours.predict(box=box)[2]
+    for shape in ((1, 4), (2, 2), (1, 1, 4)):
+        np.testing.assert_array_equal(ours.predict(box=box.reshape(shape))[2], low)
+    points = np.array([[3, 4], [10, 12], [25, 5]])
+    np.testing.assert_array_equal(
+        ours.predict(point_coords=points, point_labels=np.ones(3))[2],
+        ours.predict(point_coords=points, point_labels=np.array([1, 1, 1]))[2],
+    )
+    with pytest.raises(ValueError, match="one x0 y0 x1 y1 box"):  # the official returns box 0's mask
+        ours.predict(box=np.stack([box, box]))
+    with pytest.raises(ValueError, match=r"point_coords must have shape \(N, 2\)"):
+        ours.predict(point_coords=points[None], point_labels=np.ones((1, 3)))
+    for labels in (np.ones((1, 3)), np.ones((3, 1))):
+        with pytest.raises(ValueError, match="point_labels must have shape"):
+            ours.predict(point_coords=points, point_labels=labels)
+    for mask in (np.zeros((40, 40)), np.zeros((1, 1, 40, 40))):
+        with pytest.raises(ValueError, match="mask_input must have shape"):
+            ours.predict(box=box, mask_input=mask)
 
 
 def test_several_images_with_different_prompt_counts(predictors: tuple) -> None:

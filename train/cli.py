@@ -24,11 +24,12 @@ import logging
 import sys
 from pathlib import Path
 
-from convert.core import ConversionError
-from samhq_jax.cli import OneLineParser
+from samhq_jax.cli import CHECKPOINT_HELP, command_parser, docstring_help, run_guarded
 from samhq_jax.datasets import HQSEG_TRAIN
-from train.loop import OUTPUT_MASKS, NonFiniteLossError, TrainConfig, train
+from train.loop import OUTPUT_MASKS, TrainConfig, train
 from train.step import ENCODER_DTYPES
+
+PROG = "samhq-train"
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -36,9 +37,10 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="samhq-train", description=__doc__.split("\n")[0])
+    """The ``samhq-train`` parser: every flag named like a :class:`TrainConfig` field is that field."""
+    p = command_parser(PROG, __doc__.split("\n")[0].split(": ", 1)[1], docstring_help(__doc__))
     start = p.add_mutually_exclusive_group(required=True)
-    start.add_argument("--checkpoint", help="SAM-HQ or original SAM weights (anything samhq_jax.load_pretrained takes)")
+    start.add_argument("--checkpoint", help=f"SAM-HQ or original SAM weights: {CHECKPOINT_HELP}")
     start.add_argument("--preset", help="start from random weights of a preset (tests, demo)")
     p.add_argument("--data", action="append", default=[], help="generic folder DIR/images + DIR/masks (repeatable)")
     p.add_argument("--data-root", help="HQSeg-44K root: the official ./data folder")
@@ -81,7 +83,22 @@ def init_distributed(args: argparse.Namespace) -> None:
     jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
 
 
+def run(args: argparse.Namespace) -> int:
+    """Train as the flags say (every flag named like a :class:`TrainConfig` field is that field)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values.update(output=Path(args.output), data=tuple(args.data), val_data=tuple(args.val_data))
+    cfg = TrainConfig(**values)
+    init_distributed(args)
+    result = train(cfg)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.last_metrics.items())
+    print(f"{PROG}: {result.steps} steps done ({metrics}); model in {result.final_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``samhq-train``; errors are one line on stderr (:func:`samhq_jax.cli.run_guarded`): bad input
+    exit 2, a failure while training (a NaN loss, an XLA runtime error) exit 1."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # bad flags: one line already printed, exit code 2 (0 for --help)
@@ -89,27 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("samhq")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("samhq-train: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # libraries that configure the root logger would print it twice
-    try:
-        # Every flag named like a TrainConfig field is that field.
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        values = {k: v for k, v in vars(args).items() if k in fields}
-        values.update(output=Path(args.output), data=tuple(args.data), val_data=tuple(args.val_data))
-        cfg = TrainConfig(**values)
-        init_distributed(args)
-        result = train(cfg)
-    except NonFiniteLossError as err:
-        print(f"samhq-train: stopped: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, ConversionError, OSError) as err:
-        print(f"samhq-train: error: {err}", file=sys.stderr)
-        return 2
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.last_metrics.items())
-    print(f"samhq-train: {result.steps} steps done ({metrics}); model in {result.final_dir}")
-    return 0
+    return run_guarded(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,225 @@
+"""``SamHQModel``: the Hugging Face model API (``transformers.SamHQModel``) over :class:`SamHQ`.
+
+An adapter, not a second model: the call runs the jitted :meth:`SamHQ.embed_image` and
+:meth:`SamHQ.decode` that :class:`SamHQPredictor` uses (shared per config and dtype) and translates
+Hugging Face's layouts (NCHW pixels and embeddings) and output semantics:
+
+* ``multimask_output=True`` (the default, as in ``transformers``): three masks per prompt, SAM's
+  three multimask outputs sorted by predicted IoU (descending), each plus the HQ mask; with
+  ``hq_token_only`` the HQ mask alone, ``(B, P, 1, ...)``, with all three IoUs;
+* ``multimask_output=False``: SAM's single-mask output plus the HQ mask;
+* ``pred_masks`` are the correct (``transformers`` <= 4.53) masks: releases 4.54 and later feed the
+  pre-transformer image tokens to the mask path (see ``shared/reference/samhq_hf.md``).
+
+Differences, all loud: outputs are JAX arrays; ``image_embeddings`` without
+``intermediate_embeddings`` raises (``transformers`` silently drops the HQ branch's ViT feature);
+prompt labels outside {1, 0, -1, -10} raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samhq_jax.checkpoint import load_pretrained
+from samhq_jax.config import SamHQConfig
+from samhq_jax.hf_processor import HF_LABELS, jax_device
+from samhq_jax.predictor import compiled_model
+from samhq_jax.sam_hq import ImageEmbeddings
+from samhq_jax.transforms import untorch
+
+
+@dataclasses.dataclass
+class SamHQImageSegmentationOutput:
+    """Model outputs; also indexable as ``outputs["pred_masks"]`` or ``outputs[0]`` (= iou_scores).
+
+    Attributes:
+      iou_scores: ``(B, P, J)`` float32 predicted IoU, J = 3 with ``multimask_output`` else 1.
+      pred_masks: ``(B, P, K, 4G, 4G)`` float32 low-res logits (``G`` the embedding grid side,
+        256 x 256 for the released models); post-process with ``processor.post_process_masks``.
+    """
+
+    iou_scores: jax.Array
+    pred_masks: jax.Array
+
+    def __getitem__(self, key: str | int) -> jax.Array:
+        if isinstance(key, str):
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def keys(self) -> list[str]:
+        return ["iou_scores", "pred_masks"]
+
+    def to_tuple(self) -> tuple[jax.Array, jax.Array]:
+        return self.iou_scores, self.pred_masks
+
+
+class SamHQModel:
+    """SAM-HQ with ``transformers``' call signature.
+
+    ``model = SamHQModel.from_pretrained(path)`` then ``model(**processor(image, ...))``.
+    ``config`` is our :class:`SamHQConfig`; ``params`` the parameter pytree.
+    """
+
+    def __init__(self, config: SamHQConfig, params: dict, dtype: jnp.dtype = jnp.float32) -> None:
+        self.config = config
+        self.params = params
+        self.module, self._embed, self._decode = compiled_model(config, dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32) -> SamHQModel:
+        """A hub id (through the local hub cache), an HF folder, an official checkpoint or ours."""
+        config, params = load_pretrained(path)
+        return cls(config, params, dtype=dtype)
+
+    def to(self, device: Any) -> SamHQModel:
+        """Parameters to a JAX device (a ``jax.Device``, or ``"cpu"`` / ``"gpu"`` / ``"cuda"`` / ``"tpu"``)."""
+        self.params = jax.device_put(self.params, jax_device(device))
+        return self
+
+    def eval(self) -> SamHQModel:
+        """No-op (there is no dropout or batch statistics); returns the model, as in PyTorch."""
+        return self
+
+    def get_image_embeddings(self, pixel_values: Any) -> tuple[jax.Array, list[jax.Array]]:
+        """``(B, 3, S, S)`` pixels -> ``image_embeddings (B, C, G, G)`` and ``intermediate_embeddings``.
+
+        ``intermediate_embeddings`` is a one-element list: the ``(B, G, G, vit_dim)`` output of the
+        first global-attention block, the only one the HQ decoder uses (``transformers`` returns all
+        four; pass either list back as ``intermediate_embeddings=``).
+        """
+        emb = self._embed({"params": self.params}, _pixels(pixel_values, self.config.img_size))
+        return emb.image_embeddings.transpose(0, 3, 1, 2), [emb.early_features]
+
+    def __call__(
+        self,
+        pixel_values: Any = None,
+        input_points: Any = None,
+        input_labels: Any = None,
+        input_boxes: Any = None,
+        input_masks: Any = None,
+        image_embeddings: Any = None,
+        multimask_output: bool = True,
+        hq_token_only: bool = False,
+        intermediate_embeddings: Any = None,
+        original_sizes: Any = None,
+        reshaped_input_sizes: Any = None,
+        labels: Any = None,
+    ) -> SamHQImageSegmentationOutput:
+        """Segment B images with P prompts each (all coordinates in input-frame pixels).
+
+        Args:
+          pixel_values: ``(B, 3, S, S)`` float32 from the processor; or give
+          image_embeddings: ``(B, C, G, G)`` with ``intermediate_embeddings`` (a list whose first
+            entry is ``(B, G, G, vit_dim)``), both from :meth:`get_image_embeddings`.
+          input_points: ``(B, P, N, 2)`` xy; input_labels: ``(B, P, N)`` in {1, 0, -1, -10}
+            (default all 1).
+          input_boxes: ``(B, P, 4)`` xyxy (P must match the points' P when both are given).
+          input_masks: ``(B, 1, 4G, 4G)`` or ``(B, 4G, 4G)`` low-res logits, one per image, used for
+            each of its prompts.
+          multimask_output, hq_token_only: see the module docstring.
+          original_sizes, reshaped_input_sizes, labels: accepted so that ``model(**inputs)`` works,
+            and ignored, as ``transformers`` does (segmentation-map ``labels`` are not a prompt).
+
+        Returns:
+          :class:`SamHQImageSegmentationOutput` with ``iou_scores (B, P, 3 | 1)`` and
+          ``pred_masks (B, P, 3 | 1, 4G, 4G)``.
+        """
+        del original_sizes, reshaped_input_sizes, labels
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError("give exactly one of pixel_values and image_embeddings")
+        if pixel_values is not None:
+            emb = self._embed({"params": self.params}, _pixels(pixel_values, self.config.img_size))
+        else:
+            emb = self._embeddings(image_embeddings, intermediate_embeddings)
+        b = emb.image_embeddings.shape[0]
+        points, labels_, boxes, masks = self._prompts(b, input_points, input_labels, input_boxes, input_masks)
+        low_res, iou = self._decode(
+            {"params": self.params},
+            emb,
+            points,
+            labels_,
+            boxes,
+            masks,
+            multimask_output=multimask_output,
+            hq_token_only=hq_token_only,
+            all_multimask=True,
+        )
+        return SamHQImageSegmentationOutput(iou_scores=iou, pred_masks=low_res)
+
+    forward = __call__
+
+    def _embeddings(self, image_embeddings: Any, intermediate_embeddings: Any) -> ImageEmbeddings:
+        if intermediate_embeddings is None:
+            raise ValueError(
+                "image_embeddings need intermediate_embeddings (the HQ decoder fuses the early ViT feature): "
+                "pass both, as returned by get_image_embeddings"
+            )
+        early = intermediate_embeddings[0] if isinstance(intermediate_embeddings, (list, tuple)) else None
+        early = intermediate_embeddings if early is None else early
+        emb = jnp.asarray(untorch(image_embeddings), jnp.float32)
+        early = jnp.asarray(untorch(early), jnp.float32)
+        g, c = self.config.embedding_size, self.config.prompt_encoder.embed_dim
+        if emb.ndim != 4 or emb.shape[1:] != (c, g, g):
+            raise ValueError(f"image_embeddings must be (B, {c}, {g}, {g}), got {emb.shape}")
+        vit = self.config.image_encoder.embed_dim
+        if early.shape != (emb.shape[0], g, g, vit):
+            raise ValueError(f"intermediate_embeddings[0] must be ({emb.shape[0]}, {g}, {g}, {vit}), got {early.shape}")
+        return ImageEmbeddings(emb.transpose(0, 2, 3, 1), early)
+
+    def _prompts(
+        self, b: int, points: Any, labels: Any, boxes: Any, masks: Any
+    ) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None, jax.Array | None]:
+        """Check Hugging Face prompt tensors and return :meth:`SamHQ.decode`'s arguments."""
+        p = None
+        if points is not None:
+            points = np.asarray(untorch(points), np.float32)
+            if points.ndim != 4 or points.shape[-1] != 2:
+                raise ValueError(f"input_points must be (batch, point_batch, points, 2), got {points.shape}")
+            labels = np.ones(points.shape[:3], np.int32) if labels is None else np.asarray(untorch(labels))
+            if labels.shape != points.shape[:3]:
+                raise ValueError(f"input_labels must be {points.shape[:3]} to match input_points, got {labels.shape}")
+            bad = sorted(set(np.unique(labels).tolist()) - set(HF_LABELS))
+            if bad:
+                raise ValueError(f"input_labels must be 1, 0, -1 or -10 (padding); got {bad}")
+            labels = labels.astype(np.int32)
+            p = points.shape[1]
+        elif labels is not None:
+            raise ValueError("input_labels were given without input_points")
+        if boxes is not None:
+            boxes = np.asarray(untorch(boxes), np.float32)
+            if boxes.ndim != 3 or boxes.shape[-1] != 4:
+                raise ValueError(f"input_boxes must be (batch, boxes, 4), got {boxes.shape}")
+            if p is not None and boxes.shape[1] != p:
+                raise ValueError(f"give as many boxes as point prompts: {boxes.shape[1]} boxes, {p} point prompts")
+            p = boxes.shape[1]
+        for name, a in (("input_points", points), ("input_boxes", boxes)):
+            if a is not None and a.shape[0] != b:
+                raise ValueError(f"{name} are for {a.shape[0]} images, but {b} were given")
+            if a is not None and not np.isfinite(a).all():
+                raise ValueError(f"{name} contain NaN or inf")
+        if masks is not None:
+            low = self.config.low_res_mask_size
+            masks = np.asarray(untorch(masks), np.float32)
+            masks = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
+            if masks.shape != (b, low, low):
+                raise ValueError(f"input_masks must be ({b}, 1, {low}, {low}) low-res logits, got {masks.shape}")
+            masks = np.broadcast_to(masks[:, None], (b, p or 1, low, low))
+        as_jax = lambda a: None if a is None else jnp.asarray(a)  # noqa: E731
+        return as_jax(points), as_jax(labels), as_jax(boxes), as_jax(masks)
+
+
+def _pixels(pixel_values: Any, size: int) -> jax.Array:
+    """``(B, 3, S, S)`` NCHW pixels -> ``(B, S, S, 3)`` float32 NHWC."""
+    x = jnp.asarray(untorch(pixel_values), jnp.float32)
+    if x.ndim != 4 or x.shape[1:] != (3, size, size):
+        raise ValueError(f"pixel_values must be (B, 3, {size}, {size}) from the processor, got {x.shape}")
+    return x.transpose(0, 2, 3, 1)
+
+
+__all__ = ["SamHQImageSegmentationOutput", "SamHQModel"]

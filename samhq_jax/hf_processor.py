@@ -1,0 +1,410 @@
+"""``SamHQProcessor``: the Hugging Face processor API (``transformers.SamHQProcessor``) in NumPy.
+
+Code written against the Hugging Face model page ports by changing the import::
+
+    from samhq_jax import SamHQModel, SamHQProcessor          # was: from transformers import ...
+
+    processor = SamHQProcessor.from_pretrained("syscv-community/sam-hq-vit-base")
+    inputs = processor(raw_image, input_points=[[[450, 600]]], return_tensors="np")
+    outputs = model(**inputs)
+    masks = processor.image_processor.post_process_masks(
+        outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+    )
+
+Same nesting, shapes, coordinate rescaling and keys as ``transformers`` 4.53, with three
+deliberate differences: tensors are NumPy (``return_tensors="np"``, the default) or JAX
+(``"jax"``), never torch; ragged point lists are padded with label and coordinate -10 by default
+(``transformers``' ``SamHQProcessor`` defaults to ``None`` and fails with a ``TypeError``), also when
+no labels are given (real points get label 1); and inputs it would silently misread (prompts for
+more images than given, labels outside {1, 0, -1, -10}, prompts of different lengths along an
+axis other than the point axis) raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from samhq_jax.config import SamHQConfig
+from samhq_jax.prompt_encoder import LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_PAD, LABEL_POSITIVE
+from samhq_jax.transforms import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    as_numpy,
+    postprocess_masks,
+    preprocess,
+    preprocess_shape,
+    untorch,
+)
+
+HF_LABELS = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_PAD)
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+RETURN_TENSORS = ("np", "jax")
+DEFAULT_IMG_SIZE = 1024  # every released SAM / SAM-HQ checkpoint
+LOW_RES_FACTOR = 4  # low-res mask side = image embedding side * 4 = input side / 4
+
+
+class BatchFeature(dict):
+    """The processor's output: a dict (``model(**inputs)``) whose keys are also attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as err:
+            raise AttributeError(name) from err
+
+    def to(self, device: Any) -> BatchFeature:
+        """Arrays to a JAX device (a ``jax.Device``, or ``"cpu"`` / ``"gpu"`` / ``"cuda"`` / ``"tpu"``)."""
+        import jax
+
+        dev = jax_device(device)
+        return BatchFeature({k: jax.device_put(v, dev) for k, v in self.items()})
+
+
+def jax_device(device: Any) -> Any:
+    """A ``jax.Device`` as is; ``"cpu"``, ``"gpu"``, ``"cuda[:i]"``, ``"tpu"`` -> that JAX device."""
+    import jax
+
+    if not isinstance(device, str):
+        return device
+    platform = {"cuda": "gpu"}.get(device.split(":")[0], device.split(":")[0])
+    index = int(device.split(":")[1]) if ":" in device else 0
+    try:
+        return jax.devices(platform)[index]
+    except RuntimeError as err:
+        raise ValueError(f"no JAX {platform!r} device for {device!r}: {err}") from err
+
+
+class SamHQImageProcessor:
+    """Resize (longest side), normalise and pad images; post-process masks.
+
+    Attributes:
+      longest_edge: the network input side S (1024): images are resized so their longest side is S.
+      pad_size: images are zero-padded (after normalising) to ``pad_size`` square (= S).
+      mask_size: segmentation maps are resized (nearest) to this longest side (S / 4 = 256).
+      mask_pad_size: and zero-padded to this square (256).
+    """
+
+    def __init__(
+        self,
+        longest_edge: int = DEFAULT_IMG_SIZE,
+        pad_size: int | None = None,
+        mask_size: int | None = None,
+        mask_pad_size: int | None = None,
+    ) -> None:
+        self.longest_edge = longest_edge
+        self.pad_size = longest_edge if pad_size is None else pad_size
+        self.mask_size = longest_edge // LOW_RES_FACTOR if mask_size is None else mask_size
+        self.mask_pad_size = self.mask_size if mask_pad_size is None else mask_pad_size
+        if self.pad_size != self.longest_edge:
+            raise ValueError(f"pad_size {self.pad_size} must equal longest_edge {self.longest_edge} (square input)")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> SamHQImageProcessor:
+        """From a ``preprocessor_config.json`` (HF folder or hub snapshot), else the checkpoint's input size."""
+        return cls(**_processor_sizes(path))
+
+    def __call__(
+        self,
+        images: Any,
+        segmentation_maps: Any = None,
+        return_tensors: str | None = "np",
+    ) -> BatchFeature:
+        """Pre-process one image or a list.
+
+        Args:
+          images: a PIL image, an ``(H, W[, C])`` / ``(C, H, W)`` uint8 array (C in 1, 3, 4), or a list.
+          segmentation_maps: optional mask(s) per image (bool / integer 0..255, ``(H, W)``).
+          return_tensors: ``"np"`` (default; ``None`` means the same) or ``"jax"``.
+
+        Returns:
+          ``pixel_values (B, 3, S, S)`` float32, ``original_sizes (B, 2)`` and
+          ``reshaped_input_sizes (B, 2)`` int64 (H, W), and with maps ``labels (B, M, M)`` int64
+          (M = ``mask_pad_size``).
+        """
+        kind = _check_return_tensors(return_tensors)
+        images = _as_list(images)
+        if not images:
+            raise ValueError("no images given")
+        pixels, original, reshaped = [], [], []
+        for image in images:
+            net_input, input_size, original_size = preprocess(_as_hwc(image), self.longest_edge)
+            pixels.append(net_input.transpose(2, 0, 1))
+            original.append(original_size)
+            reshaped.append(input_size)
+        out = {
+            "pixel_values": np.stack(pixels),
+            "original_sizes": np.asarray(original, np.int64),
+            "reshaped_input_sizes": np.asarray(reshaped, np.int64),
+        }
+        if segmentation_maps is not None:
+            maps = _as_list(segmentation_maps)
+            if len(maps) != len(images):
+                raise ValueError(f"got {len(maps)} segmentation maps for {len(images)} images")
+            out["labels"] = np.stack([self._preprocess_mask(m) for m in maps])
+        return _convert(out, kind)
+
+    def _preprocess_mask(self, mask: Any) -> np.ndarray:
+        """``(H, W)`` mask -> ``(M, M)`` int64: nearest resize to the longest side, zero padding."""
+        arr = np.asarray(mask)
+        if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+            arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:-1])
+        if arr.ndim != 2:
+            raise ValueError(f"segmentation maps must be (H, W), got {arr.shape}")
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        if not np.issubdtype(arr.dtype, np.integer) or arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
+            raise ValueError(f"segmentation maps must hold integers in [0, 255] (or bool), got dtype {arr.dtype}")
+        h, w = preprocess_shape(*arr.shape, self.mask_size)
+        resized = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize((w, h), Image.NEAREST))
+        out = np.zeros((self.mask_pad_size, self.mask_pad_size), np.int64)
+        out[:h, :w] = resized
+        return out
+
+    def post_process_masks(
+        self,
+        masks: Sequence[Any],
+        original_sizes: Any,
+        reshaped_input_sizes: Any,
+        mask_threshold: float = 0.0,
+        binarize: bool = True,
+        pad_size: int | dict | None = None,
+        return_tensors: str = "np",
+    ) -> list:
+        """Low-res logits -> masks at each image's original size (``transformers``' signature).
+
+        Per image i: bilinear resize of ``masks[i]`` ``(P, K, 4G, 4G)`` to ``pad_size`` squared,
+        crop to ``reshaped_input_sizes[i]``, bilinear resize to ``original_sizes[i]`` (half-pixel
+        centres, no antialiasing), then ``> mask_threshold`` if ``binarize``.
+
+        Returns:
+          A list with one ``(P, K, H_i, W_i)`` array per image: bool with ``binarize``, else float32
+          logits; NumPy (``return_tensors="np"``) or JAX (``"jax"``).
+        """
+        kind = _check_return_tensors(return_tensors)
+        side = self.pad_size if pad_size is None else pad_size
+        if isinstance(side, dict):
+            if side.get("height") != side.get("width"):
+                raise ValueError(f"pad_size must be square, got {side}")
+            side = side["height"]
+        original = np.asarray(original_sizes).reshape(-1, 2).tolist()
+        reshaped = np.asarray(reshaped_input_sizes).reshape(-1, 2).tolist()
+        if len(original) != len(reshaped) or len(masks) < len(original):
+            raise ValueError(
+                f"got masks for {len(masks)} images, {len(original)} original sizes and {len(reshaped)} reshaped sizes"
+            )
+        out = []
+        for i, (orig, resh) in enumerate(zip(original, reshaped, strict=True)):
+            low = jnp.asarray(untorch(masks[i]))
+            if low.ndim != 4:
+                raise ValueError(f"masks[{i}] must be (P, K, H, W) low-res logits, got {low.shape}")
+            full = postprocess_masks(low, tuple(resh), tuple(orig), side)
+            full = full > mask_threshold if binarize else full
+            out.append(full if kind == "jax" else np.asarray(full))
+        return out
+
+
+class SamHQProcessor:
+    """Images and point / box prompts -> model inputs, as ``transformers.SamHQProcessor``."""
+
+    def __init__(self, image_processor: SamHQImageProcessor | None = None) -> None:
+        self.image_processor = image_processor or SamHQImageProcessor()
+
+    @property
+    def target_size(self) -> int:
+        return self.image_processor.longest_edge
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> SamHQProcessor:
+        """A hub id (through the local hub cache), an HF folder, an official checkpoint or ours."""
+        return cls(SamHQImageProcessor.from_pretrained(path))
+
+    def __call__(
+        self,
+        images: Any = None,
+        segmentation_maps: Any = None,
+        input_points: Any = None,
+        input_labels: Any = None,
+        input_boxes: Any = None,
+        return_tensors: str | None = "np",
+        point_pad_value: int = LABEL_PAD,
+    ) -> BatchFeature:
+        """Pre-process images and rescale prompts from original-image pixels to the input frame.
+
+        Args:
+          images: one image or a list (see :class:`SamHQImageProcessor`).
+          segmentation_maps: optional masks, returned as ``labels``.
+          input_points: per image ``[point][x, y]`` (one prompt) or ``[prompt][point][x, y]``:
+            a nested list or an array ``(B, N, 2)`` / ``(B, P, N, 2)``. Point counts may differ
+            between images; shorter lists are padded with ``point_pad_value``.
+          input_labels: per image ``[point]`` or ``[prompt][point]``: 1 foreground, 0 background,
+            -1 ignore (-10 padding). Default: 1 for every given point.
+          input_boxes: per image ``[box][x0, y0, x1, y1]``: a nested list or ``(B, nb, 4)``.
+          return_tensors: ``"np"`` (default; ``None`` means the same) or ``"jax"``.
+          point_pad_value: coordinate and label of padding points (-10, as ``SamProcessor``).
+
+        Returns:
+          The image processor's keys plus ``input_points (B, P, N, 2)`` float64, ``input_labels
+          (B, P, N)`` int64 and ``input_boxes (B, nb, 4)`` float64, in input-frame pixels.
+        """
+        kind = _check_return_tensors(return_tensors)
+        if images is None:
+            raise ValueError("images are required")
+        encoding = self.image_processor(images, segmentation_maps=segmentation_maps, return_tensors="np")
+        sizes = [tuple(s) for s in encoding["original_sizes"].tolist()]
+        points = _per_image(input_points, "input_points", sizes, (2,))
+        labels = _per_image(input_labels, "input_labels", sizes, ())
+        boxes = _per_image(input_boxes, "input_boxes", sizes, (4,))
+        if points is not None:
+            points = [self._rescale(p, s) for p, s in zip(points, sizes, strict=True)]
+            if len({p.shape[-2] for p in points}) > 1:  # ragged: pad (labels 1 for given points if none)
+                labels = labels or [np.ones(p.shape[:-1], np.int64) for p in points]
+                points, labels = _pad_points(points, labels, point_pad_value)
+            encoding["input_points"] = _stack(points, "input_points", 4)
+        if labels is not None:
+            if points is None:
+                raise ValueError("input_labels were given without input_points")
+            encoding["input_labels"] = _stack(labels, "input_labels", 3).astype(np.int64)
+            bad = sorted(set(np.unique(encoding["input_labels"]).tolist()) - {*HF_LABELS, point_pad_value})
+            if bad:
+                raise ValueError(f"input_labels must be 1, 0, -1 (or the pad value {point_pad_value}); got {bad}")
+            if encoding["input_labels"].shape != encoding["input_points"].shape[:-1]:
+                raise ValueError(
+                    f"input_labels {encoding['input_labels'].shape} do not match input_points "
+                    f"{encoding['input_points'].shape}"
+                )
+        if boxes is not None:
+            boxes = [
+                self._rescale(b.reshape(*b.shape[:-1], 2, 2), s).reshape(b.shape)
+                for b, s in zip(boxes, sizes, strict=True)
+            ]
+            encoding["input_boxes"] = _stack(boxes, "input_boxes", 3)
+        return _convert(dict(encoding), kind)
+
+    def _rescale(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """``(..., 2)`` xy in original pixels -> float64 xy in the resized (input) frame."""
+        old_h, old_w = original_size
+        new_h, new_w = preprocess_shape(old_h, old_w, self.target_size)
+        out = coords.astype(np.float64)
+        out[..., 0] *= new_w / old_w
+        out[..., 1] *= new_h / old_h
+        return out
+
+    def post_process_masks(self, *args: Any, **kwargs: Any) -> list:
+        """:meth:`SamHQImageProcessor.post_process_masks`."""
+        return self.image_processor.post_process_masks(*args, **kwargs)
+
+
+def _check_return_tensors(kind: str | None) -> str:
+    kind = "np" if kind is None else kind
+    if kind not in RETURN_TENSORS:
+        raise ValueError(f"return_tensors must be 'np' or 'jax' (samhq-jax has no torch tensors), got {kind!r}")
+    return kind
+
+
+def _convert(arrays: dict[str, np.ndarray], kind: str) -> BatchFeature:
+    return BatchFeature({k: jnp.asarray(v) if kind == "jax" else v for k, v in arrays.items()})
+
+
+def _as_list(x: Any) -> list:
+    """One image (or map) or a list / tuple of them -> a list."""
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if isinstance(x, Image.Image):
+        return [x]
+    arr = as_numpy(x)
+    return list(arr) if arr.ndim == 4 else [arr]
+
+
+def _as_hwc(image: Any) -> np.ndarray | Image.Image:
+    """PIL images as they are; ``(C, H, W)`` arrays (C in 1, 3, 4) transposed to ``(H, W, C)``."""
+    if isinstance(image, Image.Image):
+        return image
+    arr = as_numpy(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)
+    return arr
+
+
+def _per_image(x: Any, name: str, sizes: list[tuple[int, int]], tail: tuple[int, ...]) -> list[np.ndarray] | None:
+    """Split prompts into one array per image and check each ends in ``tail`` (finite values)."""
+    if x is None:
+        return None
+    items = list(x) if isinstance(x, (list, tuple)) else list(as_numpy(x))
+    if len(items) != len(sizes):
+        raise ValueError(f"{name} has entries for {len(items)} images, but {len(sizes)} image(s) were given")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            arr = np.asarray(untorch(item), dtype=np.float64)
+        except ValueError as err:
+            raise ValueError(f"{name}[{i}] is ragged inside one image: {err}") from err
+        if arr.ndim < 1 + len(tail) or arr.shape[arr.ndim - len(tail) :] != tail:
+            want = "[point][x, y]" if tail == (2,) else "[box][x0, y0, x1, y1]" if tail == (4,) else "[point]"
+            raise ValueError(f"{name}[{i}] must be nested as {want} (optionally with a prompt level), got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name}[{i}] contains NaN or inf")
+        out.append(arr)
+    return out
+
+
+def _pad_points(
+    points: list[np.ndarray], labels: list[np.ndarray], pad: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Pad each image's point axis to the longest, with coordinate and label ``pad``."""
+    for i, (p, lab) in enumerate(zip(points, labels, strict=True)):
+        if lab.shape != p.shape[:-1]:
+            raise ValueError(f"input_labels[{i}] has shape {lab.shape}, input_points[{i}] {p.shape}")
+    n = max(p.shape[-2] for p in points)
+    out_p, out_l = [], []
+    for p, lab in zip(points, labels, strict=True):
+        extra = n - p.shape[-2]
+        out_p.append(np.concatenate([p, np.full((*p.shape[:-2], extra, 2), float(pad))], axis=-2))
+        out_l.append(np.concatenate([lab, np.full((*lab.shape[:-1], extra), pad)], axis=-1))
+    return out_p, out_l
+
+
+def _stack(items: list[np.ndarray], name: str, ndim: int) -> np.ndarray:
+    """Stack per-image arrays and add the prompt axis (axis 1) when it was left out."""
+    shapes = {a.shape for a in items}
+    if len(shapes) > 1:
+        raise ValueError(f"{name} differ in shape between images: {sorted(shapes)} (only point counts are padded)")
+    out = np.stack(items)
+    return out[:, None] if out.ndim == ndim - 1 else out
+
+
+def _processor_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Image processor sizes for a checkpoint source (reads a small JSON file at most)."""
+    from samhq_jax.checkpoint import resolve_source
+
+    local = resolve_source(path)
+    pre = local / PREPROCESSOR_CONFIG if local.is_dir() else None
+    if pre is not None and pre.is_file():
+        cfg = json.loads(pre.read_text())
+        mean = np.asarray(cfg.get("image_mean", PIXEL_MEAN / 255))
+        std = np.asarray(cfg.get("image_std", PIXEL_STD / 255))
+        if not (np.allclose(mean * 255, PIXEL_MEAN) and np.allclose(std * 255, PIXEL_STD)):
+            raise ValueError(f"{pre}: only SAM's normalisation is supported, got mean {mean}, std {std}")
+        side = cfg.get("size", {}).get("longest_edge", DEFAULT_IMG_SIZE)
+        return {
+            "longest_edge": side,
+            "pad_size": cfg.get("pad_size", {}).get("height", side),
+            "mask_size": cfg.get("mask_size", {}).get("longest_edge", side // LOW_RES_FACTOR),
+            "mask_pad_size": cfg.get("mask_pad_size", {}).get("height", side // LOW_RES_FACTOR),
+        }
+    cfg_file = local / "config.json" if local.is_dir() else None
+    if cfg_file is not None and cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text())
+        if "config" in cfg:  # ours
+            return {"longest_edge": SamHQConfig.from_dict(cfg["config"]).img_size}
+        return {"longest_edge": int(cfg.get("vision_config", {}).get("image_size", DEFAULT_IMG_SIZE))}
+    return {"longest_edge": DEFAULT_IMG_SIZE}
+
+
+__all__ = ["BatchFeature", "SamHQImageProcessor", "SamHQProcessor"]
