@@ -39,13 +39,39 @@ COLORS = np.array([[30, 144, 255], [255, 99, 71], [50, 205, 50], [238, 130, 238]
 # ---- the front door of every command ----------------------------------------------------------------
 
 DEBUG_ENV = "SAMHQ_DEBUG"  # set (not "0"): exceptions are re-raised, with their traceback
+CACHE_ENV = "SAMHQ_JAX_CACHE"  # the commands' compilation cache folder; "0" or "off" disables it
+DEFAULT_CACHE = Path.home() / ".cache" / "samhq-jax" / "xla"
+CACHE_MIN_COMPILE_SECS = 0.5  # compiles faster than this are not worth a disk entry
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache for a command; returns its folder (None: off).
+
+    A second run of a command with the same model and shapes loads its compiled encoder and
+    decoder from disk instead of compiling them again. Folder: ``$SAMHQ_JAX_CACHE``, else
+    ``~/.cache/samhq-jax/xla``; ``SAMHQ_JAX_CACHE=0`` (or ``off``) disables it. A folder already
+    set for JAX (``JAX_COMPILATION_CACHE_DIR``) is kept.
+    """
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    folder = os.environ.get(CACHE_ENV, str(DEFAULT_CACHE)).strip()
+    if folder.lower() in ("", "0", "off"):
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECS)
+    return folder
+
+
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 MAX_MESSAGE_LINES = 6  # lines of a multi-line message (a list of bad tensors) kept in the one line
 EXIT_NOTES = f"""\
 exit status: 0 done; 2 bad arguments or input (a missing or unreadable file, a bad prompt, an
 unknown checkpoint format, a bad config.json); 1 a failure while running (e.g. an XLA runtime error
 such as out of memory); 130 interrupted. Errors are one line on stderr, "PROG: error: message";
-set {DEBUG_ENV}=1 for the Python traceback instead."""
+set {DEBUG_ENV}=1 for the Python traceback instead. Compiled models are cached on disk between
+runs in ~/.cache/samhq-jax/xla (move it with {CACHE_ENV}=DIR, turn it off with {CACHE_ENV}=0)."""
 _STAGE = "_samhq_stage"  # attribute naming the step an exception escaped from (see doing())
 
 
@@ -154,9 +180,11 @@ def run_guarded(prog: str, body: Callable[[], int]) -> int:
     ``ImportError``, other ``RuntimeError`` and anything unexpected exit 1, naming the step
     (:func:`doing`) that failed; ``KeyboardInterrupt`` is ``PROG: interrupted``, exit 130.
     ``SystemExit`` (argparse, ``--help``) passes through. With ``SAMHQ_DEBUG`` set (not ``0``) the
-    exception is re-raised, traceback and all.
+    exception is re-raised, traceback and all. Compiled functions persist on disk between runs
+    (:func:`enable_compilation_cache`).
     """
     try:
+        enable_compilation_cache()
         return body()
     except (Exception, KeyboardInterrupt) as err:
         if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):

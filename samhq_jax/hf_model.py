@@ -66,16 +66,21 @@ class SamHQModel:
     ``config`` is our :class:`SamHQConfig`; ``params`` the parameter pytree.
     """
 
-    def __init__(self, config: SamHQConfig, params: dict, dtype: jnp.dtype = jnp.float32) -> None:
+    def __init__(
+        self, config: SamHQConfig, params: dict, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+    ) -> None:
         self.config = config
         self.params = params
-        self.module, self._embed, self._decode = compiled_model(config, dtype)
+        self.module, self._embed, self._decode = compiled_model(config, dtype, precision)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32) -> SamHQModel:
-        """A hub id (through the local hub cache), an HF folder, an official checkpoint or ours."""
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+    ) -> SamHQModel:
+        """A hub id (through the local hub cache), an HF folder, an official checkpoint or ours;
+        ``dtype`` and ``precision`` as for :meth:`SamHQPredictor.from_pretrained`."""
         config, params = load_pretrained(path)
-        return cls(config, params, dtype=dtype)
+        return cls(config, params, dtype=dtype, precision=precision)
 
     def to(self, device: Any) -> SamHQModel:
         """Parameters to a JAX device (a ``jax.Device``, or ``"cpu"`` / ``"gpu"`` / ``"cuda"`` / ``"tpu"``)."""

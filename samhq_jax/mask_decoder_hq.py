@@ -122,6 +122,7 @@ class MaskDecoderHQ(nn.Module):
         sam_only: bool = False,
         sparse_mask: jax.Array | None = None,
         all_multimask: bool = False,
+        hq_features: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Decode P prompts for each of B images.
 
@@ -139,6 +140,8 @@ class MaskDecoderHQ(nn.Module):
             lengths can share one call.
           all_multimask: with ``multimask_output``, return all three SAM masks sorted by IoU, each
             plus the HQ mask (Hugging Face semantics; static).
+          hq_features: ``(B, 4G, 4G, C/8)`` from :meth:`hq_features`, if already computed for these
+            images; else computed here.
 
         Returns:
           ``masks (B, P, K, 4G, 4G)`` float32 low-res logits and ``iou_predictions (B, P, J)`` float32.
@@ -181,7 +184,8 @@ class MaskDecoderHQ(nn.Module):
             masks, iou_out = masks_sam[:, keep], iou_pred[:, keep]
             return masks.reshape(b, p, *masks.shape[1:]), iou_out.reshape(b, p, -1)
 
-        hq_features = self.hq_features(image_embeddings, early_features)  # (B, 4G, 4G, C/8)
+        if hq_features is None:
+            hq_features = self.hq_features(image_embeddings, early_features)  # (B, 4G, 4G, C/8)
         self.sow("intermediates", "hq_features", hq_features)
         up_hq = self.embedding_maskfeature(up_sam).reshape(b, p, *up_sam.shape[1:]) + hq_features[:, None]
         up_hq = up_hq.reshape(up_sam.shape)

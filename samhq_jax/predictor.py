@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import lru_cache, partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -81,14 +82,50 @@ def _pad_prompts(a: np.ndarray | None, count: int) -> np.ndarray | None:
     return np.concatenate([a, np.repeat(a[-1:], count - a.shape[0], axis=0)], axis=0)
 
 
+@partial(jax.jit, static_argnames=("input_size", "original_size", "long_side", "return_logits"))
+def full_masks(
+    low_res: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int], long_side: int, return_logits: bool
+) -> jax.Array:
+    """``(P, K, 4G, 4G)`` low-res logits -> ``(P, K, H, W)`` masks at the original size, on the device:
+    bool (``> MASK_THRESHOLD``), or float32 logits with ``return_logits``."""
+    full = postprocess_masks(low_res, input_size, original_size, long_side)
+    return full if return_logits else full > MASK_THRESHOLD
+
+
+PRECISIONS = ("default", "high", "highest")
+
+
+def compiled_model(
+    config: SamHQConfig, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+) -> tuple[SamHQ, Callable, Callable]:
+    """The Flax module with its jitted ``embed_image`` (HQ features included, computed once per image)
+    and ``decode``, shared by every predictor of one ``(config, dtype, precision)``: a prompt
+    signature compiles once per process, not once per predictor.
+
+    ``precision`` is the matmul / convolution precision of every dot in both
+    (``jax.default_matmul_precision``): ``"highest"`` is full float32, as PyTorch computes float32
+    (use it for parity); ``"default"`` lets GPUs and TPUs use TF32 / bf16 passes (faster, errors
+    near 1e-3). On CPU both are full float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return _compile(config, jnp.dtype(dtype), precision)
+
+
 @lru_cache(maxsize=16)
-def compiled_model(config: SamHQConfig, dtype: jnp.dtype) -> tuple[SamHQ, Callable, Callable]:
-    """The Flax module with its jitted ``embed_image`` and ``decode``, shared by every predictor of
-    one ``(config, dtype)``: a prompt signature compiles once per process, not once per predictor."""
+def _compile(config: SamHQConfig, dtype: jnp.dtype, precision: str) -> tuple[SamHQ, Callable, Callable]:
     model = SamHQ(config, dtype=dtype)
-    embed = jax.jit(partial(model.apply, method=SamHQ.embed_image))
+
+    def at_precision(method: Callable, **fixed: Any) -> Callable:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with jax.default_matmul_precision(precision):
+                return model.apply(*args, method=method, **fixed, **kwargs)
+
+        return run
+
+    embed = jax.jit(at_precision(SamHQ.embed_image, hq_features=True))
     decode = jax.jit(
-        partial(model.apply, method=SamHQ.decode),
+        at_precision(SamHQ.decode),
         static_argnames=("multimask_output", "hq_token_only", "sam_only", "all_multimask"),
     )
     return model, embed, decode
@@ -104,18 +141,26 @@ class SamHQPredictor:
         input frame (longest side ``config.img_size``); None before an image is set.
     """
 
-    def __init__(self, config: SamHQConfig, params: dict, dtype: jnp.dtype = jnp.float32) -> None:
+    def __init__(
+        self, config: SamHQConfig, params: dict, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+    ) -> None:
         self.config = config
         self.params = params
-        self.model, self._embed, self._decode = compiled_model(config, dtype)
+        self.model, self._embed, self._decode = compiled_model(config, dtype, precision)
         self.transform = ResizeLongestSide(config.img_size)
         self.reset_image()
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32) -> SamHQPredictor:
-        """Anything :func:`samhq_jax.load_pretrained` accepts."""
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+    ) -> SamHQPredictor:
+        """Anything :func:`samhq_jax.load_pretrained` accepts.
+
+        ``dtype``: compute dtype (``jnp.bfloat16``: bf16 matmuls, float32 parameters, softmax and
+        LayerNorm statistics); ``precision``: see :func:`compiled_model`.
+        """
         config, params = load_pretrained(path)
-        return cls(config, params, dtype=dtype)
+        return cls(config, params, dtype=dtype, precision=precision)
 
     # ---- image ---------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -411,11 +456,13 @@ class SamHQPredictor:
             hq_token_only=hq_token_only,
             sam_only=sam_only,
         )
+        low_res_host, iou_host = np.asarray(low_res), np.asarray(iou)
         results = []
         for b, (p, (input_size, original_size)) in enumerate(zip(counts, sizes, strict=True)):
-            low = low_res[b, :p]  # (P, K, 4G, 4G)
-            full = np.asarray(postprocess_masks(low, input_size, original_size, self.config.img_size))
-            results.append((full if return_logits else full > MASK_THRESHOLD, np.asarray(iou[b, :p]), np.asarray(low)))
+            # On the device at the padded (bucketed) count: one compile per image size and bucket;
+            # only boolean masks (or the logits asked for) cross to the host.
+            full = full_masks(low_res[b], input_size, original_size, self.config.img_size, return_logits)
+            results.append((np.asarray(full)[:p], iou_host[b, :p], low_res_host[b, :p]))
         return results
 
     def _check_prompts(

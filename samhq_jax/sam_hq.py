@@ -31,10 +31,13 @@ class ImageEmbeddings(NamedTuple):
     Attributes:
       image_embeddings: ``(B, G, G, C)`` neck output (G = 64, C = 256 for the real models).
       early_features: ``(B, G, G, vit_dim)`` output of the first global-attention ViT block.
+      hq_features: optional ``(B, 4G, 4G, C/8)`` global-local fusion of the two (depends on the image
+        only, so :class:`SamHQPredictor` computes it once at ``set_image``); None: computed per decode.
     """
 
     image_embeddings: jax.Array
     early_features: jax.Array
+    hq_features: jax.Array | None = None
 
 
 class SamHQ(nn.Module):
@@ -54,10 +57,16 @@ class SamHQ(nn.Module):
         self.prompt_encoder = PromptEncoder(cfg.prompt_encoder, cfg.img_size, cfg.embedding_size, **kw)
         self.mask_decoder = MaskDecoderHQ(cfg.mask_decoder, cfg.image_encoder.embed_dim, **kw)
 
-    def embed_image(self, images: jax.Array) -> ImageEmbeddings:
-        """Encode ``(B, S, S, 3)`` normalised, zero-padded NHWC images (S = ``config.img_size``)."""
+    def embed_image(self, images: jax.Array, hq_features: bool = False) -> ImageEmbeddings:
+        """Encode ``(B, S, S, 3)`` normalised, zero-padded NHWC images (S = ``config.img_size``).
+
+        With ``hq_features`` (static) the HQ decoder's global-local fusion is computed here once per
+        image instead of in every :meth:`decode` (not when training the fusion layers: the cached
+        features would be constants).
+        """
         embeddings, early = self.image_encoder(images)
-        return ImageEmbeddings(embeddings, early)
+        fused = self.mask_decoder.hq_features(embeddings, early) if hq_features else None
+        return ImageEmbeddings(embeddings, early, fused)
 
     def decode(
         self,
@@ -107,6 +116,7 @@ class SamHQ(nn.Module):
             hq_token_only,
             sam_only,
             all_multimask=all_multimask,
+            hq_features=embeddings.hq_features,
         )
 
     def __call__(
@@ -173,7 +183,7 @@ def init_params(config: SamHQConfig, rng: jax.Array, param_dtype: Dtype = jnp.fl
     labels = jnp.ones((1, 1, 1), jnp.int32)
     boxes = jnp.zeros((1, 1, 4), jnp.float32)
     masks = jnp.zeros((1, 1, low, low), jnp.float32)
-    return model.init(rng, images, points, labels, boxes, masks)["params"]
+    return jax.jit(model.init)(rng, images, points, labels, boxes, masks)["params"]
 
 
 def param_shapes(config: SamHQConfig, param_dtype: Dtype = jnp.float32) -> dict:

@@ -6,6 +6,7 @@ Everything runs in fp32 on CPU with ``jax.default_matmul_precision("highest")``.
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -19,6 +20,9 @@ from samhq_jax.config import SamHQConfig
 PARITY_RTOL = 1e-4
 MASK_AGREEMENT = 0.9999
 
+
+# Commands called in-process must not write a compilation cache into the home folder.
+os.environ.setdefault("SAMHQ_JAX_CACHE", "0")
 
 # Test-wide: fp32 matmuls at full precision (XLA may otherwise pick faster, lower-precision passes).
 jax.config.update("jax_default_matmul_precision", "highest")

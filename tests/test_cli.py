@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ from samhq_jax.cli import main
 from tests.conftest import official_model_and_params
 
 
-def _samhq(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "samhq_jax.cli", *args], capture_output=True, text=True)
+def _samhq(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "samhq_jax.cli", *args], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +55,10 @@ def test_predict_writes_masks_overlay_and_scores(checkpoint: str, tmp_path) -> N
         "--hq-token-only",
         "--output",
         str(out),
+        env={"SAMHQ_JAX_CACHE": str(tmp_path / "xla")},
     )
     assert run.returncode == 0, run.stderr
+    assert any((tmp_path / "xla").iterdir()), "the command should keep its compiled model in SAMHQ_JAX_CACHE"
     for i in range(2):
         mask = Image.open(out / f"dog_mask{i}.png")
         assert mask.size == (w, h) and set(np.unique(np.asarray(mask))) <= {0, 255}

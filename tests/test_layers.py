@@ -59,8 +59,10 @@ def test_relative_position_table_equals_official_get_rel_pos(size: int) -> None:
     np.testing.assert_array_equal(np.asarray(relative_position_table(jnp.asarray(table.numpy()), size)), ref)
 
 
-@pytest.mark.parametrize("size", [4, 10])  # a windowed block's window side, a global block's grid side
-def test_attention_with_decomposed_rel_pos_matches_official(size: int) -> None:
+# A windowed block's window side, a global block's grid side; query blocks of 32 split the 100 queries
+# of the 10 x 10 map into 4 blocks, the last one padded (the blocked path of the real global blocks).
+@pytest.mark.parametrize("size,query_block", [(4, 256), (10, 256), (10, 32)])
+def test_attention_with_decomposed_rel_pos_matches_official(size: int, query_block: int) -> None:
     """Our ``Attention`` against the official module with ``use_rel_pos=True`` (which calls
     ``add_decomposed_rel_pos`` / ``get_rel_pos``), random weights and random, non-zero rel-pos tables."""
     dim, heads = 16, 2
@@ -83,7 +85,7 @@ def test_attention_with_decomposed_rel_pos_matches_official(size: int) -> None:
         "rel_pos_h": w["rel_pos_h"],
         "rel_pos_w": w["rel_pos_w"],
     }
-    ours = Attention(dim, heads, size).apply({"params": params}, jnp.asarray(x.numpy()))
+    ours = Attention(dim, heads, size, query_block=query_block).apply({"params": params}, jnp.asarray(x.numpy()))
     assert_close(np.asarray(ours), ref, f"Attention with rel-pos, {size}x{size}", rtol=1e-5)
 
 

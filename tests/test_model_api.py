@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +52,53 @@ def test_embedding_is_compiled_once_and_reused_for_any_prompt_count(params: dict
     for i in range(4):
         single, _ = decode(params, emb, boxes[:, i : i + 1])
         np.testing.assert_allclose(np.asarray(outs[4][0][:, i]), np.asarray(single[:, 0]), rtol=1e-5, atol=1e-5)
+
+
+def test_predictor_compiles_once_per_bucket_and_image_size(params: dict) -> None:
+    """Prompt counts 1..4 on one image: the decoder and the on-device upscaling compile once per
+    power-of-two bucket (1, 2, 4), not once per count; the HQ features come with the embedding."""
+    from samhq_jax.predictor import SamHQPredictor, compiled_model, full_masks
+
+    config = dataclasses.replace(CONFIG, name="compile-count")  # compiled by no other test of this process
+    predictor = SamHQPredictor(config, params)
+    _, embed, decode = compiled_model(config, jnp.float32)
+    upscale_before = full_masks._cache_size()
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)
+    predictor.set_image(image)
+    assert predictor.embeddings.hq_features.shape == (
+        1,
+        *(2 * [config.low_res_mask_size]),
+        config.mask_decoder.transformer_dim // 8,
+    )
+    for p in (1, 2, 3, 4, 3):
+        masks, iou, low = predictor.predict_batch(
+            boxes=np.tile([[5.0, 6.0, 40.0, 30.0]], (p, 1)) + np.arange(p)[:, None]
+        )
+        assert masks.shape == (p, 1, 50, 70) and masks.dtype == bool and iou.shape == (p, 1)
+        assert low.shape == (p, 1, config.low_res_mask_size, config.low_res_mask_size)
+    assert decode._cache_size() == 3 and full_masks._cache_size() - upscale_before == 3
+    predictor.set_image(image[::-1])
+    assert embed._cache_size() == 1
+
+
+def test_precision_reaches_every_dot_and_convolution(params: dict) -> None:
+    """``precision="highest"`` marks every dot_general and convolution of the compiled encoder and
+    decoder HIGHEST (full float32 on GPUs / TPUs too); ``"default"`` leaves them to the backend."""
+    from samhq_jax.predictor import compiled_model
+
+    images = _images(1)
+    boxes = jnp.array([[[10.0, 20.0, 90.0, 120.0]]])
+    for precision, marked in (("highest", True), ("default", False)):
+        _, embed, decode = compiled_model(CONFIG, jnp.float32, precision)
+        emb = jax.eval_shape(embed, {"params": params}, images)
+        for text in (
+            embed.lower({"params": params}, images).as_text(),
+            decode.lower({"params": params}, emb, None, None, boxes).as_text(),
+        ):
+            ops = [line for line in text.splitlines() if "dot_general" in line or "convolution" in line]
+            assert ops and all(("HIGHEST" in line) == marked for line in ops), precision
+    with pytest.raises(ValueError, match="precision must be one of"):
+        compiled_model(CONFIG, jnp.float32, "fast")
 
 
 def test_several_images_with_their_own_prompts(params: dict) -> None:

@@ -7,8 +7,11 @@ combination of ``multimask_output`` and ``hq_token_only``.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from eval.parity import (
     compare,
@@ -110,8 +113,50 @@ def _real_size(preset: str) -> None:
         )
 
 
-def test_vit_b_real_size() -> None:
-    _real_size("vit_b")
+def test_vit_b_checkpoint_cli(tmp_path, monkeypatch) -> None:
+    """`samhq parity` on a converted seeded random vit_b checkpoint and a shared photo reports the same
+    figures as the preset-based report, and its exit code says whether the bar (1e-4) held.
+
+    One photo, two prompt sets (x the four flag pairs). Shared work: vit_b is encoded once per side,
+    by the CLI; the preset-based side checks that the CLI's encoders got its pixels, its reference
+    model and its parameters to the bit (so its own encoding would give the same stages), takes
+    those stages and runs its own decoders.
+    """
+    from eval.parity import main
+    from samhq_jax.transforms import preprocess
+    from tests.test_parity_cli import (
+        DOG,
+        assert_same_figures,
+        dog,
+        point_and_box_line,
+        preset_figures,
+        record_encoders,
+        scenario_of,
+        shared_image_stages,
+        write_lines,
+    )
+
+    model, _, config, params = official_model_and_params("vit_b")
+    path = tmp_path / "sam_hq_vit_b_random.pth"
+    torch.save(model.state_dict(), path)
+    rgb = dog()
+    h, w = rgb.shape[:2]
+    lines = [point_and_box_line(rgb), {"points": [[0.4 * w, 0.6 * h, 1], [0.9 * w, 0.1 * h, 0]]}]
+    prompts = write_lines(tmp_path / "prompts.jsonl", lines)
+    out = tmp_path / "figures.json"
+    calls = record_encoders(monkeypatch)
+    code = main([str(a) for a in ("--checkpoint", path, "--image", DOG, "--prompts", prompts, "--json", out)])
+    figures = json.loads(out.read_text())
+    assert code == (0 if figures["passed"] else 1) == 0
+    assert figures["config"] == "vit_b" and figures["worst_error"] <= PARITY_RTOL
+    assert figures["lowest_mask_agreement"] >= MASK_AGREEMENT
+    scenarios = [scenario_of(line, f"line {n}") for n, line in enumerate(lines, 1)]
+    stages = shared_image_stages(calls, model, config, params, preprocess(rgb, config.img_size)[0][None])
+    [image] = figures["images"]
+    assert_same_figures(image, preset_figures(model, config, params, rgb, scenarios, stages))
+    _check_image_stages(config, stages[0], stages[1])
+    print(f"\nvit_b image encoder: worst stage {max(image['image_encoder'].values()):.2e}")
+    print(f"vit_b all figures: worst {figures['worst_error']:.2e} at {figures['worst_error_at']}")
 
 
 @pytest.mark.slow
