@@ -29,7 +29,9 @@ from samhq_jax.config import SamHQConfig
 from samhq_jax.predictor import SamHQPredictor, compiled_model
 from samhq_jax.transforms import apply_boxes
 
-SKIPPABLE = ("official", "hf", "bf16")
+# --skip names: whole implementations, every bf16 row, or one side's bf16 rows (the official's
+# autocast on a CPU without bf16 instructions can take minutes per image).
+SKIPPABLE = ("official", "hf", "bf16", "ours-bf16", "official-bf16")
 
 
 @dataclasses.dataclass
@@ -376,13 +378,13 @@ def build_impls(config: SamHQConfig, skip: set[str], seed: int = 0) -> list[Impl
     _, params = state_dict_to_params({k: v.numpy() for k, v in official.state_dict().items()}, config)
     device_params = jax.device_put(params)  # on the device once, as load_pretrained does
     impls: list[Impl] = [Ours(config, device_params, "fp32")]
-    if "bf16" not in skip:
+    if not skip & {"bf16", "ours-bf16"}:
         impls.append(Ours(config, device_params, "bf16"))
     device = torch_device()
     if "official" not in skip:
         official = official.to(device)
         impls.append(Official(official, device, None))
-        if "bf16" not in skip:
+        if not skip & {"bf16", "official-bf16"}:
             impls.append(Official(official, device, autocast_dtype(device)))
     if "hf" not in skip:
         with quiet_warnings():

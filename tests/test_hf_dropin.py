@@ -100,7 +100,8 @@ def test_model_page_example_segmentation_maps(apis: dict) -> None:
     _compare(apis, {"images": photo, "input_points": [[[450, 300]]], "segmentation_maps": seg})
 
 
-@pytest.mark.parametrize("multimask,hq_token_only", [(True, True), (False, False)])  # (True, False) above
+# (True, False) is the model page's default above, (False, False) in test_boxes_and_several_prompts_per_image.
+@pytest.mark.parametrize("multimask,hq_token_only", [(True, True)])
 def test_batched_images_ragged_points_and_flags(apis: dict, multimask: bool, hq_token_only: bool) -> None:
     call = {
         "images": [_photo("example8.png"), _photo("example7.png")],
