@@ -15,7 +15,10 @@ predict. Rows: ours fp32, ours bf16 compute, the official fp32 and under torch.a
 CPU; bf16, else fp16, on CUDA), HF fp32. torch runs on CUDA when it sees a GPU.
 
 Figures: the warm median and min-max of --repeats calls after --warmup calls (JAX outputs blocked
-on, torch under inference_mode); our compile time (first call minus warm median); XLA's FLOP count
+on, torch under inference_mode), the rows of a stage timed round-robin so that other work on the
+machine slows them alike; a row whose calls would exceed --row-budget seconds gets fewer, noted;
+our compile time (first call minus warm median; a load from JAX's persistent compilation cache when
+that is on and holds the program); XLA's FLOP count
 of the stage (cost_analysis of our fp32 program, credited to every row of the stage) as achieved
 GFLOP/s and the fraction of the device's peak (--peak-gflops; a known GPU's dense peak; on CPU a
 4096^3 fp32 XLA matmul measured in the same run); memory: XLA's buffer plan of our programs
@@ -145,7 +148,13 @@ def parser() -> argparse.ArgumentParser:
         "--row-budget",
         type=float,
         default=300.0,
-        help="seconds a row may take: slower rows get fewer timed calls, noted (default 300)",
+        help="seconds a row's calls after the first may take: slower rows get fewer timed calls, noted (default 300)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("highest", "default"),
+        default="highest",
+        help="our matmul / conv precision (SamHQPredictor's; default highest: full fp32; default: TF32 on GPUs)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, images and boxes (default 0)")
     p.add_argument("--cold", action="store_true", help="also time the first mask of two fresh processes")
@@ -216,7 +225,7 @@ class Bench:
         }
         self.env = environment(threads, torch_info)
         with doing("building the models"):
-            self.impls = build_impls(self.config, args.skip, args.seed)
+            self.impls = build_impls(self.config, args.skip, args.seed, args.precision)
         self.ours = next(i for i in self.impls if isinstance(i, Ours) and i.dtype == "fp32")
         with doing("measuring the device's peak"):
             self.peak = device_peak(args.peak_gflops, PEAK_MATMUL[args.quick])
@@ -227,21 +236,30 @@ class Bench:
         self.rows: list[Row] = []
         self.flops: dict[tuple[str, int], float | None] = {}
 
-    def _measure(self, stage: str, kind: str, size: int, impl: Any, call: Any) -> Row:
-        """Time ``call`` (see :func:`eval.speed_env.time_calls`), probe its memory, make its row."""
-        from eval.speed_env import time_calls
+    def _stage(self, stage: str, kind: str, size: int, entries: list[tuple[Any, Any]]) -> list[Row]:
+        """Time every ``(impl, call)`` of one stage together (round-robin: see
+        :func:`eval.speed_env.time_interleaved`), then probe each one's memory; their rows."""
+        from eval.speed_env import time_interleaved
 
         a = self.args
-        with doing(f"timing {stage} of {impl.label}"):
-            timing = time_calls(call.fn, a.repeats, a.warmup, a.row_budget)
-            memory = {"skipped": "over --row-budget"} if timing.cut else impl.memory(call.fn)
+        with doing(f"timing {stage}"):
+            timings = time_interleaved([call.fn for _, call in entries], a.repeats, a.warmup, a.row_budget)
+        rows = []
+        for (impl, call), timing in zip(entries, timings, strict=True):
+            with doing(f"probing the memory of {stage} of {impl.label}"):
+                memory = {"skipped": "over --row-budget"} if timing.cut else impl.memory(call.fn)
+            rows.append(self._row(stage, kind, size, impl, call, timing, memory))
+        return rows
+
+    def _row(self, stage: str, kind: str, size: int, impl: Any, call: Any, timing: Any, memory: dict) -> Row:
+        """The row of ``call`` of ``impl`` (its per-call ``timing`` scaled to the whole stage)."""
         note = call.note
         if timing.cut:
             count = len(timing.times_s)
             cut = (
                 f"{count} timed call{'s' if count > 1 else ''} after the first, no warm-up or memory probe: "
                 f"a call takes {timing.min_s:.3g} s (the first {timing.first_s:.3g} s), over --row-budget "
-                f"{a.row_budget:g} s"
+                f"{self.args.row_budget:g} s"
             )
             note = f"{note}; {cut}" if note else cut
         stage_time = timing.scaled(call.scale)
@@ -277,8 +295,8 @@ class Bench:
         for b in self.args.batch:
             images = self.rng.normal(size=(b, s, s, 3)).astype(np.float32)
             stage = f"encoder b={b}"
-            for impl in self.impls:
-                row = self._measure(stage, "encoder", b, impl, impl.encoder(images))
+            rows = self._stage(stage, "encoder", b, [(impl, impl.encoder(images)) for impl in self.impls])
+            for impl, row in zip(self.impls, rows, strict=True):
                 if impl.family == "ours":
                     self._credit(row, _analysis(f"{stage} of {impl.label}", impl.analyse_encoder, images))
 
@@ -287,12 +305,15 @@ class Bench:
         for p in self.args.prompts:
             boxes = _boxes(self.rng, p, self.image_size)
             stage = f"decoder {p} prompt{'s' if p > 1 else ''}"
-            for impl in self.impls:
-                for call in impl.decoder(self.image, boxes, self.args.per_prompt_calls):
-                    row = self._measure(stage, "decoder", p, impl, call)
-                    if impl.family == "ours":
-                        what = f"{stage} of {impl.label}"
-                        self._credit(row, _analysis(what, impl.analyse_decoder, self.image, boxes))
+            entries = [
+                (impl, call)
+                for impl in self.impls
+                for call in impl.decoder(self.image, boxes, self.args.per_prompt_calls)
+            ]
+            for (impl, _), row in zip(entries, self._stage(stage, "decoder", p, entries), strict=True):
+                if impl.family == "ours":
+                    what = f"{stage} of {impl.label}"
+                    self._credit(row, _analysis(what, impl.analyse_decoder, self.image, boxes))
 
     def _credit(self, row: Row, xla: Any) -> None:
         """Record XLA's figures on our ``row``; our fp32 FLOP count becomes the stage's, credited to
@@ -323,8 +344,7 @@ class Bench:
                 self.flops[(kind, 1)] = _analysis(f"the end-to-end {kind}", analysis, *inputs).flops
         parts = self.flops[("encoder", 1)], self.flops[("decoder", 1)]
         self.flops[("end_to_end", 1)] = None if None in parts else sum(parts)
-        for impl in self.impls:
-            self._measure("end-to-end", "end_to_end", 1, impl, impl.end_to_end(self.image, box))
+        self._stage("end-to-end", "end_to_end", 1, [(impl, impl.end_to_end(self.image, box)) for impl in self.impls])
 
     def ratios(self) -> None:
         """Each row's median over its stage's official fp32 and low-precision baseline rows."""
@@ -354,6 +374,7 @@ class Bench:
             "warmup": a.warmup,
             "per_prompt_calls": a.per_prompt_calls,
             "row_budget_s": a.row_budget,
+            "ours_precision": a.precision,
             "skip": sorted(a.skip),
             "image_size": list(self.image_size),
             "seed": a.seed,

@@ -61,31 +61,43 @@ class Timing:
         return Timing(self.first_s * factor, [t * factor for t in self.times_s], self.cut)
 
 
-def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1, budget_s: float | None = None) -> Timing:
-    """Time ``fn()``: the first call alone (compilation included for JAX), ``warmup - 1`` further
-    untimed calls, then ``repeats`` timed ones. ``fn`` must finish its work before returning
-    (``jax.block_until_ready``, a host copy, or ``torch.cuda.synchronize``).
+def time_interleaved(
+    fns: list[Callable[[], Any]], repeats: int, warmup: int = 1, budget_s: float | None = None
+) -> list[Timing]:
+    """Time each of ``fns`` (zero-argument calls that finish their work before returning:
+    ``jax.block_until_ready``, a host copy, ``torch.cuda.synchronize``): its first call alone
+    (compilation included for JAX), ``warmup - 1`` further untimed calls, then ``repeats`` timed
+    calls, taken round-robin (one of each in turn) so that other work on a shared machine slows
+    them alike rather than whichever ran when it came.
 
-    With ``budget_s`` (seconds for the whole row), when the first call shows that the rest could
-    take longer, the further warm-up calls are dropped, one call is timed, and only as many more
-    made as the budget still allows: ``cut`` when that is fewer than ``repeats``.
+    With ``budget_s`` (seconds for one function's calls after the first), a function whose first
+    call shows that they could take longer gets no further warm-up and one call timed at once (its
+    first may have been mostly compilation); by that warm call, as many timed calls in all as fit
+    the budget (at least one): ``cut`` when that is fewer than ``repeats``.
     """
 
-    def timed() -> float:
+    def timed(fn: Callable[[], Any]) -> float:
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
 
-    first = timed()
+    firsts = [timed(fn) for fn in fns]
+    times: list[list[float]] = [[] for _ in fns]
+    plan = []
     extra = max(warmup, 1) - 1
-    if budget_s is None or first * (extra + repeats) <= budget_s:
-        for _ in range(extra):
-            fn()
-        return Timing(first, [timed() for _ in range(repeats)])
-    times = [timed()]  # the first call may have been mostly compilation: judge by a warm one
-    more = min(repeats - 1, max(0, int((budget_s - first - times[0]) // times[0])))
-    times += [timed() for _ in range(more)]
-    return Timing(first, times, cut=len(times) < repeats)
+    for fn, first, done in zip(fns, firsts, times, strict=True):
+        if budget_s is None or first * (extra + repeats) <= budget_s:
+            for _ in range(extra):
+                fn()
+            plan.append(repeats)
+        else:
+            done.append(timed(fn))
+            plan.append(max(1, min(repeats, int(budget_s // done[0]))))
+    for _ in range(repeats):
+        for fn, done, wanted in zip(fns, times, plan, strict=True):
+            if len(done) < wanted:
+                done.append(timed(fn))
+    return [Timing(f, t, cut=n < repeats) for f, t, n in zip(firsts, times, plan, strict=True)]
 
 
 def blocking(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -207,7 +219,7 @@ def measured_matmul_peak(n: int = 4096, repeats: int = 3) -> float:
     rng = np.random.default_rng(0)
     a, b = (jax.device_put(rng.standard_normal((n, n), np.float32)) for _ in range(2))
     matmul = jax.jit(jnp.matmul)
-    timing = time_calls(blocking(lambda: matmul(a, b)), repeats)
+    (timing,) = time_interleaved([blocking(lambda: matmul(a, b))], repeats)
     return 2.0 * n**3 / timing.min_s
 
 

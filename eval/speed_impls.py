@@ -85,17 +85,18 @@ class Impl:
 
 # ---- ours ---------------------------------------------------------------------------------------
 class Ours(Impl):
-    """:class:`SamHQPredictor` with compute dtype ``dtype`` (parameters fp32 on the device)."""
+    """:class:`SamHQPredictor` with compute dtype ``dtype`` (parameters fp32 on the device) and
+    matmul / convolution ``precision`` (see :func:`samhq_jax.predictor.compiled_model`)."""
 
     family = "ours"
 
-    def __init__(self, config: SamHQConfig, params: dict, dtype: str) -> None:
+    def __init__(self, config: SamHQConfig, params: dict, dtype: str, precision: str = "highest") -> None:
         self.dtype, self.key, self.label = dtype, f"ours-{dtype}", f"ours {dtype}"
         self.config = config
         self.params = params
         jdtype = jnp.bfloat16 if dtype == "bf16" else jnp.float32
-        self.predictor = SamHQPredictor(config, params, dtype=jdtype)
-        _, self._embed, self._decode = compiled_model(config, jdtype)
+        self.predictor = SamHQPredictor(config, params, dtype=jdtype, precision=precision)
+        _, self._embed, self._decode = compiled_model(config, jdtype, precision)
 
     def _embed_args(self, images: np.ndarray) -> tuple[dict, jax.Array]:
         return {"params": self.params}, jax.device_put(images)
@@ -362,7 +363,7 @@ def autocast_dtype(device: str) -> torch.dtype:
     return torch.bfloat16
 
 
-def build_impls(config: SamHQConfig, skip: set[str], seed: int = 0) -> list[Impl]:
+def build_impls(config: SamHQConfig, skip: set[str], seed: int = 0, precision: str = "highest") -> list[Impl]:
     """Every implementation not in ``skip``, sharing one seeded random set of weights.
 
     The official model is built and randomised (:func:`eval.reference.build_official`); its state
@@ -377,9 +378,9 @@ def build_impls(config: SamHQConfig, skip: set[str], seed: int = 0) -> list[Impl
         official = build_official(config, seed=seed)
     _, params = state_dict_to_params({k: v.numpy() for k, v in official.state_dict().items()}, config)
     device_params = jax.device_put(params)  # on the device once, as load_pretrained does
-    impls: list[Impl] = [Ours(config, device_params, "fp32")]
+    impls: list[Impl] = [Ours(config, device_params, "fp32", precision)]
     if not skip & {"bf16", "ours-bf16"}:
-        impls.append(Ours(config, device_params, "bf16"))
+        impls.append(Ours(config, device_params, "bf16", precision))
     device = torch_device()
     if "official" not in skip:
         official = official.to(device)

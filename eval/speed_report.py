@@ -107,7 +107,8 @@ def _header(result: dict[str, Any]) -> list[str]:
         f"- JAX device: {env['jax_device']}; CPU: {env['cpu_model']}; torch device: {env['torch_device']}",
         f"- versions: {versions}",
         f"- XLA_FLAGS: `{env['xla_flags'] or '(unset)'}`; {client}; jax_default_matmul_precision: "
-        f"{env['jax_default_matmul_precision']}; JAX compilation cache: {env['jax_compilation_cache_dir'] or 'off'}",
+        f"{env['jax_default_matmul_precision']} (ours: SamHQPredictor precision={settings.get('ours_precision')}); "
+        f"JAX compilation cache: {env['jax_compilation_cache_dir'] or 'off'}",
         f"- threads: XLA CPU {env['xla_cpu_threads']} (the schedulable CPUs, XLA's default); torch intra-op "
         f"{env['torch_threads']}, inter-op {env['torch_interop_threads']}; official low-precision rows: "
         f"torch.autocast({env['torch_device']!r}, {env['torch_autocast_dtype']})",
@@ -145,8 +146,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         body,
         "",
-        "Times are the whole stage per call; `*`: extrapolated from the calls timed (official predict per "
-        "prompt). compile s: our first call minus the warm median. GFLOP: XLA's cost_analysis of our fp32 "
+        "Times are the whole stage per call, the rows of a stage timed round-robin; `*`: extrapolated from the "
+        "calls timed (official predict per prompt). compile s: our first call minus the warm median (with the "
+        "JAX compilation cache on, a cache load where it holds the program). GFLOP: XLA's cost_analysis of our fp32 "
         "program for the stage (decoder: prompt encoder + HQ decoder, without post-processing to the image "
         "size), credited to every row of the stage; % peak against the peak above (bf16 rows on CPU against "
         "the fp32 matmul peak). memory: XLA = our compiled program's buffer plan (memory_analysis: temp + "

@@ -1,5 +1,6 @@
 """samhq-jax: SAM-HQ (High-Quality Segment Anything) in JAX / Flax linen."""
 
+from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.checkpoint import load_checkpoint, load_pretrained, save_checkpoint
 from samhq_jax.config import (
     PRESETS,
@@ -22,6 +23,7 @@ __all__ = [
     "PromptEncoderConfig",
     "ResizeLongestSide",
     "SamHQ",
+    "SamHQAutomaticMaskGenerator",
     "SamHQConfig",
     "SamHQImageProcessor",
     "SamHQImageSegmentationOutput",

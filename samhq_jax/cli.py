@@ -1,6 +1,7 @@
 """``samhq``: segment images from the command line; and the front door every command shares.
 
-``samhq predict``, ``samhq demo``, and ``samhq convert`` / ``samhq parity`` (handed on to
+``samhq predict``, ``samhq everything`` (:mod:`samhq_jax.everything_cli`), ``samhq demo``, and
+``samhq convert`` / ``samhq parity`` (handed on to
 :mod:`convert.cli` and :mod:`eval.parity`); :data:`SAMHQ_HELP` and :data:`PREDICT_HELP` are their
 ``--help`` texts (prompts, the JSON-lines prompts file, the written files, examples). Every prompt
 and image of ``samhq predict`` is checked before the checkpoint is loaded.
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from samhq_jax import everything_cli
 
 if TYPE_CHECKING:
     from samhq_jax.predictor import SamHQPredictor
@@ -200,6 +203,7 @@ SAMHQ_HELP = """\
 examples:
   samhq predict --checkpoint sam_hq_vit_b.pth --image dog.jpg --box 100 200 900 1200 --output out/
   samhq predict --checkpoint ckpt/ --images photos/ --prompts prompts.jsonl --output out/
+  samhq everything --checkpoint sam_hq_vit_b.pth --image dog.jpg --output out/
   samhq convert sam_hq_vit_b.pth checkpoints/vit_b
   samhq parity --preset tiny_b
   samhq demo --output demo/   # offline: synthetic data, stand-in SAM, HQ fine-tuning, SAM vs HQ evaluation"""
@@ -488,6 +492,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--hq-token-only", action="store_true", help="HQ mask alone (best for single objects)")
     p.add_argument("--multimask", action="store_true", help="add the best of SAM's three masks")
     p.add_argument("--output", required=True, help="output folder (created; see below for what is written)")
+    everything_cli.add_parser(sub, CHECKPOINT_HELP, help_layout(everything_cli.EVERYTHING_HELP))
     sub.add_parser("convert", help="convert weights between formats (see samhq convert --help)", add_help=False)
     sub.add_parser(
         "parity",
@@ -508,7 +513,7 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``samhq``: ``predict`` and ``demo`` here; ``convert`` and ``parity`` get the rest of ``argv``."""
+    """``samhq``: ``predict``, ``everything`` and ``demo`` here; ``convert`` and ``parity`` get the rest of ``argv``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["convert"]:
         from convert.cli import main as convert_main
@@ -519,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         args = build_parser().parse_args(argv)
-        return _demo(args) if args.command == "demo" else _predict(args)
+        commands = {"demo": _demo, "predict": _predict, "everything": everything_cli.run}
+        return commands[args.command](args)
 
     return run_guarded(PROG, run)
 

@@ -182,24 +182,30 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
     return i0, i1, (src - i0).astype(np.float32)
 
 
+def _bilinear(x: np.ndarray | jax.Array, size: tuple[int, int], axis: int, xp: object) -> np.ndarray | jax.Array:
+    """Resize axes ``axis`` and ``axis + 1`` of ``x`` (a NumPy or a JAX array, ``xp`` its module) to
+    ``size``, as PyTorch's ``F.interpolate(mode="bilinear", align_corners=False)`` CPU kernel:
+    separable two-tap gathers (cost linear in the output), along W first, then H, each as
+    ``(1 - l) * a + l * b``."""
+    y0, y1, wy = _linear_taps(x.shape[axis], size[0])
+    x0, x1, wx = _linear_taps(x.shape[axis + 1], size[1])
+    wx = wx.reshape([-1 if d == axis + 1 else 1 for d in range(x.ndim)])
+    wy = wy.reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+    cols = xp.take(x, x0, axis=axis + 1, mode="clip") * (1 - wx) + xp.take(x, x1, axis=axis + 1, mode="clip") * wx
+    return xp.take(cols, y0, axis=axis, mode="clip") * (1 - wy) + xp.take(cols, y1, axis=axis, mode="clip") * wy
+
+
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize axes 0 and 1 of ``(H, W, ...)`` to ``size = (h, w)``: bilinear, half-pixel centres, no
     antialias (PyTorch ``F.interpolate(mode="bilinear", align_corners=False)``). Returns float32.
 
-    Separable gathers, so the cost is linear in the output size whatever the scale; the official
-    training and evaluation resize images, labels and logits this way.
+    The official training and evaluation resize images, labels and logits this way.
     """
     x = np.asarray(x, dtype=np.float32)
     h, w = size
     if x.ndim < 2 or min(x.shape[:2]) < 1 or h < 1 or w < 1:
         raise ValueError(f"cannot resize an array of shape {x.shape} to {size}")
-    y0, y1, wy = _linear_taps(x.shape[0], h)
-    x0, x1, wx = _linear_taps(x.shape[1], w)
-    # Along W first, then H, each as (1 - l) * a + l * b: PyTorch's CPU kernel's order of operations.
-    wx = wx.reshape(1, -1, *([1] * (x.ndim - 2)))
-    cols = x[:, x0] * (1 - wx) + x[:, x1] * wx
-    wy = wy.reshape(-1, *([1] * (x.ndim - 1)))
-    return cols[y0] * (1 - wy) + cols[y1] * wy
+    return _bilinear(x, size, 0, np)
 
 
 @partial(jax.jit, static_argnames=("input_size", "original_size", "long_side"))
@@ -209,9 +215,10 @@ def postprocess_masks(
     """``(..., 4G, 4G)`` low-res logits -> ``(..., H, W)`` float32 logits at the original size.
 
     Bilinear to ``long_side`` squared, crop to ``input_size``, bilinear to ``original_size``; both
-    resizes use half-pixel centres without antialiasing (``F.interpolate(align_corners=False)``).
+    resizes use half-pixel centres without antialiasing, with PyTorch's taps and order of operations
+    (``F.interpolate(align_corners=False)``: equal to the official to the last bit on CPU).
     """
-    lead = low_res.shape[:-2]
-    x = jax.image.resize(low_res.astype(jnp.float32), (*lead, long_side, long_side), "bilinear", antialias=False)
-    x = x[..., : input_size[0], : input_size[1]]
-    return jax.image.resize(x, (*lead, *original_size), "bilinear", antialias=False)
+    x = low_res.astype(jnp.float32)
+    axis = x.ndim - 2
+    x = _bilinear(x, (long_side, long_side), axis, jnp)[..., : input_size[0], : input_size[1]]
+    return _bilinear(x, original_size, axis, jnp)

@@ -50,6 +50,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_b", config, params))
 
 
+@pytest.mark.slow  # real vit_b runs once in CI: tests/test_parity_official.py::test_vit_b_checkpoint_cli
 def test_end_to_end_vit_b_equals_official(tmp_path, capsys) -> None:
     """Real vit_b structure: the official .pth through the converter, two small non-square images (a
     vit_b encoding takes ~20 s per image and framework on a 2-core CI machine), per-image IoU and

@@ -192,6 +192,7 @@ def test_several_images_with_different_prompt_counts(predictors: tuple) -> None:
         )
 
 
+@pytest.mark.slow  # real vit_b runs once in CI: tests/test_parity_official.py::test_vit_b_checkpoint_cli
 def test_vit_b_real_size_predictor_matches_official() -> None:
     """The full 1024-pixel path (resize, pad, encoder, decoder, upsampling) at real size."""
     from segment_anything_hq import SamPredictor

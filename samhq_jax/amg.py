@@ -1,0 +1,311 @@
+"""``SamHQAutomaticMaskGenerator``: "segment everything" with the official generator's arguments,
+defaults, records and order, compiled with static shapes.
+
+    predictor = SamHQPredictor.from_pretrained("sam_hq_vit_b.pth")
+    records = SamHQAutomaticMaskGenerator(predictor).generate(image)   # (H, W, 3) uint8 RGB
+    records[0]["segmentation"]   # (H, W) bool; also "area", "bbox" (XYWH), "predicted_iou", ...
+
+Each crop of the image is encoded once; its grid points are decoded ``points_per_batch`` at a time,
+each point a single positive prompt, in one compiled call per batch (the last batch padded and
+masked out), and the official filters run on the device in a second compiled call
+(:func:`samhq_jax.amg_ops.filter_batch`). Masks reach the host bit-packed (8x smaller); only the survivors are kept.
+Box NMS within and across crops and the small-region clean-up follow the official code
+(:mod:`samhq_jax.amg_ops`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from samhq_jax.amg_ops import (
+    build_all_layer_point_grids,
+    coco_encode_rle,
+    filter_batch,
+    generate_crop_boxes,
+    mask_to_box,
+    mask_to_rle,
+    nms,
+    remove_small_regions,
+)
+from samhq_jax.predictor import SamHQPredictor, _bucket
+from samhq_jax.prompt_encoder import LABEL_POSITIVE
+from samhq_jax.transforms import to_rgb_uint8
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+class MaskSet:
+    """Masks and their data, rows in one order: ``packed`` bit-packed masks of their crop's size
+    (zero-padded to the whole image's packed width),
+    ``crop`` the index of that crop, ``boxes (N, 4)`` int xyxy in the image frame, ``iou (N,)`` /
+    ``stability (N,)`` float32, ``points (N, 2)`` float64 xy in the image frame."""
+
+    FIELDS = ("packed", "crop", "boxes", "iou", "stability", "points")
+
+    def __init__(self, **fields: np.ndarray) -> None:
+        self.__dict__.update(fields)
+
+    def __len__(self) -> int:
+        return len(self.iou)
+
+    def take(self, index: np.ndarray) -> MaskSet:
+        return MaskSet(**{k: getattr(self, k)[index] for k in self.FIELDS})
+
+    @staticmethod
+    def concat(parts: list[MaskSet]) -> MaskSet:
+        return MaskSet(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in MaskSet.FIELDS})
+
+
+class SamHQAutomaticMaskGenerator:
+    """Masks for a whole image from a grid of point prompts, as the official
+    ``SamAutomaticMaskGenerator`` (same arguments, defaults, filters, records and order).
+
+    Args:
+      predictor: a :class:`SamHQPredictor` (its image is replaced by each crop while generating,
+        and reset after).
+      points_per_side: points along a side of the grid (``points_per_side^2`` in all); None when
+        ``point_grids`` are given.
+      points_per_batch: points decoded per compiled call.
+      pred_iou_thresh: keep masks with predicted IoU above this (<= 0: no filter).
+      stability_score_thresh: keep masks whose stability score is at least this (<= 0: no filter).
+      stability_score_offset: the logit offset of the stability score.
+      box_nms_thresh: box IoU above which a lower-scored mask of the same crop is dropped.
+      crop_n_layers: extra layers of crops; layer ``i`` has ``(2^i)^2`` crops.
+      crop_nms_thresh: box IoU above which a mask from a larger crop is dropped.
+      crop_overlap_ratio: overlap of the first crop layer's crops, a fraction of the short side.
+      crop_n_points_downscale_factor: layer ``i`` gets ``points_per_side / factor^i`` points a side.
+      point_grids: explicit ``(N_i, 2)`` grids in ``[0, 1]`` xy, one per layer.
+      min_mask_region_area: > 0 fills holes and removes islands smaller than this many pixels.
+      output_mode: ``"binary_mask"`` (``(H, W)`` bool), ``"uncompressed_rle"`` or ``"coco_rle"``
+        (needs pycocotools).
+      progress: a progress bar over the point batches; None shows it when stderr is a terminal.
+    """
+
+    def __init__(
+        self,
+        predictor: SamHQPredictor,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        progress: bool | None = None,
+    ) -> None:
+        if not isinstance(predictor, SamHQPredictor):
+            raise TypeError(f"predictor must be a SamHQPredictor, got {type(predictor).__name__}")
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if points_per_batch < 1 or crop_n_layers < 0 or crop_n_points_downscale_factor < 1:
+            raise ValueError(
+                "need points_per_batch >= 1, crop_n_layers >= 0 and crop_n_points_downscale_factor >= 1, got "
+                f"{points_per_batch}, {crop_n_layers}, {crop_n_points_downscale_factor}"
+            )
+        if points_per_side is not None:
+            if points_per_side < 1 or int(points_per_side / crop_n_points_downscale_factor**crop_n_layers) < 1:
+                raise ValueError(
+                    f"points_per_side={points_per_side} leaves no points in crop layer {crop_n_layers} "
+                    f"(downscale factor {crop_n_points_downscale_factor})"
+                )
+            grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        else:
+            grids = [np.asarray(g, np.float64) for g in point_grids]
+            if len(grids) != crop_n_layers + 1:
+                raise ValueError(f"point_grids needs one grid per layer ({crop_n_layers + 1}), got {len(grids)}")
+            for i, g in enumerate(grids):
+                if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0 or not np.all((g >= 0) & (g <= 1)):
+                    raise ValueError(f"point_grids[{i}] must be a non-empty (N, 2) array in [0, 1], got {g.shape}")
+        if output_mode == "coco_rle":
+            coco_encode_rle({"size": [1, 1], "counts": [1]})  # fail now, not after the work
+        self.predictor = predictor
+        self.point_grids = grids
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self.progress = progress
+
+    def generate(
+        self, image: np.ndarray, multimask_output: bool = True, hq_token_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """Masks for the whole of ``image`` (``(H, W, 3)`` uint8 RGB; grayscale / RGBA converted).
+
+        ``multimask_output``: each point's mask is the best of SAM's three plus the HQ mask (else
+        SAM's single mask plus HQ); ``hq_token_only``: the HQ mask alone.
+
+        Returns the official records, best first as the official orders them (an empty list when no
+        mask survives): ``segmentation`` (``(H, W)`` bool, or an RLE dict), ``area`` int, ``bbox``
+        ``[x, y, w, h]`` ints (inclusive pixel box: ``w = x1 - x0``), ``predicted_iou`` float,
+        ``point_coords`` ``[[x, y]]``, ``stability_score`` float, ``crop_box`` ``[x, y, w, h]``.
+        """
+        image = to_rgb_uint8(image)
+        orig_size = image.shape[:2]
+        crop_boxes, layers = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        batches = [self._batch_size(len(self.point_grids[layer])) for layer in layers]
+        total = sum(-(-len(self.point_grids[layer]) // b) for layer, b in zip(layers, batches, strict=True))
+        shown = sys.stderr.isatty() if self.progress is None else self.progress
+        flags = multimask_output, hq_token_only
+        try:
+            with tqdm(total=total, desc="segment everything", unit="batch", disable=not shown, leave=False) as bar:
+                parts = [
+                    self._process_crop(image, i, box, layer, batch, flags, bar)
+                    for i, (box, layer, batch) in enumerate(zip(crop_boxes, layers, batches, strict=True))
+                ]
+        finally:
+            self.predictor.reset_image()
+        data = MaskSet.concat(parts)
+        if len(crop_boxes) > 1:  # duplicates between crops: the smaller crop's mask wins
+            areas = np.array([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in crop_boxes], np.float32)
+            data = data.take(nms(data.boxes, np.float32(1) / areas[data.crop], self.crop_nms_thresh))
+        masks = _uncrop(data, crop_boxes, orig_size)
+        if self.min_mask_region_area > 0 and len(data):
+            data, masks = self._remove_small_regions(data, masks)
+        return self._records(data, masks, crop_boxes)
+
+    def _batch_size(self, n_points: int) -> int:
+        """Points per compiled call for a crop of ``n_points``: ``points_per_batch``, or fewer (a
+        power of two) when the whole grid is smaller."""
+        return min(self.points_per_batch, _bucket(n_points))
+
+    def _process_crop(
+        self,
+        image: np.ndarray,
+        index: int,
+        crop_box: list[int],
+        layer: int,
+        batch: int,
+        flags: tuple[bool, bool],
+        bar: tqdm,
+    ) -> MaskSet:
+        """Encode one crop, decode and filter its grid in batches, NMS within the crop; boxes and
+        points move to the image frame."""
+        p = self.predictor
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1]
+        crop_size = crop.shape[:2]
+        p.set_image(crop)
+        points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
+        model_points = p.transform.apply_coords(points, crop_size).astype(np.float32)
+        orig_box = jnp.array([0, 0, image.shape[1], image.shape[0]], jnp.int32)
+        thresholds = jnp.array(
+            [self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset], jnp.float32
+        )
+        packed_width = -(-image.shape[0] * image.shape[1] // 8)
+        parts = []
+        for start in range(0, len(points), batch):
+            chunk = model_points[start : start + batch]
+            n = len(chunk)
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+            low_res, iou = p._decode(
+                {"params": p.params},
+                p.embeddings,
+                jnp.asarray(padded)[None, :, None],
+                jnp.full((1, batch, 1), LABEL_POSITIVE, jnp.int32),
+                multimask_output=flags[0],
+                hq_token_only=flags[1],
+            )
+            k = low_res.shape[2]  # masks per point, point-major as the official flattens them
+            valid = jnp.asarray(np.repeat(np.arange(batch) < n, k))
+            res = filter_batch(
+                low_res[0].reshape(batch * k, *low_res.shape[-2:]),
+                iou[0].reshape(batch * k),
+                valid,
+                jnp.array(crop_box, jnp.int32),
+                orig_box,
+                thresholds,
+                p.input_size,
+                crop_size,
+                self.predictor.config.img_size,
+            )
+            keep = np.nonzero(np.asarray(res.keep))[0]
+            packed = np.zeros((len(keep), packed_width), np.uint8)  # one width for every crop
+            packed[:, : res.packed.shape[1]] = np.asarray(res.packed)[keep]
+            parts.append(
+                MaskSet(
+                    packed=packed,
+                    crop=np.full(len(keep), index),
+                    boxes=np.asarray(res.boxes)[keep].astype(np.int64),
+                    iou=np.asarray(iou[0]).reshape(-1)[keep],
+                    stability=np.asarray(res.stability)[keep],
+                    points=np.repeat(points[start : start + batch], k, axis=0)[keep],
+                )
+            )
+            bar.update()
+        data = MaskSet.concat(parts)
+        data = data.take(nms(data.boxes, data.iou, self.box_nms_thresh))
+        data.boxes = data.boxes + np.array([x0, y0, x0, y0])
+        data.points = data.points + np.array([x0, y0])
+        return data
+
+    def _remove_small_regions(self, data: MaskSet, masks: np.ndarray) -> tuple[MaskSet, np.ndarray]:
+        """The official ``postprocess_small_regions``: fill small holes, drop small islands, then NMS
+        again preferring masks that did not change."""
+        masks, holes = remove_small_regions(masks, self.min_mask_region_area, "holes")
+        masks, islands = remove_small_regions(masks, self.min_mask_region_area, "islands")
+        boxes = np.asarray(mask_to_box(jnp.asarray(masks))).astype(np.int64)
+        scores = (~(holes | islands)).astype(np.float32)
+        keep = nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh))
+        data = data.take(keep)
+        data.boxes = boxes[keep]
+        return data, masks[keep]
+
+    def _records(self, data: MaskSet, masks: np.ndarray, crop_boxes: list[list[int]]) -> list[dict[str, Any]]:
+        """The official record per mask, in ``data``'s order."""
+        if self.output_mode == "binary_mask":
+            segmentations: list[Any] = list(masks)
+        else:
+            segmentations = mask_to_rle(masks)
+            if self.output_mode == "coco_rle":
+                segmentations = [coco_encode_rle(r) for r in segmentations]
+        areas = masks.sum(axis=(1, 2))
+        records = []
+        for i, segmentation in enumerate(segmentations):
+            x0, y0, x1, y1 = data.boxes[i].tolist()
+            cx0, cy0, cx1, cy1 = crop_boxes[data.crop[i]]
+            records.append(
+                {
+                    "segmentation": segmentation,
+                    "area": int(areas[i]),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "predicted_iou": float(data.iou[i]),
+                    "point_coords": [data.points[i].tolist()],
+                    "stability_score": float(data.stability[i]),
+                    "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
+                }
+            )
+        return records
+
+
+def _uncrop(data: MaskSet, crop_boxes: list[list[int]], orig_size: tuple[int, int]) -> np.ndarray:
+    """``(N, H, W)`` bool full-image masks from ``data``'s bit-packed crop masks (zeros outside the
+    crop)."""
+    h, w = orig_size
+    out = np.zeros((len(data), h, w), bool)
+    for c in np.unique(data.crop):
+        rows = np.nonzero(data.crop == c)[0]
+        x0, y0, x1, y1 = crop_boxes[c]
+        size = (y1 - y0) * (x1 - x0)
+        bits = np.unpackbits(data.packed[rows], axis=-1, count=size).astype(bool)
+        out[rows, y0:y1, x0:x1] = bits.reshape(-1, y1 - y0, x1 - x0)
+    return out

@@ -1,0 +1,273 @@
+"""The pieces of automatic mask generation, with the official ``segment_anything_hq.utils.amg``
+semantics: point grids, crop boxes, the per-batch filters (on the device), box NMS
+(torchvision's ``batched_nms`` with one category), uncompressed RLE and the small-region clean-up.
+
+Boxes are ``xyxy`` with inclusive pixel indices (a one-pixel mask has the box ``[x, y, x, y]``),
+as the official ``batched_mask_to_box`` makes them. Nothing here loops over masks in Python: the
+filters run on a whole point batch in one compiled call, NMS is one compiled loop over the boxes,
+connected components are labelled for many masks in one ``scipy.ndimage.label`` call.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from itertools import product
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samhq_jax.transforms import MASK_THRESHOLD, postprocess_masks
+
+EDGE_ATOL = 20.0  # pixels: a box this close to a crop edge (not an image edge) is dropped
+REGION_CHUNK = 16  # masks labelled per scipy.ndimage.label call in remove_small_regions
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """``(n^2, 2)`` float64 xy points at the centres of an ``n x n`` grid on ``[0, 1]^2``, x fastest."""
+    offset = 1 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    xs = np.tile(side[None, :], (n_per_side, 1))
+    ys = np.tile(side[:, None], (1, n_per_side))
+    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
+    """One grid per crop layer: layer ``i`` has ``int(n_per_side / scale_per_layer**i)`` points a side."""
+    return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
+
+
+def generate_crop_boxes(
+    im_size: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[list[list[int]], list[int]]:
+    """The whole image, then for layer ``i`` (1-based) a ``2^i x 2^i`` set of overlapping crops.
+
+    Returns ``(crop_boxes, layer_idxs)``: ``[x0, y0, x1, y1]`` int boxes (x1 / y1 exclusive) in
+    the official order (the whole image first; within a layer, x0 outer, y0 inner).
+    """
+    im_h, im_w = im_size
+    short_side = min(im_h, im_w)
+    boxes, layers = [[0, 0, im_w, im_h]], [0]
+
+    def crop_len(orig_len: int, n_crops: int, overlap: int) -> int:
+        return math.ceil((overlap * (n_crops - 1) + orig_len) / n_crops)
+
+    for i_layer in range(n_layers):
+        n_side = 2 ** (i_layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / n_side))
+        crop_w, crop_h = crop_len(im_w, n_side, overlap), crop_len(im_h, n_side, overlap)
+        x0s = [int((crop_w - overlap) * i) for i in range(n_side)]
+        y0s = [int((crop_h - overlap) * i) for i in range(n_side)]
+        for x0, y0 in product(x0s, y0s):
+            boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
+            layers.append(i_layer + 1)
+    return boxes, layers
+
+
+def mask_to_box(masks: jax.Array) -> jax.Array:
+    """``(..., H, W)`` bool masks -> ``(..., 4)`` int32 xyxy boxes (inclusive); ``[0, 0, 0, 0]`` for an
+    empty mask."""
+    h, w = masks.shape[-2:]
+    rows, cols = masks.any(axis=-1), masks.any(axis=-2)
+    ys, xs = jnp.arange(h, dtype=jnp.int32), jnp.arange(w, dtype=jnp.int32)
+    bottom = jnp.max(jnp.where(rows, ys, 0), axis=-1)
+    top = jnp.min(jnp.where(rows, ys, h), axis=-1)
+    right = jnp.max(jnp.where(cols, xs, 0), axis=-1)
+    left = jnp.min(jnp.where(cols, xs, w), axis=-1)
+    empty = (right < left) | (bottom < top)
+    return jnp.stack([left, top, right, bottom], axis=-1) * ~empty[..., None]
+
+
+def is_box_near_crop_edge(boxes: jax.Array, crop_box: jax.Array, orig_box: jax.Array) -> jax.Array:
+    """``(N, 4)`` boxes in the crop's frame -> ``(N,)`` bool: a side within ``EDGE_ATOL`` pixels of
+    the crop's edge that is not also the image's edge."""
+    x0, y0 = crop_box[0], crop_box[1]
+    boxes = (boxes + jnp.stack([x0, y0, x0, y0])).astype(jnp.float32)
+    near_crop = jnp.abs(boxes - crop_box.astype(jnp.float32)) <= EDGE_ATOL
+    near_image = jnp.abs(boxes - orig_box.astype(jnp.float32)) <= EDGE_ATOL
+    return jnp.any(near_crop & ~near_image, axis=-1)
+
+
+class BatchResult(NamedTuple):
+    """One point batch after the filters (device arrays; P = the padded batch size).
+
+    keep: ``(P,)`` bool, the masks that pass every filter (padding never does); boxes: ``(P, 4)``
+    int32 xyxy in the crop's frame; stability: ``(P,)`` float32; packed: ``(P, ceil(h*w / 8))``
+    uint8, the ``(h, w)`` crop-size masks flattened row-major and bit-packed (``np.packbits``).
+    """
+
+    keep: jax.Array
+    boxes: jax.Array
+    stability: jax.Array
+    packed: jax.Array
+
+
+def stability_score(logits: jax.Array, offset: jax.Array | float) -> jax.Array:
+    """``(..., H, W)`` logits -> ``(...)`` IoU of the masks thresholded at ``MASK_THRESHOLD +- offset``
+    (pixel counts in int32, as the official; NaN where the looser mask is empty)."""
+    inner = jnp.sum(logits > MASK_THRESHOLD + offset, axis=(-2, -1), dtype=jnp.int32)
+    outer = jnp.sum(logits > MASK_THRESHOLD - offset, axis=(-2, -1), dtype=jnp.int32)
+    return inner / outer
+
+
+@partial(jax.jit, static_argnames=("input_size", "crop_size", "long_side"))
+def filter_batch(
+    low_res: jax.Array,
+    iou: jax.Array,
+    valid: jax.Array,
+    crop_box: jax.Array,
+    orig_box: jax.Array,
+    thresholds: jax.Array,
+    input_size: tuple[int, int],
+    crop_size: tuple[int, int],
+    long_side: int,
+) -> BatchResult:
+    """The official ``_process_batch`` filters for P masks of one crop, on the device.
+
+    Args:
+      low_res: ``(P, 4G, 4G)`` low-res mask logits; iou: ``(P,)`` predicted IoUs; valid: ``(P,)``
+        bool, False for padding.
+      crop_box / orig_box: ``(4,)`` int32 xyxy of the crop and of the whole image.
+      thresholds: ``(3,)`` float32 ``(pred_iou_thresh, stability_score_thresh,
+        stability_score_offset)``; a threshold <= 0 disables its filter, as the official.
+      input_size / crop_size: the crop resized into the model's input frame, and its own size.
+
+    The masks are upscaled to the crop size as logits, scored for stability, thresholded at 0,
+    boxed and dropped when near a crop edge.
+    """
+    iou_thresh, stability_thresh, offset = thresholds[0], thresholds[1], thresholds[2]
+    logits = postprocess_masks(low_res, input_size, crop_size, long_side)
+    stability = stability_score(logits, offset)
+    masks = logits > MASK_THRESHOLD
+    boxes = mask_to_box(masks)
+    keep = valid & ((iou > iou_thresh) | (iou_thresh <= 0))
+    keep &= (stability >= stability_thresh) | (stability_thresh <= 0)
+    keep &= ~is_box_near_crop_edge(boxes, crop_box, orig_box)
+    packed = jnp.packbits(masks.reshape(masks.shape[0], -1), axis=-1)
+    return BatchResult(keep, boxes, stability, packed)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy box NMS as torchvision's ``nms`` / ``batched_nms`` with one category.
+
+    Args:
+      boxes: ``(N, 4)`` xyxy (compared in float32, area ``(x1 - x0) * (y1 - y0)``).
+      scores: ``(N,)``; the order is a stable descending sort (ties keep the input order, as
+        torchvision's CPU kernel sorts).
+      iou_threshold: a box goes when its IoU with a kept, higher-scored box is above this.
+
+    Returns:
+      ``(K,)`` int64 indices of the kept boxes, highest score first.
+    """
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
+    size = 1 << (n - 1).bit_length()  # bucketed: one compile per power of two
+    padded = np.zeros((size, 4), np.float32)
+    padded[:n] = np.asarray(boxes, np.float32)[order]
+    kept = np.asarray(_greedy_nms(jnp.asarray(padded), jnp.arange(size) < n, jnp.float32(iou_threshold)))
+    return order[kept[:n]]
+
+
+@jax.jit
+def _greedy_nms(boxes: jax.Array, valid: jax.Array, threshold: jax.Array) -> jax.Array:
+    """``(N, 4)`` boxes sorted by score -> ``(N,)`` bool kept, torchvision's arithmetic: a box is
+    suppressed by an earlier kept box when ``inter / (area_i + area_j - inter) > threshold`` (a
+    0/0 IoU of two zero-area boxes is NaN and suppresses nothing)."""
+    x0, y0, x1, y1 = boxes.T
+    area = (x1 - x0) * (y1 - y0)
+    later = jnp.arange(boxes.shape[0])
+
+    def step(i: jax.Array, suppressed: jax.Array) -> jax.Array:
+        w = jnp.maximum(0.0, jnp.minimum(x1[i], x1) - jnp.maximum(x0[i], x0))
+        h = jnp.maximum(0.0, jnp.minimum(y1[i], y1) - jnp.maximum(y0[i], y0))
+        inter = w * h
+        over = inter / (area[i] + area - inter) > threshold
+        return suppressed | (~suppressed[i] & over & (later > i))
+
+    return ~jax.lax.fori_loop(0, boxes.shape[0], step, ~valid)
+
+
+def mask_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
+    """``(N, H, W)`` bool masks -> uncompressed RLEs ``{"size": [H, W], "counts": [...]}`` in
+    column-major order, starting with a run of zeros (length 0 when the first pixel is set), as
+    pycocotools expects."""
+    n, h, w = masks.shape
+    if n == 0:
+        return []
+    flat = masks.transpose(0, 2, 1).reshape(n, h * w)
+    rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
+    per_mask = np.split(cols + 1, np.searchsorted(rows, np.arange(1, n)))
+    out = []
+    for i, changes in enumerate(per_mask):
+        counts = np.diff(np.concatenate([[0], changes, [h * w]])).tolist()
+        out.append({"size": [h, w], "counts": ([0] if flat[i, 0] else []) + counts})
+    return out
+
+
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    """An uncompressed RLE -> ``(H, W)`` bool mask (the inverse of :func:`mask_to_rle`)."""
+    h, w = rle["size"]
+    counts = np.asarray(rle["counts"], np.int64)
+    values = np.arange(len(counts)) % 2 == 1
+    return np.repeat(values, counts).reshape(w, h).T
+
+
+def area_from_rle(rle: dict[str, Any]) -> int:
+    """Set pixels of an uncompressed RLE."""
+    return int(sum(rle["counts"][1::2]))
+
+
+def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
+    """An uncompressed RLE -> COCO's compressed RLE (``counts`` a str), through pycocotools."""
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError as err:
+        raise ImportError("output_mode='coco_rle' needs pycocotools: pip install pycocotools") from err
+    h, w = rle["size"]
+    coco = mask_utils.frPyObjects(rle, h, w)
+    coco["counts"] = coco["counts"].decode("utf-8")
+    return coco
+
+
+def remove_small_regions(masks: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fill holes (``mode="holes"``) or drop islands (``"islands"``) smaller than ``area_thresh``
+    pixels in each of ``(N, H, W)`` bool masks, with 8-connectivity, as the official
+    ``remove_small_regions`` does with OpenCV (a mask whose islands are all small keeps its largest,
+    the first in raster order on a tie).
+
+    Returns ``(masks, changed)``: the new masks and ``(N,)`` bool, whether each one changed.
+    """
+    from scipy import ndimage
+
+    if mode not in ("holes", "islands"):
+        raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+    holes = mode == "holes"
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = True  # 8-connectivity inside a mask, none across masks
+    out, changed = masks.copy(), np.zeros(len(masks), bool)
+    for start in range(0, len(masks), REGION_CHUNK):
+        chunk = masks[start : start + REGION_CHUNK]
+        regions, count = ndimage.label(chunk ^ holes, structure)
+        sizes = np.bincount(regions.ravel(), minlength=count + 1)
+        owner = np.zeros(count + 1, np.int64)  # which mask of the chunk each region lies in
+        owner[regions.ravel()] = np.repeat(np.arange(len(chunk)), chunk[0].size)
+        small = sizes < area_thresh
+        small[0] = False
+        has_small = np.bincount(owner[small], minlength=len(chunk)) > 0
+        flip = small.copy()
+        if not holes:  # a mask whose islands are all small keeps its largest (first on a tie)
+            ids = np.arange(1, count + 1)
+            own, size = owner[1:], sizes[1:]
+            order = np.lexsort((ids, -size, own))
+            first = order[np.r_[True, own[order][1:] != own[order][:-1]]] if count else order
+            regions_per_mask = np.bincount(own, minlength=len(chunk))
+            all_small = has_small & (np.bincount(owner[small], minlength=len(chunk)) == regions_per_mask)
+            flip[ids[first][all_small[own[first]]]] = False
+        new = np.where(flip[regions], holes, chunk)
+        out[start : start + REGION_CHUNK] = new
+        changed[start : start + REGION_CHUNK] = has_small
+    return out, changed

@@ -1,0 +1,161 @@
+"""``samhq everything``: automatic mask generation ("segment everything") from the command line.
+
+One image (``--image``) or every image of a folder (``--images``, with a progress bar); per image,
+mask PNGs and a records JSON (``--format png``) or one JSON with RLE masks (``--format rle``), and
+an overlay of all masks. Every image is checked before the checkpoint is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+OVERLAY_ALPHA = 0.45
+
+EVERYTHING_HELP = """\
+written to --output for each image, <stem> being its file name without the extension:
+  --format png (default):
+    <stem>_mask<i>.png   mask i (i = 0, 1, ...: best first, the official generator's order): an
+                         8-bit PNG at the image's size, 255 on the mask, 0 elsewhere
+    <stem>_masks.json    {"image": path, "size": [H, W], "settings": {...}, "masks": [{"file":
+                         "<stem>_mask<i>.png", "area", "bbox" [x, y, w, h], "predicted_iou",
+                         "point_coords", "stability_score", "crop_box"}, ...]}
+  --format rle: <stem>_masks.json only, each mask's "segmentation" an uncompressed RLE
+                         {"size": [H, W], "counts": [...]} (column-major, as pycocotools reads it)
+  <stem>_overlay.png     the image with every mask tinted in its own colour (small masks on top)
+
+examples:
+  samhq everything --checkpoint sam_hq_vit_b.pth --image dog.jpg --output out/
+  samhq everything --checkpoint ckpt/ --images photos/ --points-per-side 16 --format rle --output out/"""
+
+
+def add_parser(sub: Any, checkpoint_help: str, layout: dict) -> None:
+    """Register ``everything`` on the ``samhq`` subparsers ``sub``."""
+    p = sub.add_parser(
+        "everything",
+        help="segment everything in an image (or a folder): automatic mask generation",
+        description="Masks for every object of an image (--image) or of each image of a folder (--images), "
+        "from a grid of point prompts, filtered as the official SamAutomaticMaskGenerator.",
+        **layout,
+    )
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--image", help="one image file")
+    p.add_argument("--images", help="a folder of images (" + ", ".join(IMAGE_SUFFIXES) + ")")
+    p.add_argument("--output", required=True, help="output folder (created; see below for what is written)")
+    p.add_argument("--format", choices=("png", "rle"), default="png", help="mask PNGs, or RLE in the JSON")
+    p.add_argument("--points-per-side", type=int, default=32, help="grid points a side (default 32)")
+    p.add_argument("--points-per-batch", type=int, default=64, help="points per compiled call (default 64)")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="default 0.88; 0 keeps all")
+    p.add_argument("--stability-score-thresh", type=float, default=0.95, help="default 0.95; 0 keeps all")
+    p.add_argument("--box-nms-thresh", type=float, default=0.7, help="default 0.7")
+    p.add_argument("--crop-n-layers", type=int, default=0, help="extra layers of image crops (default 0)")
+    p.add_argument(
+        "--min-mask-region-area", type=int, default=0, help="fill holes / drop islands below this (default 0)"
+    )
+    p.add_argument("--hq-token-only", action="store_true", help="the HQ mask alone for each point")
+    p.add_argument("--single-mask", action="store_true", help="SAM's single-mask output (no multimask choice)")
+
+
+def _jobs(args: argparse.Namespace) -> list[Path]:
+    """The images to segment, each checked readable; their stems distinct."""
+    from samhq_jax.cli import check_image
+
+    if (args.image is None) == (args.images is None):
+        raise ValueError("give exactly one of --image or --images")
+    if args.image is not None:
+        paths = [Path(args.image)]
+    else:
+        folder = Path(args.images)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--images {folder}: no such folder")
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise ValueError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        stems = [p.stem for p in paths]
+        clash = sorted({s for s in stems if stems.count(s) > 1})
+        if clash:
+            raise ValueError(f"--images {folder}: several files share the stem(s) {clash}; outputs would collide")
+    for p in paths:
+        check_image(p, "--image: " if args.image is not None else "--images: ")
+    if args.points_per_side < 1 or args.points_per_batch < 1 or args.crop_n_layers < 0:
+        raise ValueError("--points-per-side and --points-per-batch must be >= 1, --crop-n-layers >= 0")
+    return paths
+
+
+def overlay_all(image: np.ndarray, masks: list[np.ndarray], seed: int = 0) -> Image.Image:
+    """``(H, W, 3)`` uint8 with each ``(H, W)`` bool mask tinted a random colour, largest first so
+    small masks stay visible."""
+    out = image.astype(np.float32)
+    colours = np.random.default_rng(seed).integers(40, 256, size=(len(masks), 3)).astype(np.float32)
+    for i in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
+        m = masks[i]
+        out[m] = (1 - OVERLAY_ALPHA) * out[m] + OVERLAY_ALPHA * colours[i]
+    return Image.fromarray(out.astype(np.uint8))
+
+
+def segment_everything(generator: Any, path: Path, out_dir: Path, args: argparse.Namespace) -> int:
+    """Generate masks for one image and write its files; returns the number of masks."""
+    from samhq_jax.amg_ops import mask_to_rle
+
+    image = np.asarray(Image.open(path).convert("RGB"))
+    records = generator.generate(image, multimask_output=not args.single_mask, hq_token_only=args.hq_token_only)
+    masks = [r.pop("segmentation") for r in records]
+    stem = path.stem
+    if args.format == "png":
+        for i, (m, r) in enumerate(zip(masks, records, strict=True)):
+            name = f"{stem}_mask{i}.png"
+            Image.fromarray((m * 255).astype(np.uint8)).save(out_dir / name)
+            records[i] = {"file": name, **r}
+    else:
+        for r, rle in zip(records, mask_to_rle(np.asarray(masks).reshape(-1, *image.shape[:2])), strict=True):
+            r["segmentation"] = rle
+    settings = {k: getattr(args, k) for k in ("points_per_side", "pred_iou_thresh", "stability_score_thresh")}
+    settings.update(
+        box_nms_thresh=args.box_nms_thresh,
+        crop_n_layers=args.crop_n_layers,
+        min_mask_region_area=args.min_mask_region_area,
+        multimask_output=not args.single_mask,
+        hq_token_only=args.hq_token_only,
+    )
+    doc = {"image": str(path), "size": list(image.shape[:2]), "settings": settings, "masks": records}
+    (out_dir / f"{stem}_masks.json").write_text(json.dumps(doc, indent=1) + "\n")
+    overlay_all(image, masks).save(out_dir / f"{stem}_overlay.png")
+    return len(records)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``samhq everything``: check every image, load the checkpoint, generate and write."""
+    from samhq_jax.amg import SamHQAutomaticMaskGenerator
+    from samhq_jax.cli import doing
+    from samhq_jax.predictor import SamHQPredictor
+
+    paths = _jobs(args)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with doing(f"loading the checkpoint {args.checkpoint}"):
+        predictor = SamHQPredictor.from_pretrained(args.checkpoint)
+    generator = SamHQAutomaticMaskGenerator(
+        predictor,
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        crop_n_layers=args.crop_n_layers,
+        min_mask_region_area=args.min_mask_region_area,
+        progress=None if len(paths) == 1 else False,  # one image: a bar over its point batches
+    )
+    with tqdm(paths, desc="samhq everything", unit="image", disable=len(paths) == 1) as bar:
+        for path in bar:
+            with doing(f"segmenting everything in {path}"):
+                count = segment_everything(generator, path, out_dir, args)
+            if len(paths) == 1:
+                print(f"{path.name}: {count} mask(s) -> {out_dir}")
+    return 0
