@@ -2,7 +2,7 @@
 ``segment-anything-hq`` and Hugging Face ``SamHQModel``, in one process, one run, on the same
 seeded random weights and the same inputs.
 
-    samhq-bench                                     # vit_b, batch 1 and 4, 1/16/64/256 prompts
+    samhq-bench                                     # vit_b: batch 1, 4; 1/16/64/256 prompts; AMG 16, 32
     samhq-bench --model vit_b --batch 1 --prompts 1,16,64 --repeats 3 --output bench/
     samhq-bench --quick --output bench/             # tiny_b smoke run: 2 repeats, 1 and 16 prompts
     samhq-bench --skip hf,bf16 --cold               # + first mask of a fresh process, twice
@@ -11,8 +11,10 @@ Stages: the image encoder (--batch images per call); the decoder on an image enc
 for each --prompts count P of boxes (ours: one predict_batch call; the official: one
 SamPredictor.predict per box, k of them timed and the time extrapolated to P, and predict_torch
 batched; HF: one model(image_embeddings=...) call + post_process_masks); end to end, set_image + one
-predict. Rows: ours fp32, ours bf16 compute, the official fp32 and under torch.autocast (bf16 on
-CPU; bf16, else fp16, on CUDA), HF fp32. torch runs on CUDA when it sees a GPU.
+predict; automatic mask generation for each --amg grid (ours and the official fp32 generators,
+official defaults otherwise, encoding included). Rows: ours fp32, ours bf16 compute, the official
+fp32 and under torch.autocast (bf16 on CPU; bf16, else fp16, on CUDA), HF fp32. torch runs on CUDA
+when it sees a GPU.
 
 Figures: the warm median and min-max of --repeats calls after --warmup calls (JAX outputs blocked
 on, torch under inference_mode), the rows of a stage timed round-robin so that other work on the
@@ -45,8 +47,9 @@ from samhq_jax.cli import command_parser, docstring_help, doing, run_guarded
 from samhq_jax.config import PRESETS
 
 PROG = "samhq-bench"
-QUICK = {"model": "tiny_b", "repeats": 2, "prompts": "1,16", "batch": "1"}
-DEFAULTS = {"model": "vit_b", "repeats": 5, "prompts": "1,16,64,256", "batch": "1,4"}
+QUICK = {"model": "tiny_b", "repeats": 2, "prompts": "1,16", "batch": "1", "amg": "4"}
+DEFAULTS = {"model": "vit_b", "repeats": 5, "prompts": "1,16,64,256", "batch": "1,4", "amg": "16,32"}
+LIST_ARGS = ("batch", "prompts", "amg")
 PEAK_MATMUL = {False: 4096, True: 1024}  # side of the measured peak's matmul (--quick: smaller)
 PHOTO = (1200, 1600)  # default image (H, W) for a 1024 px model, scaled with the model's input size
 PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"  # set to false (unless set) so torch has GPU memory too
@@ -131,6 +134,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=PRESETS, help=f"preset (default {DEFAULTS['model']}; --quick {QUICK['model']})")
     p.add_argument("--batch", type=_int_list, help=f"images per encoder call (default {DEFAULTS['batch']})")
     p.add_argument("--prompts", type=_int_list, help=f"boxes per decoder call (default {DEFAULTS['prompts']})")
+    p.add_argument(
+        "--amg",
+        type=_int_list,
+        help=f"automatic mask generation, points per side (default {DEFAULTS['amg']}; --skip amg leaves it out)",
+    )
     p.add_argument("--repeats", type=_positive, help=f"timed calls per row (default {DEFAULTS['repeats']})")
     p.add_argument("--warmup", type=_positive, default=1, help="untimed calls first, the first included (default 1)")
     p.add_argument("--skip", default="", help=f"comma-separated rows to leave out: {', '.join(SKIPPABLE)}")
@@ -169,7 +177,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     for name, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, name) is None:
-            setattr(args, name, _int_list(value) if name in ("batch", "prompts") else value)
+            setattr(args, name, _int_list(value) if name in LIST_ARGS else value)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = sorted(args.skip - set(SKIPPABLE))
     if unknown:
@@ -346,6 +354,13 @@ class Bench:
         self.flops[("end_to_end", 1)] = None if None in parts else sum(parts)
         self._stage("end-to-end", "end_to_end", 1, [(impl, impl.end_to_end(self.image, box)) for impl in self.impls])
 
+    def amg(self) -> None:
+        """Automatic mask generation on the test image, each ``--amg`` grid, official defaults otherwise
+        (the image encoded inside the call: a user's whole wait)."""
+        for n in self.args.amg:
+            entries = [(impl, call) for impl in self.impls if (call := impl.amg(self.image, n)) is not None]
+            self._stage(f"amg {n}x{n} grid", "amg", n, entries)
+
     def ratios(self) -> None:
         """Each row's median over its stage's official fp32 and low-precision baseline rows."""
         base = {(r.stage, r.impl): r.median_s for r in self.rows if r.family == "official" and r.baseline}
@@ -370,6 +385,7 @@ class Bench:
             "model": self.config.name,
             "batch": a.batch,
             "prompts": a.prompts,
+            "amg_points_per_side": a.amg,
             "repeats": a.repeats,
             "warmup": a.warmup,
             "per_prompt_calls": a.per_prompt_calls,
@@ -405,6 +421,8 @@ def run(args: argparse.Namespace) -> int:
         bench.encoders()
         bench.decoders()
         bench.end_to_end()
+        if "amg" not in args.skip:
+            bench.amg()
         bench.ratios()
         cold = bench.cold(out or Path(_tempdir())) if args.cold else None
     result = bench.result(cold)

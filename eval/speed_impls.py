@@ -25,13 +25,14 @@ import torch
 
 from eval.speed_env import XlaAnalysis, analyse, blocking, jax_device_peak, quiet_warnings, sampled_rss_peak
 from eval.speed_env import torch_cuda_peak as _torch_cuda_peak
+from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.config import SamHQConfig
 from samhq_jax.predictor import SamHQPredictor, compiled_model
 from samhq_jax.transforms import apply_boxes
 
 # --skip names: whole implementations, every bf16 row, or one side's bf16 rows (the official's
 # autocast on a CPU without bf16 instructions can take minutes per image).
-SKIPPABLE = ("official", "hf", "bf16", "ours-bf16", "official-bf16")
+SKIPPABLE = ("official", "hf", "bf16", "ours-bf16", "official-bf16", "amg")
 
 
 @dataclasses.dataclass
@@ -77,6 +78,11 @@ class Impl:
     def end_to_end(self, image: np.ndarray, box: np.ndarray) -> Call:
         """Set ``image`` and predict one ``box``, as a user does."""
         raise NotImplementedError
+
+    def amg(self, image: np.ndarray, points_per_side: int) -> Call | None:
+        """Automatic mask generation on ``image`` (encoding included) with an ``n x n`` point grid
+        and the official defaults otherwise; None where this implementation has no timed generator."""
+        return None
 
     def memory(self, fn: Callable[[], Any]) -> dict[str, int | None]:
         """Memory of one more call of ``fn``, as this implementation's device allows."""
@@ -146,6 +152,10 @@ class Ours(Impl):
             return pred.predict(box=box, multimask_output=False)
 
         return Call(blocking(run), "set_image + predict")
+
+    def amg(self, image: np.ndarray, points_per_side: int) -> Call:
+        gen = SamHQAutomaticMaskGenerator(self.predictor, points_per_side=points_per_side, progress=False)
+        return Call(lambda: gen.generate(image), "SamHQAutomaticMaskGenerator.generate")
 
     def memory(self, fn: Callable[[], Any]) -> dict[str, int | None]:
         if jax.devices()[0].platform == "cpu":
@@ -279,6 +289,15 @@ class Official(TorchImpl):
             return one(box)
 
         return Call(self.timed(run), f"set_image + {name}", note=note)
+
+    def amg(self, image: np.ndarray, points_per_side: int) -> Call | None:
+        if self.dtype != "fp32":  # its generator's predict path meets bf16 tensors under autocast
+            return None
+        with quiet_warnings():
+            from segment_anything_hq import SamAutomaticMaskGenerator
+
+        gen = SamAutomaticMaskGenerator(self.model, points_per_side=points_per_side)
+        return Call(self.timed(lambda: gen.generate(image)), "SamAutomaticMaskGenerator.generate")
 
 
 class HuggingFace(TorchImpl):

@@ -155,7 +155,9 @@ def markdown(result: dict[str, Any]) -> str:
         "arguments incl. weights + outputs); RSS + = the peak rise of the process's resident memory during one "
         "call, sampled every 0.5 ms (crude: allocator caches hide reused memory). ÷ official: this row's "
         "median over the official row of the stage (for P > 1 prompts over its predict_torch batched call), "
-        "< 1 is faster. HF's decoder and end-to-end rows include its processor's post_process_masks.",
+        "< 1 is faster. HF's decoder and end-to-end rows include its processor's post_process_masks. amg rows: "
+        "one whole generate() (the image encoded inside it), official defaults but the grid; the official "
+        "generator is timed in fp32 only (under bf16 autocast its predict path meets bf16 tensors).",
     ]
     summary = _decoder_summary(rows)
     if summary:

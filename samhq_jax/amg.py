@@ -30,6 +30,7 @@ from samhq_jax.amg_ops import (
     mask_to_box,
     mask_to_rle,
     nms,
+    padded_width,
     remove_small_regions,
 )
 from samhq_jax.predictor import SamHQPredictor, _bucket
@@ -41,7 +42,8 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 class MaskSet:
     """Masks and their data, rows in one order: ``packed`` bit-packed masks of their crop's size
-    (zero-padded to the whole image's packed width),
+    (as :func:`~samhq_jax.amg_ops.filter_batch` packs them, zero-padded to the whole image's packed
+    width),
     ``crop`` the index of that crop, ``boxes (N, 4)`` int xyxy in the image frame, ``iou (N,)`` /
     ``stability (N,)`` float32, ``points (N, 2)`` float64 xy in the image frame."""
 
@@ -211,7 +213,7 @@ class SamHQAutomaticMaskGenerator:
         thresholds = jnp.array(
             [self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset], jnp.float32
         )
-        packed_width = -(-image.shape[0] * image.shape[1] // 8)
+        packed_width = image.shape[0] * padded_width(image.shape[1]) // 8
         parts = []
         for start in range(0, len(points), batch):
             chunk = model_points[start : start + batch]
@@ -305,7 +307,7 @@ def _uncrop(data: MaskSet, crop_boxes: list[list[int]], orig_size: tuple[int, in
     for c in np.unique(data.crop):
         rows = np.nonzero(data.crop == c)[0]
         x0, y0, x1, y1 = crop_boxes[c]
-        size = (y1 - y0) * (x1 - x0)
-        bits = np.unpackbits(data.packed[rows], axis=-1, count=size).astype(bool)
-        out[rows, y0:y1, x0:x1] = bits.reshape(-1, y1 - y0, x1 - x0)
+        width = padded_width(x1 - x0)
+        bits = np.unpackbits(data.packed[rows], axis=-1, count=(y1 - y0) * width).astype(bool)
+        out[rows, y0:y1, x0:x1] = bits.reshape(-1, y1 - y0, width)[:, :, : x1 - x0]
     return out

@@ -169,7 +169,7 @@ def _resize_antialiased(images: jax.Array, size: tuple[int, int]) -> jax.Array:
     return jax.image.resize(images, (*images.shape[:2], *size), "bilinear", antialias=True)
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source indices ``(i0, i1)`` and weight of ``i1`` for each output index, as PyTorch computes them
     for ``F.interpolate(mode="bilinear", align_corners=False)`` given an output size (no antialias):
     ``src = (dst + 0.5) * in / out - 0.5``, clamped below at 0."""
@@ -182,20 +182,20 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
     return i0, i1, (src - i0).astype(np.float32)
 
 
-def _bilinear(x: np.ndarray | jax.Array, size: tuple[int, int], axis: int, xp: object) -> np.ndarray | jax.Array:
+def bilinear(x: np.ndarray | jax.Array, size: tuple[int, int], axis: int, xp: object) -> np.ndarray | jax.Array:
     """Resize axes ``axis`` and ``axis + 1`` of ``x`` (a NumPy or a JAX array, ``xp`` its module) to
     ``size``, as PyTorch's ``F.interpolate(mode="bilinear", align_corners=False)`` CPU kernel:
     separable two-tap gathers (cost linear in the output), along W first, then H, each as
     ``(1 - l) * a + l * b``."""
-    y0, y1, wy = _linear_taps(x.shape[axis], size[0])
-    x0, x1, wx = _linear_taps(x.shape[axis + 1], size[1])
+    y0, y1, wy = linear_taps(x.shape[axis], size[0])
+    x0, x1, wx = linear_taps(x.shape[axis + 1], size[1])
     wx = wx.reshape([-1 if d == axis + 1 else 1 for d in range(x.ndim)])
     wy = wy.reshape([-1 if d == axis else 1 for d in range(x.ndim)])
     cols = xp.take(x, x0, axis=axis + 1, mode="clip") * (1 - wx) + xp.take(x, x1, axis=axis + 1, mode="clip") * wx
     return xp.take(cols, y0, axis=axis, mode="clip") * (1 - wy) + xp.take(cols, y1, axis=axis, mode="clip") * wy
 
 
-def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resizebilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize axes 0 and 1 of ``(H, W, ...)`` to ``size = (h, w)``: bilinear, half-pixel centres, no
     antialias (PyTorch ``F.interpolate(mode="bilinear", align_corners=False)``). Returns float32.
 
@@ -205,7 +205,7 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if x.ndim < 2 or min(x.shape[:2]) < 1 or h < 1 or w < 1:
         raise ValueError(f"cannot resize an array of shape {x.shape} to {size}")
-    return _bilinear(x, size, 0, np)
+    return bilinear(x, size, 0, np)
 
 
 @partial(jax.jit, static_argnames=("input_size", "original_size", "long_side"))
@@ -220,5 +220,5 @@ def postprocess_masks(
     """
     x = low_res.astype(jnp.float32)
     axis = x.ndim - 2
-    x = _bilinear(x, (long_side, long_side), axis, jnp)[..., : input_size[0], : input_size[1]]
-    return _bilinear(x, original_size, axis, jnp)
+    x = bilinear(x, (long_side, long_side), axis, jnp)[..., : input_size[0], : input_size[1]]
+    return bilinear(x, original_size, axis, jnp)
