@@ -195,7 +195,7 @@ def bilinear(x: np.ndarray | jax.Array, size: tuple[int, int], axis: int, xp: ob
     return xp.take(cols, y0, axis=axis, mode="clip") * (1 - wy) + xp.take(cols, y1, axis=axis, mode="clip") * wy
 
 
-def resizebilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize axes 0 and 1 of ``(H, W, ...)`` to ``size = (h, w)``: bilinear, half-pixel centres, no
     antialias (PyTorch ``F.interpolate(mode="bilinear", align_corners=False)``). Returns float32.
 
