@@ -63,6 +63,44 @@ class MaskSet:
         return MaskSet(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in MaskSet.FIELDS})
 
 
+def check_settings(
+    points_per_side: int | None,
+    points_per_batch: int,
+    crop_n_layers: int,
+    crop_n_points_downscale_factor: int,
+    point_grids: list[np.ndarray] | None,
+    output_mode: str,
+) -> list[np.ndarray]:
+    """Check the generator's grid, batch, crop and output settings (clear ``ValueError`` /
+    ``ImportError``); return the point grid of each crop layer, ``(N_i, 2)`` float64 in ``[0, 1]``.
+    ``samhq everything`` calls it before loading a checkpoint."""
+    if (points_per_side is None) == (point_grids is None):
+        raise ValueError("give exactly one of points_per_side and point_grids")
+    if output_mode not in OUTPUT_MODES:
+        raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+    if points_per_batch < 1 or crop_n_layers < 0 or crop_n_points_downscale_factor < 1:
+        raise ValueError(
+            "need points_per_batch >= 1, crop_n_layers >= 0 and crop_n_points_downscale_factor >= 1, got "
+            f"{points_per_batch}, {crop_n_layers}, {crop_n_points_downscale_factor}"
+        )
+    if output_mode == "coco_rle":
+        coco_encode_rle({"size": [1, 1], "counts": [1]})  # fail now, not after the work
+    if points_per_side is not None:
+        if points_per_side < 1 or int(points_per_side / crop_n_points_downscale_factor**crop_n_layers) < 1:
+            raise ValueError(
+                f"points_per_side={points_per_side} leaves no points in crop layer {crop_n_layers} "
+                f"(downscale factor {crop_n_points_downscale_factor})"
+            )
+        return build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+    grids = [np.asarray(g, np.float64) for g in point_grids]
+    if len(grids) != crop_n_layers + 1:
+        raise ValueError(f"point_grids needs one grid per layer ({crop_n_layers + 1}), got {len(grids)}")
+    for i, g in enumerate(grids):
+        if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0 or not np.all((g >= 0) & (g <= 1)):
+            raise ValueError(f"point_grids[{i}] must be a non-empty (N, 2) array in [0, 1], got {g.shape}")
+    return grids
+
+
 class SamHQAutomaticMaskGenerator:
     """Masks for a whole image from a grid of point prompts, as the official
     ``SamAutomaticMaskGenerator`` (same arguments, defaults, filters, records and order).
@@ -108,31 +146,9 @@ class SamHQAutomaticMaskGenerator:
     ) -> None:
         if not isinstance(predictor, SamHQPredictor):
             raise TypeError(f"predictor must be a SamHQPredictor, got {type(predictor).__name__}")
-        if (points_per_side is None) == (point_grids is None):
-            raise ValueError("give exactly one of points_per_side and point_grids")
-        if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        if points_per_batch < 1 or crop_n_layers < 0 or crop_n_points_downscale_factor < 1:
-            raise ValueError(
-                "need points_per_batch >= 1, crop_n_layers >= 0 and crop_n_points_downscale_factor >= 1, got "
-                f"{points_per_batch}, {crop_n_layers}, {crop_n_points_downscale_factor}"
-            )
-        if points_per_side is not None:
-            if points_per_side < 1 or int(points_per_side / crop_n_points_downscale_factor**crop_n_layers) < 1:
-                raise ValueError(
-                    f"points_per_side={points_per_side} leaves no points in crop layer {crop_n_layers} "
-                    f"(downscale factor {crop_n_points_downscale_factor})"
-                )
-            grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
-        else:
-            grids = [np.asarray(g, np.float64) for g in point_grids]
-            if len(grids) != crop_n_layers + 1:
-                raise ValueError(f"point_grids needs one grid per layer ({crop_n_layers + 1}), got {len(grids)}")
-            for i, g in enumerate(grids):
-                if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0 or not np.all((g >= 0) & (g <= 1)):
-                    raise ValueError(f"point_grids[{i}] must be a non-empty (N, 2) array in [0, 1], got {g.shape}")
-        if output_mode == "coco_rle":
-            coco_encode_rle({"size": [1, 1], "counts": [1]})  # fail now, not after the work
+        grids = check_settings(
+            points_per_side, points_per_batch, crop_n_layers, crop_n_points_downscale_factor, point_grids, output_mode
+        )
         self.predictor = predictor
         self.point_grids = grids
         self.points_per_batch = points_per_batch
@@ -210,6 +226,7 @@ class SamHQAutomaticMaskGenerator:
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
         model_points = p.transform.apply_coords(points, crop_size).astype(np.float32)
         orig_box = jnp.array([0, 0, image.shape[1], image.shape[0]], jnp.int32)
+        crop_box_array = jnp.array(crop_box, jnp.int32)
         thresholds = jnp.array(
             [self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset], jnp.float32
         )
@@ -233,7 +250,7 @@ class SamHQAutomaticMaskGenerator:
                 low_res[0].reshape(batch * k, *low_res.shape[-2:]),
                 iou[0].reshape(batch * k),
                 valid,
-                jnp.array(crop_box, jnp.int32),
+                crop_box_array,
                 orig_box,
                 thresholds,
                 p.input_size,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samhq_jax.transforms import MASK_THRESHOLD, bilinear, linear_taps
+from samhq_jax.transforms import MASK_THRESHOLD, resize_axis, to_input_frame
 
 EDGE_ATOL = 20.0  # pixels: a box this close to a crop edge (not an image edge) is dropped
 REGION_CHUNK = 16  # masks labelled per scipy.ndimage.label call in remove_small_regions
@@ -145,39 +145,31 @@ def filter_batch(
     program, XLA CPU recomputes the upscaling inside every reduction that reads it (measured, 64
     masks to 1365 x 2048: 16 s as one program, 1.4 s as three).
     """
-    width = padded_width(crop_size[1])
-    columns = _upscale_columns(low_res, input_size, crop_size[1], long_side, width)
-    codes = _threshold_codes(columns, thresholds[2], crop_size, width)
-    return _filter_codes(codes, iou, valid, crop_box, orig_box, thresholds, crop_size[1])
+    columns = _upscale_columns(low_res, input_size, crop_size[1], long_side)
+    codes = _threshold_codes(columns, thresholds[2], crop_size[0])
+    return _filter_codes(codes, iou, valid, crop_box, orig_box, thresholds)
 
 
-@partial(jax.jit, static_argnames=("input_size", "width", "long_side", "padded"))
-def _upscale_columns(
-    low_res: jax.Array, input_size: tuple[int, int], width: int, long_side: int, padded: int
-) -> jax.Array:
-    """``postprocess_masks`` but its last step (rows): ``(P, 4G, 4G)`` -> ``(P, input_h, padded)``
-    float32, columns resized to ``width`` (the extra ``padded - width`` repeat the last)."""
-    x = bilinear(low_res.astype(jnp.float32), (long_side, long_side), 1, jnp)[:, : input_size[0], : input_size[1]]
-    x0, x1, wx = linear_taps(input_size[1], width)
-    extra = padded - width
-    x0, x1, wx = (np.concatenate([a, np.repeat(a[-1:], extra)]) for a in (x0, x1, wx))
-    return jnp.take(x, x0, axis=2, mode="clip") * (1 - wx) + jnp.take(x, x1, axis=2, mode="clip") * wx
+@partial(jax.jit, static_argnames=("input_size", "width", "long_side"))
+def _upscale_columns(low_res: jax.Array, input_size: tuple[int, int], width: int, long_side: int) -> jax.Array:
+    """``postprocess_masks`` but its last step (rows): ``(P, 4G, 4G)`` -> ``(P, input_h, width)``
+    float32."""
+    return resize_axis(to_input_frame(low_res, input_size, long_side), width, 2, jnp)
 
 
-@partial(jax.jit, static_argnames=("crop_size", "padded"))
-def _threshold_codes(columns: jax.Array, offset: jax.Array, crop_size: tuple[int, int], padded: int) -> jax.Array:
-    """The rows step of the upscaling and the three comparisons: ``(P, h, padded)`` uint8 of
-    ``BIT_OUTER | BIT_MASK | BIT_INNER`` flags, 0 in the padding columns."""
-    y0, y1, wy = linear_taps(columns.shape[1], crop_size[0])
-    wy = wy[:, None]
-    x = jnp.take(columns, y0, axis=1, mode="clip") * (1 - wy) + jnp.take(columns, y1, axis=1, mode="clip") * wy
-    real = (jnp.arange(padded) < crop_size[1])[None, None]
+@partial(jax.jit, static_argnames=("height",))
+def _threshold_codes(columns: jax.Array, offset: jax.Array, height: int) -> jax.Array:
+    """The rows step of the upscaling and the three comparisons: ``(P, height, W)`` uint8 of
+    ``BIT_OUTER | BIT_MASK | BIT_INNER`` flags, ``W`` the width padded to :func:`padded_width`
+    with zeros."""
+    x = resize_axis(columns, height, 1, jnp)
     codes = (
         (x > MASK_THRESHOLD - offset).astype(jnp.uint8) * BIT_OUTER
         + (x > MASK_THRESHOLD).astype(jnp.uint8) * BIT_MASK
         + (x > MASK_THRESHOLD + offset).astype(jnp.uint8) * BIT_INNER
     )
-    return jnp.where(real, codes, jnp.uint8(0))
+    width = x.shape[2]
+    return jnp.pad(codes, ((0, 0), (0, 0), (0, padded_width(width) - width)))
 
 
 def _count(flags: jax.Array) -> jax.Array:
@@ -188,7 +180,7 @@ def _count(flags: jax.Array) -> jax.Array:
     return jnp.sum(jnp.sum(chunks, axis=-1, dtype=jnp.uint8), axis=(1, 2), dtype=jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("width",))
+@jax.jit
 def _filter_codes(
     codes: jax.Array,
     iou: jax.Array,
@@ -196,13 +188,13 @@ def _filter_codes(
     crop_box: jax.Array,
     orig_box: jax.Array,
     thresholds: jax.Array,
-    width: int,
 ) -> BatchResult:
-    """:func:`filter_batch` from the threshold codes ``(P, h, W)`` of masks ``width`` pixels wide."""
+    """:func:`filter_batch` from the threshold codes ``(P, h, W)`` (zero padding columns change no
+    box: they hold no mask pixel)."""
     iou_thresh, stability_thresh = thresholds[0], thresholds[1]
     stability = _count(codes & BIT_INNER > 0) / _count(codes & BIT_OUTER > 0)
     masks = codes & BIT_MASK
-    rows, cols = masks.max(axis=-1) > 0, masks.max(axis=-2)[:, :width] > 0
+    rows, cols = masks.max(axis=-1) > 0, masks.max(axis=-2) > 0
     boxes = _box_from_projections(rows, cols)
     keep = valid & ((iou > iou_thresh) | (iou_thresh <= 0))
     keep &= (stability >= stability_thresh) | (stability_thresh <= 0)

@@ -357,16 +357,19 @@ def _prompt_arrays(boxes: list, points: list) -> dict:
     return out
 
 
-def overlay(image: np.ndarray, masks: np.ndarray, boxes: list, points: list) -> Image.Image:
-    """``(H, W, 3)`` uint8 image with ``(P, H, W)`` bool masks tinted (alpha 0.5) and prompts drawn."""
+def overlay(
+    image: np.ndarray, masks: np.ndarray, boxes: list, points: list, colors: np.ndarray = COLORS
+) -> Image.Image:
+    """``(H, W, 3)`` uint8 image with ``(P, H, W)`` bool masks tinted (alpha 0.5) in ``colors`` (RGB
+    rows, cycled; mask i and box i share one) and prompts drawn."""
     out = image.astype(np.float32)
     for i, m in enumerate(masks):
-        out[m] = 0.5 * out[m] + 0.5 * COLORS[i % len(COLORS)]
+        out[m] = 0.5 * out[m] + 0.5 * colors[i % len(colors)]
     pic = Image.fromarray(out.astype(np.uint8))
     draw = ImageDraw.Draw(pic)
     width = max(2, max(image.shape[:2]) // 300)
     for i, b in enumerate(boxes):
-        draw.rectangle(list(map(float, b)), outline=tuple(int(c) for c in COLORS[i % len(COLORS)]), width=width)
+        draw.rectangle(list(map(float, b)), outline=tuple(int(c) for c in colors[i % len(colors)]), width=width)
     r = 2 * width
     for x, y, label in points:
         fill = (0, 255, 0) if int(label) == 1 else (255, 0, 0)

@@ -17,7 +17,15 @@ from PIL import Image
 from tqdm import tqdm
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-OVERLAY_ALPHA = 0.45
+# Generator arguments taken from the flags of the same name and recorded in <stem>_masks.json.
+GENERATOR_FLAGS = (
+    "points_per_side",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "crop_n_layers",
+    "min_mask_region_area",
+)
 
 EVERYTHING_HELP = """\
 written to --output for each image, <stem> being its file name without the extension:
@@ -64,7 +72,9 @@ def add_parser(sub: Any, checkpoint_help: str, layout: dict) -> None:
 
 
 def _jobs(args: argparse.Namespace) -> list[Path]:
-    """The images to segment, each checked readable; their stems distinct."""
+    """The images to segment, each checked readable, their stems distinct; the generator's
+    settings checked too."""
+    from samhq_jax.amg import check_settings
     from samhq_jax.cli import check_image
 
     if (args.image is None) == (args.images is None):
@@ -84,20 +94,18 @@ def _jobs(args: argparse.Namespace) -> list[Path]:
             raise ValueError(f"--images {folder}: several files share the stem(s) {clash}; outputs would collide")
     for p in paths:
         check_image(p, "--image: " if args.image is not None else "--images: ")
-    if args.points_per_side < 1 or args.points_per_batch < 1 or args.crop_n_layers < 0:
-        raise ValueError("--points-per-side and --points-per-batch must be >= 1, --crop-n-layers >= 0")
+    check_settings(args.points_per_side, args.points_per_batch, args.crop_n_layers, 1, None, "binary_mask")
     return paths
 
 
 def overlay_all(image: np.ndarray, masks: list[np.ndarray], seed: int = 0) -> Image.Image:
     """``(H, W, 3)`` uint8 with each ``(H, W)`` bool mask tinted a random colour, largest first so
     small masks stay visible."""
-    out = image.astype(np.float32)
+    from samhq_jax.cli import overlay
+
     colours = np.random.default_rng(seed).integers(40, 256, size=(len(masks), 3)).astype(np.float32)
-    for i in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
-        m = masks[i]
-        out[m] = (1 - OVERLAY_ALPHA) * out[m] + OVERLAY_ALPHA * colours[i]
-    return Image.fromarray(out.astype(np.uint8))
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+    return overlay(image, [masks[i] for i in order], [], [], colours[order])
 
 
 def segment_everything(generator: Any, path: Path, out_dir: Path, args: argparse.Namespace) -> int:
@@ -116,14 +124,8 @@ def segment_everything(generator: Any, path: Path, out_dir: Path, args: argparse
     else:
         for r, rle in zip(records, mask_to_rle(np.asarray(masks).reshape(-1, *image.shape[:2])), strict=True):
             r["segmentation"] = rle
-    settings = {k: getattr(args, k) for k in ("points_per_side", "pred_iou_thresh", "stability_score_thresh")}
-    settings.update(
-        box_nms_thresh=args.box_nms_thresh,
-        crop_n_layers=args.crop_n_layers,
-        min_mask_region_area=args.min_mask_region_area,
-        multimask_output=not args.single_mask,
-        hq_token_only=args.hq_token_only,
-    )
+    settings = {k: getattr(args, k) for k in GENERATOR_FLAGS}
+    settings.update(multimask_output=not args.single_mask, hq_token_only=args.hq_token_only)
     doc = {"image": str(path), "size": list(image.shape[:2]), "settings": settings, "masks": records}
     (out_dir / f"{stem}_masks.json").write_text(json.dumps(doc, indent=1) + "\n")
     overlay_all(image, masks).save(out_dir / f"{stem}_overlay.png")
@@ -143,14 +145,9 @@ def run(args: argparse.Namespace) -> int:
         predictor = SamHQPredictor.from_pretrained(args.checkpoint)
     generator = SamHQAutomaticMaskGenerator(
         predictor,
-        points_per_side=args.points_per_side,
         points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        box_nms_thresh=args.box_nms_thresh,
-        crop_n_layers=args.crop_n_layers,
-        min_mask_region_area=args.min_mask_region_area,
         progress=None if len(paths) == 1 else False,  # one image: a bar over its point batches
+        **{k: getattr(args, k) for k in GENERATOR_FLAGS},
     )
     with tqdm(paths, desc="samhq everything", unit="image", disable=len(paths) == 1) as bar:
         for path in bar:

@@ -182,17 +182,19 @@ def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np
     return i0, i1, (src - i0).astype(np.float32)
 
 
+def resize_axis(x: np.ndarray | jax.Array, size: int, axis: int, xp: object) -> np.ndarray | jax.Array:
+    """Resize one axis of ``x`` (a NumPy or a JAX array, ``xp`` its module) to ``size`` with
+    PyTorch's two bilinear taps (:func:`linear_taps`), as ``(1 - l) * a + l * b``."""
+    i0, i1, wt = linear_taps(x.shape[axis], size)
+    wt = wt.reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+    return xp.take(x, i0, axis=axis, mode="clip") * (1 - wt) + xp.take(x, i1, axis=axis, mode="clip") * wt
+
+
 def bilinear(x: np.ndarray | jax.Array, size: tuple[int, int], axis: int, xp: object) -> np.ndarray | jax.Array:
-    """Resize axes ``axis`` and ``axis + 1`` of ``x`` (a NumPy or a JAX array, ``xp`` its module) to
-    ``size``, as PyTorch's ``F.interpolate(mode="bilinear", align_corners=False)`` CPU kernel:
-    separable two-tap gathers (cost linear in the output), along W first, then H, each as
-    ``(1 - l) * a + l * b``."""
-    y0, y1, wy = linear_taps(x.shape[axis], size[0])
-    x0, x1, wx = linear_taps(x.shape[axis + 1], size[1])
-    wx = wx.reshape([-1 if d == axis + 1 else 1 for d in range(x.ndim)])
-    wy = wy.reshape([-1 if d == axis else 1 for d in range(x.ndim)])
-    cols = xp.take(x, x0, axis=axis + 1, mode="clip") * (1 - wx) + xp.take(x, x1, axis=axis + 1, mode="clip") * wx
-    return xp.take(cols, y0, axis=axis, mode="clip") * (1 - wy) + xp.take(cols, y1, axis=axis, mode="clip") * wy
+    """Resize axes ``axis`` and ``axis + 1`` of ``x`` to ``size``, as PyTorch's
+    ``F.interpolate(mode="bilinear", align_corners=False)`` CPU kernel: separable two-tap gathers
+    (cost linear in the output), along W first, then H."""
+    return resize_axis(resize_axis(x, size[1], axis + 1, xp), size[0], axis, xp)
 
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -218,7 +220,11 @@ def postprocess_masks(
     resizes use half-pixel centres without antialiasing, with PyTorch's taps and order of operations
     (``F.interpolate(align_corners=False)``: equal to the official to the last bit on CPU).
     """
-    x = low_res.astype(jnp.float32)
-    axis = x.ndim - 2
-    x = bilinear(x, (long_side, long_side), axis, jnp)[..., : input_size[0], : input_size[1]]
-    return bilinear(x, original_size, axis, jnp)
+    return bilinear(to_input_frame(low_res, input_size, long_side), original_size, low_res.ndim - 2, jnp)
+
+
+def to_input_frame(low_res: jax.Array, input_size: tuple[int, int], long_side: int) -> jax.Array:
+    """The first half of :func:`postprocess_masks`: ``(..., 4G, 4G)`` -> ``(..., h, w)`` float32
+    logits, bilinear to ``long_side`` squared and cropped to ``input_size``."""
+    x = bilinear(low_res.astype(jnp.float32), (long_side, long_side), low_res.ndim - 2, jnp)
+    return x[..., : input_size[0], : input_size[1]]
