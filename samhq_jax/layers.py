@@ -24,6 +24,24 @@ def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.La
     return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
+class LayerWeights(nn.Module):
+    """The unapplied weights of an ``nn.Dense`` (``kernel_size=()``) or ``nn.Conv`` layer, cast to
+    ``dtype``: ``kernel (*kernel_size, in, features)`` and ``bias (features,)``, with the names and
+    initialisers of those layers, for layers whose products are refolded with other factors."""
+
+    features: int
+    kernel_size: tuple[int, ...] = ()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        shape = (*self.kernel_size, in_features, self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+        return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+
 class ConvTranspose(nn.Module):
     """Transposed convolution whose stride equals its kernel (SAM's ``ConvTranspose2d(k=2, s=2)``).
 
