@@ -245,28 +245,42 @@ class SamHQAutomaticMaskGenerator:
                 hq_token_only=flags[1],
             )
             k = low_res.shape[2]  # masks per point, point-major as the official flattens them
-            valid = jnp.asarray(np.repeat(np.arange(batch) < n, k))
-            res = filter_batch(
-                low_res[0].reshape(batch * k, *low_res.shape[-2:]),
-                iou[0].reshape(batch * k),
-                valid,
-                crop_box_array,
-                orig_box,
-                thresholds,
-                p.input_size,
-                crop_size,
-                self.predictor.config.img_size,
-            )
-            keep = np.nonzero(np.asarray(res.keep))[0]
-            packed = np.zeros((len(keep), packed_width), np.uint8)  # one width for every crop
-            packed[:, : res.packed.shape[1]] = np.asarray(res.packed)[keep]
+            iou_host = np.asarray(iou[0]).reshape(-1)
+            # The official drops masks under pred_iou_thresh first; only the rest are upscaled
+            # here, gathered into a power-of-two count (one compile per count and crop size).
+            candidates = np.repeat(np.arange(batch) < n, k)
+            if self.pred_iou_thresh > 0:
+                candidates &= iou_host > self.pred_iou_thresh
+            candidates = np.nonzero(candidates)[0]
+            keep = candidates[:0]
+            packed = np.zeros((0, packed_width), np.uint8)  # one width for every crop
+            boxes, stability = np.zeros((0, 4), np.int64), np.zeros(0, np.float32)
+            if len(candidates):
+                size = _bucket(len(candidates))
+                picks = np.concatenate([candidates, np.repeat(candidates[-1:], size - len(candidates))])
+                res = filter_batch(
+                    low_res[0].reshape(batch * k, *low_res.shape[-2:])[jnp.asarray(picks)],
+                    iou[0].reshape(batch * k)[jnp.asarray(picks)],
+                    jnp.asarray(np.arange(size) < len(candidates)),
+                    crop_box_array,
+                    orig_box,
+                    thresholds,
+                    p.input_size,
+                    crop_size,
+                    self.predictor.config.img_size,
+                )
+                kept = np.nonzero(np.asarray(res.keep))[0]
+                keep = picks[kept]
+                packed = np.zeros((len(keep), packed_width), np.uint8)
+                packed[:, : res.packed.shape[1]] = np.asarray(res.packed)[kept]
+                boxes, stability = np.asarray(res.boxes)[kept].astype(np.int64), np.asarray(res.stability)[kept]
             parts.append(
                 MaskSet(
                     packed=packed,
                     crop=np.full(len(keep), index),
-                    boxes=np.asarray(res.boxes)[keep].astype(np.int64),
-                    iou=np.asarray(iou[0]).reshape(-1)[keep],
-                    stability=np.asarray(res.stability)[keep],
+                    boxes=boxes,
+                    iou=iou_host[keep],
+                    stability=stability,
                     points=np.repeat(points[start : start + batch], k, axis=0)[keep],
                 )
             )

@@ -19,17 +19,20 @@ from samhq_jax.config import ImageEncoderConfig
 from samhq_jax.layers import MLP, Dtype, gelu, layer_norm
 
 
-def window_partition(x: jax.Array, window: int) -> tuple[jax.Array, tuple[int, int]]:
-    """Split ``(B, H, W, C)`` into ``(B * nH * nW, window, window, C)`` windows, zero-padding H and W.
+def window_partition(x: jax.Array, window: int, fill: jax.Array | None = None) -> tuple[jax.Array, tuple[int, int]]:
+    """Split ``(B, H, W, C)`` into ``(B * nH * nW, window, window, C)`` windows, padding H and W.
 
-    Padding goes at the bottom / right, and the padded zeros are ordinary keys and values in the
-    window attention (no mask), exactly as in the PyTorch code. Returns the windows and the padded
-    ``(Hp, Wp)``.
+    Padding goes at the bottom / right with zeros, or with the ``(C,)`` vector ``fill``. The padded
+    tokens are ordinary keys and values in the window attention (no mask), exactly as in the PyTorch
+    code. Returns the windows and the padded ``(Hp, Wp)``.
     """
     b, h, w, c = x.shape
     pad_h, pad_w = (-h) % window, (-w) % window
-    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
     hp, wp = h + pad_h, w + pad_w
+    if fill is None:
+        x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    elif pad_h or pad_w:
+        x = jnp.broadcast_to(fill.astype(x.dtype), (b, hp, wp, c)).at[:, :h, :w].set(x)
     x = x.reshape(b, hp // window, window, wp // window, window, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, window, window, c), (hp, wp)
 
@@ -106,11 +109,17 @@ def rel_pos_attention(
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over a square ``(H, W)`` token map with decomposed rel-pos.
+    """Multi-head self-attention over a ``(H, W)`` token map with decomposed rel-pos, global or in
+    ``window_size`` windows (``0``: global).
 
-    ``input_size`` is the side of the map the block attends over (the window side, or the full grid for
-    global blocks); it fixes the rel-pos table length ``2 * input_size - 1``.
+    ``input_size`` is the side of the map the attention runs over (the window side, or the full grid
+    for global blocks); it fixes the rel-pos table length ``2 * input_size - 1``.
     Input / output ``(B, H, W, C)``.
+
+    Windowed, the reference pads the normalised map with zeros to a multiple of the window and
+    projects every padded token. Here only the real tokens are projected: a zero token's q / k / v is
+    the ``qkv`` bias, so the projected map is padded with that bias; and the output projection runs
+    after the padding is cropped (vit_b: 4096 instead of 4900 tokens through both).
     """
 
     dim: int
@@ -119,16 +128,21 @@ class Attention(nn.Module):
     qkv_bias: bool = True
     use_rel_pos: bool = True
     query_block: int = QUERY_BLOCK
+    window_size: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, _ = x.shape
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         hd = self.dim // self.num_heads
-        qkv = nn.Dense(
-            3 * self.dim, use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv"
-        )(x)
+        qkv_layer = nn.Dense(3 * self.dim, use_bias=self.qkv_bias, name="qkv", **kw)
+        qkv = qkv_layer(x)
+        hw = x.shape[1:3]
+        if self.window_size:
+            zero_token = qkv_layer(jnp.zeros((1, x.shape[-1]), x.dtype))[0]
+            qkv, padded_hw = window_partition(qkv, self.window_size, fill=zero_token)
+        b, h, w, _ = qkv.shape
         # Torch rows of qkv.weight are [q; k; v], each head-major: (B, HW, 3, heads, hd).
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, HW, hd)
@@ -141,7 +155,9 @@ class Attention(nn.Module):
             rh = relative_position_table(rel_pos_h, h).astype(q.dtype)
             rw = relative_position_table(rel_pos_w, w).astype(q.dtype)
         out = rel_pos_attention(q, k, v, rh, rw, self.query_block).reshape(b, h, w, self.dim)
-        return nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
+        if self.window_size:
+            out = window_unpartition(out, self.window_size, padded_hw, hw)
+        return nn.Dense(self.dim, name="proj", **kw)(out)
 
 
 class Block(nn.Module):
@@ -162,15 +178,18 @@ class Block(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         shortcut = x
         x = layer_norm(cfg.layer_norm_eps, name="norm1", **kw)(x)
-        h, w = x.shape[1:3]
-        if self.window_size:
-            x, padded_hw = window_partition(x, self.window_size)
         attn_size = self.window_size or cfg.grid_size
         x = Attention(
-            cfg.embed_dim, cfg.num_heads, attn_size, cfg.qkv_bias, cfg.use_rel_pos, self.query_block, name="attn", **kw
+            cfg.embed_dim,
+            cfg.num_heads,
+            attn_size,
+            cfg.qkv_bias,
+            cfg.use_rel_pos,
+            self.query_block,
+            self.window_size,
+            name="attn",
+            **kw,
         )(x)
-        if self.window_size:
-            x = window_unpartition(x, self.window_size, padded_hw, (h, w))
         x = shortcut + x
         y = layer_norm(cfg.layer_norm_eps, name="norm2", **kw)(x)
         return x + MLP(cfg.mlp_dim, cfg.embed_dim, 2, activation=gelu, name="mlp", **kw)(y)
