@@ -108,3 +108,40 @@ def test_rel_pos_interpolation_branch_is_refused_not_imitated() -> None:
     }
     with pytest.raises(ValueError, match="expected 11 for size 6"):
         Attention(16, 2, 4).apply({"params": params}, jnp.zeros((1, 6, 6, 16)))
+
+
+# SAM's cross-attention (256 channels, 8 heads, internal 128) between the 8 tokens of a one-point
+# prompt and a 20 x 20 image map, both ways; and token self-attention (internal 256 = 8 heads x 32
+# tokens, the unfolded path).
+@pytest.mark.parametrize(
+    "tq,tk,rate,path",
+    [(8, 400, 2, "few queries"), (400, 8, 2, "few keys"), (32, 32, 1, "plain"), (15, 400, 2, "few queries")],
+)
+def test_decoder_attention_folds_match_official(tq: int, tk: int, rate: int, path: str) -> None:
+    """The two-way transformer's ``Attention``: the folded forms (the short side's projections folded
+    into the long side's weights) and the plain one give the official module's output, with a key
+    mask (short key side) equal to leaving the masked keys out."""
+    from segment_anything_hq.modeling.transformer import Attention as OfficialAttention
+
+    from samhq_jax.transformer import Attention as DecoderAttention
+
+    dim, heads = 256, 8
+    internal = dim // rate
+    folded = heads * min(tq, tk) < internal
+    assert folded == (path != "plain") and (path == "few keys") == (folded and tk < tq)
+    torch.manual_seed(tq + tk)
+    ref_attn = OfficialAttention(dim, heads, downsample_rate=rate)
+    q, k, v = torch.randn(2, tq, dim), torch.randn(2, tk, dim), torch.randn(2, tk, dim)
+    with torch.no_grad():
+        ref = ref_attn(q, k, v).numpy()
+        ref_short = ref_attn(q, k[:, :5], v[:, :5]).numpy()
+    w = {k_: t.detach().numpy() for k_, t in ref_attn.state_dict().items()}
+    names = ("q_proj", "k_proj", "v_proj", "out_proj")
+    params = {n: {"kernel": w[f"{n}.weight"].T, "bias": w[f"{n}.bias"]} for n in names}
+    ours = DecoderAttention(dim, heads, rate)
+    args = [jnp.asarray(t.numpy()) for t in (q, k, v)]
+    assert_close(np.asarray(ours.apply({"params": params}, *args)), ref, path, rtol=1e-5)
+    if tk < tq:  # keys 5.. are padding: exactly as if absent
+        key_mask = jnp.arange(tk)[None].repeat(2, 0) < 5
+        masked = ours.apply({"params": params}, *args, key_mask=key_mask)
+        assert_close(np.asarray(masked), ref_short, f"{path}, masked keys", rtol=1e-5)
