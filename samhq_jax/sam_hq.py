@@ -33,11 +33,15 @@ class ImageEmbeddings(NamedTuple):
       early_features: ``(B, G, G, vit_dim)`` output of the first global-attention ViT block.
       hq_features: optional ``(B, 4G, 4G, C/8)`` global-local fusion of the two (depends on the image
         only, so :class:`SamHQPredictor` computes it once at ``set_image``); None: computed per decode.
+      image_pe: optional ``(G, G, C)`` dense positional encoding of the image tokens (depends on the
+        weights only; its sines and cosines took ~15 % of a one-prompt vit_b decode); None: computed
+        per decode.
     """
 
     image_embeddings: jax.Array
     early_features: jax.Array
     hq_features: jax.Array | None = None
+    image_pe: jax.Array | None = None
 
 
 class SamHQ(nn.Module):
@@ -60,13 +64,16 @@ class SamHQ(nn.Module):
     def embed_image(self, images: jax.Array, hq_features: bool = False) -> ImageEmbeddings:
         """Encode ``(B, S, S, 3)`` normalised, zero-padded NHWC images (S = ``config.img_size``).
 
-        With ``hq_features`` (static) the HQ decoder's global-local fusion is computed here once per
-        image instead of in every :meth:`decode` (not when training the fusion layers: the cached
-        features would be constants).
+        With ``hq_features`` (static) the decoder inputs that do not depend on the prompt are computed
+        here once instead of in every :meth:`decode`: the HQ decoder's global-local fusion and the
+        dense positional encoding (not when training the fusion layers: the cached features would be
+        constants).
         """
         embeddings, early = self.image_encoder(images)
-        fused = self.mask_decoder.hq_features(embeddings, early) if hq_features else None
-        return ImageEmbeddings(embeddings, early, fused)
+        if not hq_features:
+            return ImageEmbeddings(embeddings, early)
+        fused = self.mask_decoder.hq_features(embeddings, early)
+        return ImageEmbeddings(embeddings, early, fused, self.prompt_encoder.get_dense_pe())
 
     def decode(
         self,
@@ -109,7 +116,7 @@ class SamHQ(nn.Module):
         return self.mask_decoder(
             embeddings.image_embeddings,
             embeddings.early_features,
-            self.prompt_encoder.get_dense_pe(),
+            self.prompt_encoder.get_dense_pe() if embeddings.image_pe is None else embeddings.image_pe,
             sparse.astype(self.dtype),
             dense.astype(self.dtype),
             multimask_output,
