@@ -294,10 +294,12 @@ def _decode_fn(config: SamHQConfig, dtype: Any) -> Callable:
 def jax_image_stages(config: SamHQConfig, params: dict, images: np.ndarray, dtype: Any = jnp.float32) -> Arrays:
     """Our image encoder with its sown intermediates, as numpy (same keys and shapes as
     :func:`official_image_stages`); ``dtype`` is the compute dtype."""
-    (emb, early, _), state = _embed_fn(config, dtype)({"params": params}, jnp.asarray(images))
+    embedded, state = _embed_fn(config, dtype)({"params": params}, jnp.asarray(images))
     inter = state["intermediates"]["image_encoder"]
     out = {k.removesuffix("_out"): np.asarray(v[0]) for k, v in inter.items()}
-    out.update(image_embeddings=np.asarray(emb), early_features=np.asarray(early))
+    out.update(
+        image_embeddings=np.asarray(embedded.image_embeddings), early_features=np.asarray(embedded.early_features)
+    )
     return out
 
 
