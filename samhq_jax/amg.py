@@ -33,7 +33,7 @@ from samhq_jax.amg_ops import (
     padded_width,
     remove_small_regions,
 )
-from samhq_jax.predictor import SamHQPredictor, _bucket
+from samhq_jax.predictor import SamHQPredictor, _bucket, _pad_prompts
 from samhq_jax.prompt_encoder import LABEL_POSITIVE
 from samhq_jax.transforms import to_rgb_uint8
 
@@ -235,7 +235,7 @@ class SamHQAutomaticMaskGenerator:
         for start in range(0, len(points), batch):
             chunk = model_points[start : start + batch]
             n = len(chunk)
-            padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+            padded = _pad_prompts(chunk, batch)
             low_res, iou = p._decode(
                 {"params": p.params},
                 p.embeddings,
@@ -256,12 +256,11 @@ class SamHQAutomaticMaskGenerator:
             packed = np.zeros((0, packed_width), np.uint8)  # one width for every crop
             boxes, stability = np.zeros((0, 4), np.int64), np.zeros(0, np.float32)
             if len(candidates):
-                size = _bucket(len(candidates))
-                picks = np.concatenate([candidates, np.repeat(candidates[-1:], size - len(candidates))])
+                picks = _pad_prompts(candidates, _bucket(len(candidates)))
                 res = filter_batch(
                     low_res[0].reshape(batch * k, *low_res.shape[-2:])[jnp.asarray(picks)],
-                    iou[0].reshape(batch * k)[jnp.asarray(picks)],
-                    jnp.asarray(np.arange(size) < len(candidates)),
+                    jnp.asarray(iou_host[picks]),
+                    jnp.asarray(np.arange(len(picks)) < len(candidates)),
                     crop_box_array,
                     orig_box,
                     thresholds,
