@@ -5,6 +5,10 @@ and decomposed relative positions, and the convolutional neck. Besides the final
 returns the *early* feature: the output of the first global-attention block, which SAM-HQ's
 ``compress_vit_feat`` fuses into the HQ features.
 
+The attention has interchangeable forms (:data:`ATTENTION_PATHS`, chosen by the modules'
+``attention`` attribute): ``"blocked"`` (:func:`rel_pos_attention`, built for XLA:CPU) and the
+extended-q/k form (:func:`extended_attention`) that fused attention kernels accept.
+
 Layout: NHWC throughout. Intermediates (``patch_embed_out``, every ``blocks_{i}_out``, ``neck_out``) are sown
 into the ``"intermediates"`` collection for stage-by-stage checks.
 """
@@ -108,6 +112,132 @@ def rel_pos_attention(
     return out.transpose(0, 2, 1, 3)
 
 
+ATTENTION_PATHS = ("blocked", "extended", "cudnn")
+"""Forms of the ViT attention (the ``attention`` attribute of :class:`Attention`, :class:`Block`,
+:class:`ImageEncoderViT` and ``SamHQ``); equal up to float rounding, same parameters:
+
+* ``"blocked"``: :func:`rel_pos_attention`, queries in blocks of ``query_block`` (fastest on CPU);
+* ``"extended"``: :func:`extended_attention` through ``jax.nn.dot_product_attention`` (XLA);
+* ``"cudnn"``: the same through cuDNN's fused attention (CUDA GPU, bf16 / fp16 only).
+"""
+DOT_PRODUCT_IMPLEMENTATION = {"extended": "xla", "cudnn": "cudnn"}  # jax.nn.dot_product_attention's, per path
+HEAD_DIM_MULTIPLE = 8  # cuDNN's fused attention needs head dims that are a multiple of 8
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)  # the only non-fp8 dtypes cuDNN's fused attention takes
+CUDNN_MAX_HEAD_DIM = 128  # cuDNN fused attention head-dim limit before Hopper (jax 0.10.2, 0.11.2)
+CUDNN_MAX_HEAD_DIM_HOPPER = 256  # ... and from Hopper (compute capability 9.0) on
+HOPPER_COMPUTE_CAPABILITY = (9, 0)
+
+
+def check_attention_path(attention: str) -> None:
+    """Raise ``ValueError`` unless ``attention`` is one of :data:`ATTENTION_PATHS`."""
+    if attention not in ATTENTION_PATHS:
+        raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_PATHS)}")
+
+
+def extended_head_dim(head_dim: int, h: int, w: int, use_rel_pos: bool) -> int:
+    """Head dim of the extended q / k / v: ``head_dim (+ H + W with rel-pos)``, rounded up to a
+    multiple of :data:`HEAD_DIM_MULTIPLE` (window 14, hd 64: 96; 64 x 64 grid: hd 64 -> 192, hd 80 -> 208)."""
+    size = head_dim + (h + w if use_rel_pos else 0)
+    return -(-size // HEAD_DIM_MULTIPLE) * HEAD_DIM_MULTIPLE
+
+
+def cudnn_max_head_dim() -> int:
+    """The largest head dim cuDNN's fused attention takes on the default GPU (mirrors
+    ``check_is_flash_attention`` in ``jax/_src/cudnn/fused_attention_stablehlo.py``)."""
+    capability = tuple(int(part) for part in jax.devices()[0].compute_capability.split("."))
+    return CUDNN_MAX_HEAD_DIM_HOPPER if capability >= HOPPER_COMPUTE_CAPABILITY else CUDNN_MAX_HEAD_DIM
+
+
+def check_cudnn_attention(dtype: Dtype, head_dim: int) -> None:
+    """Raise ``ValueError`` unless cuDNN's fused attention can run an extended ``head_dim`` in ``dtype``
+    here: the default backend is a GPU, the dtype one of :data:`CUDNN_DTYPES`, the head dim within
+    :func:`cudnn_max_head_dim`."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        raise ValueError(f'attention="cudnn" needs a CUDA GPU, the default backend is {backend!r}; use "extended"')
+    if jnp.dtype(dtype) not in CUDNN_DTYPES:
+        raise ValueError(f'attention="cudnn" needs bfloat16 or float16 compute, got {jnp.dtype(dtype).name}')
+    limit = cudnn_max_head_dim()
+    if head_dim > limit:
+        raise ValueError(
+            f'attention="cudnn": the extended head dim {head_dim} is over cuDNN\'s limit {limit} on this GPU; '
+            'use "extended"'
+        )
+
+
+def key_position_codes(h: int, w: int, dtype: Dtype) -> jax.Array:
+    """``(H * W, H + W)``: for each key of a row-major ``(H, W)`` map, one-hot of its row then of its column."""
+    rows = jnp.broadcast_to(jnp.eye(h, dtype=dtype)[:, None, :], (h, w, h))
+    cols = jnp.broadcast_to(jnp.eye(w, dtype=dtype)[None, :, :], (h, w, w))
+    return jnp.concatenate([rows, cols], axis=-1).reshape(h * w, h + w)
+
+
+def _pad_head_dim(x: jax.Array, size: int) -> jax.Array:
+    """Zero-pad the last axis of ``x`` to ``size``."""
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])])
+
+
+def extend_qkv(
+    q: jax.Array, k: jax.Array, v: jax.Array, rh: jax.Array | None, rw: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The extended ``q', k', v'`` whose plain scale-1 attention is SAM's rel-pos-biased attention.
+
+    The bias ``q . R_h[h_q, h_k] + q . R_w[w_q, w_k]`` (unscaled ``q``) is the dot product of
+    ``[rel_h, rel_w]`` (``rel_h[t, j] = q_t . R_h[h_t, j]``, likewise ``rel_w``) with the key's row and
+    column one-hots, so ``q' = [q * hd**-0.5, rel_h, rel_w]``, ``k' = [k, onehot(h_k), onehot(w_k)]``
+    give ``q' . k' = q . k * hd**-0.5 + bias``. All three are zero-padded to
+    :func:`extended_head_dim` (zeros change neither scores nor outputs).
+
+    Args:
+      q, k, v: ``(B, H * W, heads, hd)``, row-major tokens of an ``(H, W)`` map; ``q`` unscaled.
+      rh, rw: ``(H, H, hd)`` / ``(W, W, hd)`` relative-position tables, or both None (no bias).
+
+    Returns:
+      ``q', k', v'``: ``(B, H * W, heads, hd_ext)`` in ``q``'s dtype.
+    """
+    b, hw, n, hd = q.shape
+    scaled = q * hd**-0.5
+    if rh is None:
+        size = extended_head_dim(hd, 0, 0, use_rel_pos=False)
+        q = scaled
+    else:
+        h, w = rh.shape[0], rw.shape[0]
+        size = extended_head_dim(hd, h, w, use_rel_pos=True)
+        r_q = q.reshape(b, h, w, n, hd)
+        rel_h = jnp.einsum("byxnc,ykc->byxnk", r_q, rh).reshape(b, hw, n, h)
+        rel_w = jnp.einsum("byxnc,xkc->byxnk", r_q, rw).reshape(b, hw, n, w)
+        q = jnp.concatenate([scaled, rel_h, rel_w], axis=-1)
+        codes = jnp.broadcast_to(key_position_codes(h, w, k.dtype)[None, :, None, :], (b, hw, n, h + w))
+        k = jnp.concatenate([k, codes], axis=-1)
+    return _pad_head_dim(q, size), _pad_head_dim(k, size), _pad_head_dim(v, size)
+
+
+def extended_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    rh: jax.Array | None,
+    rw: jax.Array | None,
+    implementation: str | None,
+) -> jax.Array:
+    """SAM's rel-pos attention as one ``jax.nn.dot_product_attention`` over :func:`extend_qkv`'s inputs.
+
+    No ``(tokens, tokens)`` bias is built; the XLA implementation forms the scores of all queries at
+    once, the cuDNN one (``implementation="cudnn"``) never stores them.
+
+    Args:
+      q, k, v: ``(B, H * W, heads, hd)``; ``q`` unscaled.
+      rh, rw: ``(H, H, hd)`` / ``(W, W, hd)`` relative-position tables, or both None.
+      implementation: ``jax.nn.dot_product_attention``'s ``implementation`` (None, "xla", "cudnn").
+
+    Returns:
+      ``(B, H * W, heads, hd)`` in ``q``'s dtype.
+    """
+    hd = q.shape[-1]
+    q, k, v = extend_qkv(q, k, v, rh, rw)
+    return jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation=implementation)[..., :hd]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over a ``(H, W)`` token map with decomposed rel-pos, global or in
     ``window_size`` windows (``0``: global).
@@ -119,7 +249,10 @@ class Attention(nn.Module):
     Windowed, the reference pads the normalised map with zeros to a multiple of the window and
     projects every padded token. Here only the real tokens are projected: a zero token's q / k / v is
     the ``qkv`` bias, so the projected map is padded with that bias; and the output projection runs
-    after the padding is cropped (vit_b: 4096 instead of 4900 tokens through both).
+    after the padding is cropped (vit_b: 4096 instead of 4900 tokens through both). The padded
+    tokens are ordinary keys in every attention path.
+
+    ``attention``: one of :data:`ATTENTION_PATHS` (``query_block`` matters to ``"blocked"`` only).
     """
 
     dim: int
@@ -131,9 +264,11 @@ class Attention(nn.Module):
     window_size: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention: str = "blocked"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_attention_path(self.attention)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         hd = self.dim // self.num_heads
         qkv_layer = nn.Dense(3 * self.dim, use_bias=self.qkv_bias, name="qkv", **kw)
@@ -144,17 +279,24 @@ class Attention(nn.Module):
             qkv, padded_hw = window_partition(qkv, self.window_size, fill=zero_token)
         b, h, w, _ = qkv.shape
         # Torch rows of qkv.weight are [q; k; v], each head-major: (B, HW, 3, heads, hd).
-        qkv = qkv.reshape(b, h * w, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, HW, hd)
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, hd)
         rh = rw = None
         if self.use_rel_pos:
             size = self.input_size
             init = nn.initializers.zeros
             rel_pos_h = self.param("rel_pos_h", init, (2 * size - 1, hd), self.param_dtype)
             rel_pos_w = self.param("rel_pos_w", init, (2 * size - 1, hd), self.param_dtype)
-            rh = relative_position_table(rel_pos_h, h).astype(q.dtype)
-            rw = relative_position_table(rel_pos_w, w).astype(q.dtype)
-        out = rel_pos_attention(q, k, v, rh, rw, self.query_block).reshape(b, h, w, self.dim)
+            rh = relative_position_table(rel_pos_h, h).astype(qkv.dtype)
+            rw = relative_position_table(rel_pos_w, w).astype(qkv.dtype)
+        if self.attention == "blocked":
+            q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # (B, heads, HW, hd) each
+            out = rel_pos_attention(q, k, v, rh, rw, self.query_block)
+        else:
+            if self.attention == "cudnn":
+                check_cudnn_attention(qkv.dtype, extended_head_dim(hd, h, w, self.use_rel_pos))
+            q, k, v = (qkv[:, :, i] for i in range(3))  # (B, HW, heads, hd) each
+            out = extended_attention(q, k, v, rh, rw, DOT_PRODUCT_IMPLEMENTATION[self.attention])
+        out = out.reshape(b, h, w, self.dim)
         if self.window_size:
             out = window_unpartition(out, self.window_size, padded_hw, hw)
         return nn.Dense(self.dim, name="proj", **kw)(out)
@@ -163,7 +305,7 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; ``window_size == 0`` means global attention.
 
-    Input / output ``(B, H, W, C)``.
+    Input / output ``(B, H, W, C)``. ``attention``: one of :data:`ATTENTION_PATHS`.
     """
 
     config: ImageEncoderConfig
@@ -171,6 +313,7 @@ class Block(nn.Module):
     query_block: int = QUERY_BLOCK
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention: str = "blocked"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -187,6 +330,7 @@ class Block(nn.Module):
             cfg.use_rel_pos,
             self.query_block,
             self.window_size,
+            attention=self.attention,
             name="attn",
             **kw,
         )(x)
@@ -227,13 +371,15 @@ class ImageEncoderViT(nn.Module):
       ``config.early_block`` (the first global-attention block).
 
     ``query_block``: queries per block in the attention (:func:`rel_pos_attention`); a speed knob
-    that changes results only by float rounding.
+    that changes results only by float rounding. ``attention``: the attention's form, one of
+    :data:`ATTENTION_PATHS` (likewise a speed knob; same parameters).
     """
 
     config: ImageEncoderConfig
     query_block: int = QUERY_BLOCK
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention: str = "blocked"
 
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -252,7 +398,7 @@ class ImageEncoderViT(nn.Module):
         early = None
         for i in range(cfg.depth):
             window = 0 if i in cfg.global_attn_indexes else cfg.window_size
-            x = Block(cfg, window, self.query_block, name=f"blocks_{i}", **kw)(x)
+            x = Block(cfg, window, self.query_block, attention=self.attention, name=f"blocks_{i}", **kw)(x)
             self.sow("intermediates", f"blocks_{i}_out", x)
             if i == cfg.early_block:
                 early = x

@@ -47,17 +47,19 @@ class ImageEmbeddings(NamedTuple):
 class SamHQ(nn.Module):
     """SAM-HQ: image encoder, prompt encoder and HQ mask decoder.
 
-    ``dtype`` is the compute dtype; parameters are stored in ``param_dtype``.
+    ``dtype`` is the compute dtype; parameters are stored in ``param_dtype``. ``attention``: the image
+    encoder's attention form, one of :data:`samhq_jax.image_encoder.ATTENTION_PATHS` (same parameters).
     """
 
     config: SamHQConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention: str = "blocked"
 
     def setup(self) -> None:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.image_encoder = ImageEncoderViT(cfg.image_encoder, **kw)
+        self.image_encoder = ImageEncoderViT(cfg.image_encoder, attention=self.attention, **kw)
         self.prompt_encoder = PromptEncoder(cfg.prompt_encoder, cfg.img_size, cfg.embedding_size, **kw)
         self.mask_decoder = MaskDecoderHQ(cfg.mask_decoder, cfg.image_encoder.embed_dim, **kw)
 
