@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from samhq_jax.config import SamHQConfig
-from samhq_jax.image_encoder import ImageEncoderViT
+from samhq_jax.image_encoder import AUTO, ImageEncoderViT
 from samhq_jax.layers import Dtype
 from samhq_jax.mask_decoder_hq import MaskDecoderHQ
 from samhq_jax.prompt_encoder import PromptEncoder
@@ -48,13 +48,14 @@ class SamHQ(nn.Module):
     """SAM-HQ: image encoder, prompt encoder and HQ mask decoder.
 
     ``dtype`` is the compute dtype; parameters are stored in ``param_dtype``. ``attention``: the image
-    encoder's attention form, one of :data:`samhq_jax.image_encoder.ATTENTION_PATHS` (same parameters).
+    encoder's attention form: ``"auto"`` (the platform's fastest) or one of
+    :data:`samhq_jax.image_encoder.ATTENTION_PATHS` (same parameters).
     """
 
     config: SamHQConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    attention: str = "blocked"
+    attention: str = AUTO
 
     def setup(self) -> None:
         cfg = self.config

@@ -17,6 +17,7 @@ from samhq_jax.config import SamHQConfig
 from samhq_jax.image_encoder import (
     Attention,
     ImageEncoderViT,
+    auto_attention_path,
     check_cudnn_attention,
     extended_attention,
     extended_head_dim,
@@ -172,5 +173,35 @@ def test_extended_head_dims_of_the_sam_blocks() -> None:
 def test_unknown_attention_is_refused_through_samhq() -> None:
     model = SamHQ(SamHQConfig.tiny_b(), attention="flash")
     images = jnp.zeros((1, 160, 160, 3))
-    with pytest.raises(ValueError, match="unknown attention 'flash'; choose one of blocked, extended, cudnn"):
+    with pytest.raises(ValueError, match="unknown attention 'flash'; choose one of auto, blocked, extended, cudnn"):
         jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, method=SamHQ.embed_image))
+
+
+@pytest.mark.parametrize(
+    "backend,capability,dtype,head_dim,path",
+    [
+        ("cpu", None, jnp.bfloat16, 96, "blocked"),  # CPU: blocked, whatever the dtype
+        ("gpu", "9.0", jnp.bfloat16, 208, "cudnn"),  # Hopper takes every SAM block in bf16
+        ("gpu", "9.0", jnp.float32, 96, "extended"),  # cuDNN has no fp32 fused attention
+        ("gpu", "8.0", jnp.bfloat16, 192, "extended"),  # over the pre-Hopper limit of 128
+        ("gpu", "8.0", jnp.bfloat16, 96, "cudnn"),
+        ("tpu", None, jnp.bfloat16, 96, "extended"),
+    ],
+)
+def test_auto_takes_the_measured_fastest_path(
+    monkeypatch: pytest.MonkeyPatch, backend: str, capability: str | None, dtype: jnp.dtype, head_dim: int, path: str
+) -> None:
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "devices", lambda: [types.SimpleNamespace(compute_capability=capability)])
+    assert auto_attention_path(dtype, head_dim) == path
+
+
+def test_auto_is_the_default_and_blocked_on_cpu() -> None:
+    """The modules' default ("auto") is bit-identical to "blocked" on this CPU."""
+    cfg = SamHQConfig.tiny_b().image_encoder
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(1, cfg.img_size, cfg.img_size, 3)), jnp.float32)
+    params = ImageEncoderViT(cfg).init(jax.random.PRNGKey(0), images)
+    default = ImageEncoderViT(cfg).apply(params, images)
+    blocked = ImageEncoderViT(cfg, attention="blocked").apply(params, images)
+    for a, b in zip(default, blocked, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
