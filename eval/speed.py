@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from samhq_jax.cli import command_parser, docstring_help, doing, run_guarded
+from samhq_jax.cmdkit.args import command_parser, docstring_help
+from samhq_jax.cmdkit.guard import doing, run_guarded
 from samhq_jax.config import PRESETS
 
 PROG = "samhq-bench"
@@ -441,7 +442,7 @@ def _tempdir() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``samhq-bench``; errors are one line on stderr (:func:`samhq_jax.cli.run_guarded`)."""
+    """``samhq-bench``; errors are one line on stderr (:func:`samhq_jax.cmdkit.guard.run_guarded`)."""
     return run_guarded(PROG, lambda: run(parse_args(sys.argv[1:] if argv is None else argv)))
 
 

@@ -22,7 +22,7 @@ from scipy import ndimage
 from segment_anything_hq import SamAutomaticMaskGenerator
 from segment_anything_hq.utils import amg as official_amg
 
-from eval.parity import IMAGES_DIR
+from eval.parity.samples import IMAGES_DIR
 from samhq_jax import amg_ops
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.predictor import SamHQPredictor

@@ -45,7 +45,7 @@ import jaxlib.version
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from samhq_jax.cli import OneLineParser
+from samhq_jax.cmdkit.args import OneLineParser
 from samhq_jax.config import PRESETS, SamHQConfig
 from samhq_jax.sam_hq import init_params
 from train.prompts import BOX, NOISE_MASK, POINTS, sample_prompts
