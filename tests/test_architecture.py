@@ -183,6 +183,15 @@ def test_nothing_imports_the_dispatcher() -> None:
     assert not importers, f"{DISPATCHER} is imported by {importers}"
 
 
+def test_what_the_kit_restates_of_the_core_agrees() -> None:
+    """The kit imports no model code, so it states the point labels a user may give itself: they must
+    be the predictor's."""
+    from samhq_jax.cmdkit.prompts import PROMPT_LABELS
+    from samhq_jax.predictor import VALID_LABELS
+
+    assert sorted(PROMPT_LABELS) == sorted(VALID_LABELS)
+
+
 def test_the_checks_catch_what_they_should() -> None:
     """The helpers above on made-up inputs: a cycle is found, the layers are told apart."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
