@@ -24,7 +24,8 @@ import jax
 
 from convert.export import export_hf, export_official
 from samhq_jax.checkpoint import read_weights, save_checkpoint, untrained_hq_message
-from samhq_jax.cli import command_parser, docstring_help, run_guarded
+from samhq_jax.cmdkit.args import command_parser, docstring_help
+from samhq_jax.cmdkit.guard import run_guarded
 
 PROG = "samhq-convert"
 
@@ -57,7 +58,7 @@ def convert(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``samhq-convert``; errors are one line on stderr (:func:`samhq_jax.cli.run_guarded`)."""
+    """``samhq-convert``; errors are one line on stderr (:func:`samhq_jax.cmdkit.guard.run_guarded`)."""
     return run_guarded(PROG, lambda: convert(build_parser().parse_args(argv)))
 
 

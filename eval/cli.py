@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from samhq_jax.cli import CHECKPOINT_HELP, command_parser, docstring_help, doing, run_guarded
+from samhq_jax.cmdkit.args import CHECKPOINT_HELP, command_parser, docstring_help
+from samhq_jax.cmdkit.guard import doing, run_guarded
 from samhq_jax.datasets import HQSEG_LAYOUT, HQSEG_VAL
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``samhq-eval``; errors are one line on stderr (:func:`samhq_jax.cli.run_guarded`)."""
+    """``samhq-eval``; errors are one line on stderr (:func:`samhq_jax.cmdkit.guard.run_guarded`)."""
     return run_guarded(PROG, lambda: run(parser().parse_args(sys.argv[1:] if argv is None else argv)))
 
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from eval.metrics import binary_iou, mask_to_boundary
 from samhq_jax.config import SamHQConfig
-from samhq_jax.datasets import FG_THRESHOLD, DatasetError, Pair, is_empty_box, mask_to_box, read_image, read_mask
+from samhq_jax.datasets import FG_THRESHOLD, DatasetError, Pair, is_empty_box, label_to_box, read_image, read_mask
 from samhq_jax.sam_hq import SamHQ
 from samhq_jax.transforms import MASK_THRESHOLD, normalize_and_pad, resize_bilinear
 
@@ -124,7 +124,7 @@ def _load(pair: Pair, size: int) -> tuple[ImageRecord, _Sample | None]:
     if note:
         record.problems.append(note)
     resized, label = resize_pair(image, mask, size)
-    box = mask_to_box(label)
+    box = label_to_box(label)
     if is_empty_box(box):
         record.skipped = f"mask {pair.mask} has no foreground (> {FG_THRESHOLD}) at {size}x{size}: no box prompt"
         return record, None

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from eval.metrics import mask_to_boundary
 from eval.protocol import OUTPUTS, ImageRecord
-from samhq_jax.cli import overlay
+from samhq_jax.cmdkit.overlay import overlay
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 CSV_COLUMNS = ("dataset", "image", *(f"{m}_{o}" for o in OUTPUTS for m in ("iou", "biou")))

@@ -23,18 +23,17 @@ import numpy as np
 from tqdm import tqdm
 
 from samhq_jax.amg_ops import (
+    batched_mask_to_box,
     build_all_layer_point_grids,
     coco_encode_rle,
     filter_batch,
     generate_crop_boxes,
-    mask_to_box,
     mask_to_rle,
     nms,
     padded_width,
     remove_small_regions,
 )
-from samhq_jax.predictor import SamHQPredictor, _bucket, _pad_prompts
-from samhq_jax.prompt_encoder import LABEL_POSITIVE
+from samhq_jax.predictor import SamHQPredictor, bucket_size, pad_prompts
 from samhq_jax.transforms import to_rgb_uint8
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -204,7 +203,7 @@ class SamHQAutomaticMaskGenerator:
     def _batch_size(self, n_points: int) -> int:
         """Points per compiled call for a crop of ``n_points``: ``points_per_batch``, or fewer (a
         power of two) when the whole grid is smaller."""
-        return min(self.points_per_batch, _bucket(n_points))
+        return min(self.points_per_batch, bucket_size(n_points))
 
     def _process_crop(
         self,
@@ -235,15 +234,7 @@ class SamHQAutomaticMaskGenerator:
         for start in range(0, len(points), batch):
             chunk = model_points[start : start + batch]
             n = len(chunk)
-            padded = _pad_prompts(chunk, batch)
-            low_res, iou = p._decode(
-                {"params": p.params},
-                p.embeddings,
-                jnp.asarray(padded)[None, :, None],
-                jnp.full((1, batch, 1), LABEL_POSITIVE, jnp.int32),
-                multimask_output=flags[0],
-                hq_token_only=flags[1],
-            )
+            low_res, iou = p.decode_points(chunk, batch, *flags)
             k = low_res.shape[2]  # masks per point, point-major as the official flattens them
             iou_host = np.asarray(iou[0]).reshape(-1)
             # The official drops masks under pred_iou_thresh first; only the rest are upscaled
@@ -256,7 +247,7 @@ class SamHQAutomaticMaskGenerator:
             packed = np.zeros((0, packed_width), np.uint8)  # one width for every crop
             boxes, stability = np.zeros((0, 4), np.int64), np.zeros(0, np.float32)
             if len(candidates):
-                picks = _pad_prompts(candidates, _bucket(len(candidates)))
+                picks = pad_prompts(candidates, bucket_size(len(candidates)))
                 res = filter_batch(
                     low_res[0].reshape(batch * k, *low_res.shape[-2:])[jnp.asarray(picks)],
                     jnp.asarray(iou_host[picks]),
@@ -295,7 +286,7 @@ class SamHQAutomaticMaskGenerator:
         again preferring masks that did not change."""
         masks, holes = remove_small_regions(masks, self.min_mask_region_area, "holes")
         masks, islands = remove_small_regions(masks, self.min_mask_region_area, "islands")
-        boxes = np.asarray(mask_to_box(jnp.asarray(masks))).astype(np.int64)
+        boxes = np.asarray(batched_mask_to_box(jnp.asarray(masks))).astype(np.int64)
         scores = (~(holes | islands)).astype(np.float32)
         keep = nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh))
         data = data.take(keep)

@@ -66,7 +66,7 @@ def generate_crop_boxes(
     return boxes, layers
 
 
-def mask_to_box(masks: jax.Array) -> jax.Array:
+def batched_mask_to_box(masks: jax.Array) -> jax.Array:
     """``(..., H, W)`` bool masks -> ``(..., 4)`` int32 xyxy boxes (inclusive); ``[0, 0, 0, 0]`` for an
     empty mask."""
     return _box_from_projections(masks.any(axis=-1), masks.any(axis=-2))

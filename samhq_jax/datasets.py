@@ -78,7 +78,7 @@ FG_THRESHOLD = 128  # masks are 0-255 images; foreground is > 128 (official trai
 EMPTY_BOX_MIN = 1e8  # official masks_to_boxes gives [1e8, 1e8, 0, 0] for an empty mask
 
 
-def mask_to_box(label: np.ndarray) -> np.ndarray:
+def label_to_box(label: np.ndarray) -> np.ndarray:
     """Official ``masks_to_boxes`` of one ``(H, W)`` 0-255 label: ``(4,)`` float32
     ``[x_min, y_min, x_max, y_max]`` of ``label > 128``, inclusive pixel indices. An empty mask gives
     the official ``[1e8, 1e8, 0, 0]`` (``x_min > x_max``: test with :func:`is_empty_box`)."""
@@ -90,7 +90,7 @@ def mask_to_box(label: np.ndarray) -> np.ndarray:
 
 
 def is_empty_box(box: np.ndarray) -> bool:
-    """Whether :func:`mask_to_box` found no foreground."""
+    """Whether :func:`label_to_box` found no foreground."""
     return bool(box[0] > box[2])
 
 

@@ -50,8 +50,9 @@ from samhq_jax.transforms import (
 VALID_LABELS = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_NOT_A_POINT)
 
 
-def _bucket(n: int) -> int:
-    """Smallest power of two >= n."""
+def bucket_size(n: int) -> int:
+    """Smallest power of two >= n: the prompt count a batch of ``n`` is padded to, so that a few
+    compiled programs serve every count."""
     return 1 << max(0, (n - 1).bit_length())
 
 
@@ -75,8 +76,9 @@ def _tensor_like(a: jax.Array | np.ndarray) -> TensorLikeArray:
     return np.asarray(a).view(TensorLikeArray)
 
 
-def _pad_prompts(a: np.ndarray | None, count: int) -> np.ndarray | None:
-    """Pad axis 0 to ``count`` by repeating the last entry."""
+def pad_prompts(a: np.ndarray | None, count: int) -> np.ndarray | None:
+    """Pad axis 0 to ``count`` by repeating the last entry (padding that changes no real prompt's
+    result); None stays None."""
     if a is None or a.shape[0] == count:
         return a
     return np.concatenate([a, np.repeat(a[-1:], count - a.shape[0], axis=0)], axis=0)
@@ -443,9 +445,9 @@ class SamHQPredictor:
         """Decode checked prompts (one tuple per image), padded to a common power-of-two count, and
         post-process each image's masks to its own ``(input_size, original_size)``."""
         counts = [next(a.shape[0] for a in c if a is not None) for c in checked]
-        size = _bucket(max(counts))
+        size = bucket_size(max(counts))
         stacked = [
-            None if checked[0][k] is None else jnp.asarray(np.stack([_pad_prompts(c[k], size) for c in checked]))
+            None if checked[0][k] is None else jnp.asarray(np.stack([pad_prompts(c[k], size) for c in checked]))
             for k in range(4)
         ]
         low_res, iou = self._decode(
@@ -464,6 +466,29 @@ class SamHQPredictor:
             full = full_masks(low_res[b], input_size, original_size, self.config.img_size, return_logits)
             results.append((np.asarray(full)[:p], iou_host[b, :p], low_res_host[b, :p]))
         return results
+
+    def decode_points(
+        self, points: np.ndarray, count: int, multimask_output: bool, hq_token_only: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """Decode one positive point per prompt on the image set, padded to ``count`` prompts.
+
+        ``points``: ``(N, 2)`` float32 xy in the model's input frame (:meth:`transform`'s
+        ``apply_coords``), ``N <= count``; they are padded to ``count`` (:func:`pad_prompts`) so that
+        one compiled program serves every batch of that size. Returns the device arrays
+        ``low_res (1, count, K, 4G, 4G)`` logits and ``iou (1, count, K)``, K = 3 with
+        ``multimask_output`` else 1; rows past N repeat the last point. The automatic mask
+        generator's batch step.
+        """
+        self._require_image()
+        padded = pad_prompts(np.asarray(points, np.float32), count)
+        return self._decode(
+            {"params": self.params},
+            self.embeddings,
+            jnp.asarray(padded)[None, :, None],
+            jnp.full((1, count, 1), LABEL_POSITIVE, jnp.int32),
+            multimask_output=multimask_output,
+            hq_token_only=hq_token_only,
+        )
 
     def _check_prompts(
         self,

@@ -39,7 +39,7 @@ def official_model_and_params(preset: str, seed: int = 0) -> tuple:
 
 def assert_close(ours: np.ndarray, ref: np.ndarray, what: str, rtol: float = PARITY_RTOL) -> float:
     """Assert ``max|ours - ref| <= rtol * max|ref|``; returns the achieved relative error."""
-    from eval.parity import relative_error
+    from eval.parity.stages import relative_error
 
     err = relative_error(ours, ref)
     assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.0e}"

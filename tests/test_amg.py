@@ -22,7 +22,7 @@ from scipy import ndimage
 from segment_anything_hq import SamAutomaticMaskGenerator
 from segment_anything_hq.utils import amg as official_amg
 
-from eval.parity import IMAGES_DIR
+from eval.parity.samples import IMAGES_DIR
 from samhq_jax import amg_ops
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.predictor import SamHQPredictor
@@ -223,7 +223,8 @@ def test_grids_crop_boxes_boxes_and_rle_equal_official() -> None:
     rng = np.random.default_rng(0)
     masks = random_masks(rng, 40, 31, 47)
     np.testing.assert_array_equal(
-        np.asarray(amg_ops.mask_to_box(masks)), official_amg.batched_mask_to_box(torch.from_numpy(masks)).numpy()
+        np.asarray(amg_ops.batched_mask_to_box(masks)),
+        official_amg.batched_mask_to_box(torch.from_numpy(masks)).numpy(),
     )
     rles = amg_ops.mask_to_rle(masks)
     assert rles == official_amg.mask_to_rle_pytorch(torch.from_numpy(masks))

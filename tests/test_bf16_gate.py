@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from eval.parity import IMAGES_DIR
+from eval.parity.samples import IMAGES_DIR
 from samhq_jax.predictor import SamHQPredictor
 from tests.conftest import official_model_and_params
 

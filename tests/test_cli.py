@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.parity import IMAGES_DIR
+from eval.parity.samples import IMAGES_DIR
 from samhq_jax import save_checkpoint
 from samhq_jax.cli import main
 from tests.conftest import official_model_and_params

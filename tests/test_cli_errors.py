@@ -17,8 +17,10 @@ from convert.cli import main as convert_main
 from eval.cli import main as eval_main
 from samhq_jax import checkpoint
 from samhq_jax.checkpoint import is_hub_id, read_weights
-from samhq_jax.cli import DEBUG_ENV, PROMPTS_EXAMPLE, package_version
 from samhq_jax.cli import main as samhq_main
+from samhq_jax.cmdkit.args import package_version
+from samhq_jax.cmdkit.guard import DEBUG_ENV
+from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE
 from samhq_jax.config import SamHQConfig
 from samhq_jax.predictor import SamHQPredictor
 from train.cli import main as train_main
@@ -365,9 +367,9 @@ def test_help_says_labels_prompts_file_and_outputs(capsys) -> None:
 
 
 def test_samhq_parity_dispatches(monkeypatch) -> None:
-    import eval.parity
+    import eval.parity.cli
 
     seen = []
-    monkeypatch.setattr(eval.parity, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(eval.parity.cli, "main", lambda argv: seen.append(argv) or 0)
     assert samhq_main(["parity", "--preset", "tiny_b", "--images", "2"]) == 0
     assert seen == [["--preset", "tiny_b", "--images", "2"]]

@@ -14,7 +14,7 @@ import torch
 from flax.traverse_util import flatten_dict
 
 from convert import HF, OFFICIAL, ConversionError, load_torch_checkpoint, params_to_state_dict, state_dict_to_params
-from eval.parity import sample_images
+from eval.parity.samples import sample_images
 from eval.reference import build_hf
 from samhq_jax import SamHQConfig, load_pretrained, param_shapes
 from tests.conftest import official_model_and_params

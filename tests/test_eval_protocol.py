@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eval.protocol import OUTPUTS, evaluate_pairs, resize_pair, same_image_encoder, summarize
-from samhq_jax.datasets import Pair, folder_pairs, is_empty_box, mask_to_box
+from samhq_jax.datasets import Pair, folder_pairs, is_empty_box, label_to_box
 from tests.conftest import official_masks_to_boxes, official_model_and_params
 from tests.test_metrics import official_boundary_iou, official_mask_iou
 
@@ -133,13 +133,13 @@ def test_resize_and_box_equal_official() -> None:
         assert np.abs(ours_image.astype(int) - ref_image).max() <= 1
         assert np.mean(ours_image == ref_image) > 0.999
         np.testing.assert_allclose(ours_label, ref_label[0].numpy(), rtol=0, atol=1e-3)
-        np.testing.assert_array_equal(mask_to_box(ours_label), official_masks_to_boxes(ref_label)[0].numpy())
+        np.testing.assert_array_equal(label_to_box(ours_label), official_masks_to_boxes(ref_label)[0].numpy())
     label = np.zeros((20, 30), np.float32)
     label[3, 7] = 129
     label[11:15, 2] = 200
     label[0, 29] = 128  # not foreground
-    assert mask_to_box(label).tolist() == [2, 3, 7, 14]
-    assert is_empty_box(mask_to_box(np.full((5, 5), 128)))
+    assert label_to_box(label).tolist() == [2, 3, 7, 14]
+    assert is_empty_box(label_to_box(np.full((5, 5), 128)))
 
 
 def test_protocol_equals_official_pytorch(tmp_path) -> None:

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 
 from convert import ConversionError
 from convert.export import export_hf, export_official
-from eval.parity import sample_images
+from eval.parity.samples import sample_images
 from samhq_jax import SamHQ, save_checkpoint
 from tests.conftest import assert_close, official_model_and_params
 

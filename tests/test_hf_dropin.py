@@ -14,7 +14,8 @@ import transformers
 from PIL import Image
 
 import samhq_jax
-from eval.parity import IMAGES_DIR, mask_agreement
+from eval.parity.samples import IMAGES_DIR
+from eval.parity.stages import mask_agreement
 from eval.reference import build_hf
 from samhq_jax import SamHQConfig
 from tests.conftest import MASK_AGREEMENT, assert_close

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import SamHQProcessor, SamImageProcessor
 
-from eval.parity import IMAGES_DIR
+from eval.parity.samples import IMAGES_DIR
 from samhq_jax.transforms import apply_boxes, apply_coords, postprocess_masks, preprocess
 
 SIZES = {"landscape": None, "portrait": (601, 1365), "small": (23, 37)}  # (W, H) resizes of dog.jpg

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from convert.rules import CONV_T, Rule
-from eval.parity import relative_error
+from eval.parity.stages import relative_error
 from samhq_jax.image_encoder import Attention, relative_position_table, window_partition, window_unpartition
 from samhq_jax.layers import ConvTranspose, gelu
 from tests.conftest import assert_close

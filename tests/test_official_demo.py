@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.parity import IMAGES_DIR, mask_agreement
+from eval.parity.samples import IMAGES_DIR
+from eval.parity.stages import mask_agreement
 from samhq_jax.predictor import SamHQPredictor, TensorLikeArray
 from samhq_jax.transforms import ResizeLongestSide
 from tests.conftest import MASK_AGREEMENT, assert_close, official_model_and_params

@@ -1,4 +1,4 @@
-"""``samhq parity`` (``eval.parity.main``) on a user's checkpoint, photos and prompts.
+"""``samhq parity`` (``eval.parity.cli.main``) on a user's checkpoint, photos and prompts.
 
 The figures must be the preset-based report's (the ``official_*`` / ``jax_*`` stage functions,
 ``compare`` and ``mask_agreement``) computed on the same pixels and prompts, and the exit status
@@ -17,22 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
-from eval import parity
-from eval.parity import (
-    FLAGS,
-    IMAGES_DIR,
-    MIN_MASK_AGREEMENT,
-    PARITY_RTOL,
-    Scenario,
-    compare,
-    frame_prompts,
-    jax_decode_all,
-    jax_image_stages,
-    mask_agreement,
-    official_decode_stages,
-    official_image_stages,
-    photo_scenarios,
-)
+from eval.parity import cli as parity_cli
+from eval.parity import official as parity_official
+from eval.parity import ours as parity_ours
+from eval.parity.official import official_decode_stages, official_image_stages
+from eval.parity.ours import jax_decode_all, jax_image_stages
+from eval.parity.samples import IMAGES_DIR
+from eval.parity.scenarios import Scenario, frame_prompts, photo_scenarios
+from eval.parity.stages import FLAGS, MIN_MASK_AGREEMENT, PARITY_RTOL, compare, mask_agreement
 from eval.reference import build_hf, build_official
 from samhq_jax.config import SamHQConfig
 from samhq_jax.transforms import preprocess, to_rgb_uint8
@@ -106,7 +98,7 @@ def record_encoders(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Record what the CLI's encoders are given and return: ``{"official": [(model, images, stages)],
     "ours": [(config, params, images, stages)]}``."""
     calls: dict = {"official": [], "ours": []}
-    official, ours = parity.official_image_stages, parity.jax_image_stages
+    official, ours = parity_official.official_image_stages, parity_ours.jax_image_stages
 
     def official_spy(model, images):
         out = official(model, images)
@@ -118,8 +110,8 @@ def record_encoders(monkeypatch: pytest.MonkeyPatch) -> dict:
         calls["ours"].append((config, params, images, out))
         return out
 
-    monkeypatch.setattr(parity, "official_image_stages", official_spy)
-    monkeypatch.setattr(parity, "jax_image_stages", ours_spy)
+    monkeypatch.setattr(parity_official, "official_image_stages", official_spy)
+    monkeypatch.setattr(parity_ours, "jax_image_stages", ours_spy)
     return calls
 
 
@@ -154,7 +146,7 @@ def assert_same_figures(reported: dict, expected: dict) -> None:
 
 
 def run_cli(args: list) -> int:
-    return parity.main([str(a) for a in args])
+    return parity_cli.main([str(a) for a in args])
 
 
 def one_line_error(capsys: pytest.CaptureFixture) -> str:
@@ -331,13 +323,13 @@ def test_missing_references(tiny_pth, tmp_path, monkeypatch, capsys, module, kin
 @pytest.mark.parametrize(
     "bad,says",
     [
-        ("{not json", "line 2"),
-        ({"boxes": [[1, 2, 3]]}, "4 finite numbers"),
+        ("{not json", "not valid JSON"),
+        ({"boxes": [[1, 2, 3]]}, "box: expected a list of [x0, y0, x1, y1] rows"),
         ({"boxes": [[10, 10, 5, 20]]}, "x1 >= x0"),
-        ({"points": [[1, 2, 7]]}, "labels"),
+        ({"points": [[1, 2, 7]]}, "the label must be 1 (foreground)"),
         ({"box": [[1, 2, 3, 4]]}, "unknown key"),
         ({"image": "cat.jpg", "points": [[1, 2, 1]]}, "not one of the --image"),
-        ({}, '"boxes"'),
+        ({}, "give at least one box or point"),
     ],
 )
 def test_bad_prompts_line(tiny_pth, tmp_path, capsys, bad, says) -> None:
@@ -345,7 +337,7 @@ def test_bad_prompts_line(tiny_pth, tmp_path, capsys, bad, says) -> None:
     prompts = write_lines(tmp_path / "prompts.jsonl", [{"points": [[1, 2, 1]]}, bad])
     assert run_cli(["--checkpoint", path, "--image", DOG, "--prompts", prompts]) == 2
     line = one_line_error(capsys)
-    assert f"{prompts} line 2" in line and says in line
+    assert f"{prompts}:2: " in line and says in line
 
 
 def test_unusable_inputs(tiny_pth, tmp_path, capsys) -> None:

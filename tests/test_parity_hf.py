@@ -14,7 +14,8 @@ import pytest
 import torch
 import transformers
 
-from eval.parity import mask_agreement, relative_error, sample_images
+from eval.parity.samples import sample_images
+from eval.parity.stages import mask_agreement, relative_error
 from eval.reference import build_hf
 from samhq_jax import SamHQ, SamHQConfig, load_pretrained
 from tests.conftest import MASK_AGREEMENT, PARITY_RTOL, assert_close

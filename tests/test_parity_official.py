@@ -13,16 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from eval.parity import (
-    compare,
-    default_prompts,
-    jax_decode_stages,
-    jax_image_stages,
-    mask_agreement,
-    official_decode_stages,
-    official_image_stages,
-    sample_images,
-)
+from eval.parity.official import official_decode_stages, official_image_stages
+from eval.parity.ours import jax_decode_stages, jax_image_stages
+from eval.parity.samples import default_prompts, sample_images
+from eval.parity.stages import compare, mask_agreement
 from tests.conftest import MASK_AGREEMENT, PARITY_RTOL, official_model_and_params
 
 SCENARIOS = ("points", "boxes", "points+boxes", "mask+point")
@@ -122,7 +116,7 @@ def test_vit_b_checkpoint_cli(tmp_path, monkeypatch) -> None:
     model and its parameters to the bit (so its own encoding would give the same stages), takes
     those stages and runs its own decoders.
     """
-    from eval.parity import main
+    from eval.parity.cli import main
     from samhq_jax.transforms import preprocess
     from tests.test_parity_cli import (
         DOG,

@@ -13,7 +13,7 @@ import torch
 from flax.traverse_util import flatten_dict
 
 from convert.core import ConversionError, state_dict_to_params
-from eval.parity import mask_agreement
+from eval.parity.stages import mask_agreement
 from eval.reference import build_official, randomize_
 from samhq_jax.checkpoint import UntrainedHQWarning, load_pretrained, read_weights
 from samhq_jax.config import SamHQConfig

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.parity import IMAGES_DIR, mask_agreement
+from eval.parity.samples import IMAGES_DIR
+from eval.parity.stages import mask_agreement
 from samhq_jax.predictor import SamHQPredictor
 from samhq_jax.transforms import preprocess_shape, resize_longest_side
 from tests.conftest import MASK_AGREEMENT, assert_close, official_model_and_params

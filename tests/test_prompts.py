@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from samhq_jax.datasets import mask_to_box
+from samhq_jax.datasets import label_to_box
 from tests.conftest import official_masks_to_boxes
 from train.prompts import (
     BOX,
@@ -71,7 +71,7 @@ def test_boxes_match_official_including_empty():
     labels[2, 5, 7] = 128.5  # a single foreground pixel
     labels[3, :, :] = np.where(labels[3] > 0, 128.0, 0)  # exactly 128 is background
     ref = official_masks_to_boxes(torch.from_numpy(labels)).numpy()
-    ours = np.stack([mask_to_box(label) for label in labels])
+    ours = np.stack([label_to_box(label) for label in labels])
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, ref)
     np.testing.assert_array_equal(ours[0], [1e8, 1e8, 0, 0])  # empty mask: the official degenerate box
@@ -129,7 +129,7 @@ def test_sample_prompts_draw_order_and_shapes():
     noise = twin.standard_normal((40, 40), dtype=np.float32)
     assert out["prompt"] == prompt and out["prompt"].dtype == np.int32
     np.testing.assert_array_equal(out["points"], points)
-    np.testing.assert_array_equal(out["box"], mask_to_box(label))
+    np.testing.assert_array_equal(out["box"], label_to_box(label))
     np.testing.assert_array_equal(out["noise_mask"], noisy_mask(label, 40, noise))
     assert out["noise_mask"].shape == (40, 40) and out["box"].shape == (4,)
 

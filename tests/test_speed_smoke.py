@@ -1,4 +1,4 @@
-"""Smoke test of ``samhq-bench`` (:mod:`eval.speed`): one in-process ``--quick`` run on the tiny
+"""Smoke test of ``samhq-bench`` (:mod:`eval.bench.speed`): one in-process ``--quick`` run on the tiny
 preset, fp32 rows only (each bf16 row costs three more compilations). It checks that every
 expected row is measured and written, not how fast anything is."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from eval.speed import main
+from eval.bench.speed import main
 
 QUICK = ["--quick", "--repeats", "1", "--skip", "hf,bf16", "--per-prompt-calls", "2"]
 IMPLS = {"ours-fp32", "official-fp32"}

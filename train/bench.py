@@ -36,7 +36,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ import jaxlib.version
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from samhq_jax.cli import OneLineParser
+from eval.bench.env import blocking, load_average, time_interleaved
+from samhq_jax.cmdkit.args import OneLineParser
 from samhq_jax.config import PRESETS, SamHQConfig
 from samhq_jax.sam_hq import init_params
 from train.prompts import BOX, NOISE_MASK, POINTS, sample_prompts
@@ -130,16 +131,6 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def time_calls(fn: Callable[[], Any], n: int) -> list[float]:
-    """Wall seconds of ``n`` calls of ``fn``, each blocked until its outputs are ready."""
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def bench_preset(name: str, *, batch_size: int, steps: int, encoder_dtype: str, seed: int = 0) -> BenchResult:
     """Compile, then time ``steps`` warm train steps and ``steps`` encoder calls of preset ``name``."""
     config = SamHQConfig.preset(name)
@@ -184,7 +175,9 @@ def bench_preset(name: str, *, batch_size: int, steps: int, encoder_dtype: str, 
         .compile()
     )
     encoder_compile_s = time.perf_counter() - t0
-    enc_times = time_calls(lambda: embed_c(encoder_params, batch["image"]), steps + 1)[1:]  # first apart, as above
+    # the first call apart, as above; then the warm ones
+    (enc_timing,) = time_interleaved([blocking(lambda: embed_c(encoder_params, batch["image"]))], steps)
+    enc_times = enc_timing.times_s
 
     first_step_s, step_times = step_times[0], step_times[1:]
     step_median, enc_median = statistics.median(step_times), statistics.median(enc_times)
@@ -225,7 +218,7 @@ def environment() -> dict[str, Any]:
         "process_count": jax.process_count(),
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "load_avg_1m": round(os.getloadavg()[0], 2),  # other processes share the cores
+        "load_avg_1m": (load_average() or [None])[0],  # other processes share the cores
     }
 
 

@@ -24,7 +24,8 @@ import logging
 import sys
 from pathlib import Path
 
-from samhq_jax.cli import CHECKPOINT_HELP, command_parser, docstring_help, run_guarded
+from samhq_jax.cmdkit.args import CHECKPOINT_HELP, command_parser, docstring_help
+from samhq_jax.cmdkit.guard import run_guarded
 from samhq_jax.datasets import HQSEG_TRAIN
 from train.loop import OUTPUT_MASKS, TrainConfig, train
 from train.step import ENCODER_DTYPES
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``samhq-train``; errors are one line on stderr (:func:`samhq_jax.cli.run_guarded`): bad input
+    """``samhq-train``; errors are one line on stderr (:func:`samhq_jax.cmdkit.guard.run_guarded`): bad input
     exit 2, a failure while training (a NaN loss, an XLA runtime error) exit 1."""
     try:
         args = build_parser().parse_args(argv)

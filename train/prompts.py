@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from samhq_jax.datasets import FG_THRESHOLD, mask_to_box
+from samhq_jax.datasets import FG_THRESHOLD, label_to_box
 from samhq_jax.transforms import resize_bilinear
 
 BOX, POINTS, NOISE_MASK = 0, 1, 2  # values of the batch's "prompt" field
@@ -86,7 +86,7 @@ def sample_prompts(label: np.ndarray, mask_size: int, rng: np.random.Generator) 
     noise = rng.standard_normal((mask_size, mask_size), dtype=np.float32)
     return {
         "prompt": np.int32(prompt),
-        "box": mask_to_box(label),
+        "box": label_to_box(label),
         "points": points,
         "noise_mask": noisy_mask(label, mask_size, noise),
     }

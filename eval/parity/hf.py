@@ -1,5 +1,5 @@
 """The Hugging Face side of ``samhq parity``: transformers 4.53 ``SamHQModel``'s stages, shaped as the
-official ones of :mod:`eval.parity` so the same report compares either reference.
+official ones (:mod:`eval.parity.official`) so the same report compares either reference.
 
 transformers computes the selected masks inline, so ``masks_all`` (every mask before selection) is
 not exposed and not compared; every other stage is. Its multimask output is the three SAM masks
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.parity import Arrays, Prompts, Size, _tensor, capture_encoder_stages
+from eval.parity.stages import Arrays, Prompts, Size, capture_encoder_stages, to_tensor
 
 HF_VERSION = "4.53"  # the release whose masks match the official package (4.54+ regressed)
 
@@ -43,7 +43,7 @@ def load_hf(folder: str | Path) -> torch.nn.Module:
 
 def hf_image_stages(model: torch.nn.Module, images: np.ndarray) -> Arrays:
     """transformers' vision encoder on ``(B, S, S, 3)`` NHWC images; the keys and NHWC shapes of
-    :func:`eval.parity.official_image_stages`."""
+    :func:`eval.parity.official.official_image_stages`."""
     enc = model.vision_encoder
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +67,7 @@ def _hf_decode_one(
     def keep_iou(_m: torch.nn.Module, _i: tuple, out: torch.Tensor) -> None:
         got["iou_all"] = out
 
-    batch = lambda a: None if a is None else _tensor(a)[None]  # noqa: E731
+    batch = lambda a: None if a is None else to_tensor(a)[None]  # noqa: E731
     handles = [
         dec.transformer.register_forward_hook(keep_transformer),
         dec.iou_prediction_head.register_forward_hook(keep_iou),
@@ -81,13 +81,13 @@ def _hf_decode_one(
                 input_masks=batch(p.masks),  # (1, 1, 4G, 4G): one mask for the image
             )
             low_res, iou, _ = dec(
-                image_embeddings=_tensor(emb).permute(0, 3, 1, 2),
+                image_embeddings=to_tensor(emb).permute(0, 3, 1, 2),
                 image_positional_embeddings=model.get_image_wide_positional_embeddings(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
                 hq_token_only=hq_only,
-                intermediate_embeddings=[_tensor(early)],
+                intermediate_embeddings=[to_tensor(early)],
             )
     finally:
         for h in handles:
@@ -110,7 +110,7 @@ def hf_decode_stages(
     model: torch.nn.Module, image_stages: Arrays, prompts: Prompts, multimask_output: bool, hq_token_only: bool
 ) -> Arrays:
     """transformers' prompt encoder + HQ decoder, per image (and per prompt with mask prompts);
-    stages stacked to ``(B, P, ...)`` as :func:`eval.parity.official_decode_stages`."""
+    stages stacked to ``(B, P, ...)`` as :func:`eval.parity.official.official_decode_stages`."""
     emb, early = image_stages["image_embeddings"], image_stages["early_features"]
     per_image = []
     for b in range(emb.shape[0]):

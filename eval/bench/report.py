@@ -1,4 +1,4 @@
-"""The Markdown report of ``samhq-bench`` (:mod:`eval.speed`), from its JSON result."""
+"""The Markdown report of ``samhq-bench`` (:mod:`eval.bench.speed`), from its JSON result."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def markdown(result: dict[str, Any]) -> str:
     if notes:
         text += ["", *notes]
     if result.get("cold"):
-        from eval.speed_cold import describe
+        from eval.bench.cold import describe
 
         text += ["", describe(result["cold"])]
     return "\n".join(text) + "\n"

@@ -1,7 +1,7 @@
-"""Measurement primitives of ``samhq-bench`` (:mod:`eval.speed`): wall-clock timing, XLA's compile
+"""Measurement primitives of ``samhq-bench`` (:mod:`eval.bench.speed`): wall-clock timing, XLA's compile
 analyses, memory probes, the device's peak FLOP/s and the environment header.
 
-Nothing here knows about SAM-HQ; :mod:`eval.speed_impls` wraps each implementation's calls into
+Nothing here knows about SAM-HQ; :mod:`eval.bench.impls` wraps each implementation's calls into
 the zero-argument callables timed here.
 """
 

@@ -1,4 +1,4 @@
-"""``samhq-bench`` (also ``python -m eval.speed``): samhq-jax timed side by side with the official
+"""``samhq-bench`` (also ``python -m eval.bench``): samhq-jax timed side by side with the official
 ``segment-anything-hq`` and Hugging Face ``SamHQModel``, in one process, one run, on the same
 seeded random weights and the same inputs.
 
@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from samhq_jax.cli import command_parser, docstring_help, doing, run_guarded
+from samhq_jax.cmdkit.args import command_parser, docstring_help
+from samhq_jax.cmdkit.guard import doing, run_guarded
 from samhq_jax.config import PRESETS
 
 PROG = "samhq-bench"
@@ -128,7 +129,7 @@ _size.__name__ = "HxW image size"
 def parser() -> argparse.ArgumentParser:
     """The ``samhq-bench`` parser (defaults of ``--model`` / ``--batch`` / ``--prompts`` /
     ``--repeats`` are None here and resolved by :func:`parse_args`, ``--quick`` aware)."""
-    from eval.speed_impls import SKIPPABLE
+    from eval.bench.impls import SKIPPABLE
 
     p = command_parser(PROG, "samhq-jax vs official SAM-HQ vs HF SamHQModel, side by side", docstring_help(__doc__))
     p.add_argument("--model", choices=PRESETS, help=f"preset (default {DEFAULTS['model']}; --quick {QUICK['model']})")
@@ -171,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse and resolve defaults: ``--quick`` supplies those not given, then :data:`DEFAULTS`."""
-    from eval.speed_impls import SKIPPABLE
+    from eval.bench.impls import SKIPPABLE
 
     p = parser()
     args = p.parse_args(argv)
@@ -191,9 +192,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 # ---- the run ------------------------------------------------------------------------------------
 def _analysis(what: str, analyse: Any, *inputs: Any) -> Any:
-    """``analyse(*inputs)`` (an :class:`~eval.speed_env.XlaAnalysis` of ``what``); a failure leaves
+    """``analyse(*inputs)`` (an :class:`~eval.bench.env.XlaAnalysis` of ``what``); a failure leaves
     the figures out with a line on stderr instead of ending the run."""
-    from eval.speed_env import XlaAnalysis
+    from eval.bench.env import XlaAnalysis
 
     try:
         return analyse(*inputs)
@@ -216,8 +217,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         import torch
 
-        from eval.speed_env import device_peak, environment, schedulable_cpus
-        from eval.speed_impls import Ours, autocast_dtype, build_impls, torch_device
+        from eval.bench.env import device_peak, environment, schedulable_cpus
+        from eval.bench.impls import Ours, autocast_dtype, build_impls, torch_device
         from samhq_jax.config import SamHQConfig
 
         self.args = args
@@ -246,8 +247,8 @@ class Bench:
 
     def _stage(self, stage: str, kind: str, size: int, entries: list[tuple[Any, Any]]) -> list[Row]:
         """Time every ``(impl, call)`` of one stage together (round-robin: see
-        :func:`eval.speed_env.time_interleaved`), then probe each one's memory; their rows."""
-        from eval.speed_env import time_interleaved
+        :func:`eval.bench.env.time_interleaved`), then probe each one's memory; their rows."""
+        from eval.bench.env import time_interleaved
 
         a = self.args
         with doing(f"timing {stage}"):
@@ -370,14 +371,14 @@ class Bench:
             r.ratio_official_bf16 = r.median_s / low if low else None
 
     def cold(self, folder: Path) -> dict[str, Any]:
-        from eval.speed_cold import cold_start
+        from eval.bench.cold import cold_start
 
         with doing("timing the first call of fresh processes"):
             return cold_start(self.config, self.ours.params, self.image_size, folder)
 
     def result(self, cold: dict[str, Any] | None) -> dict[str, Any]:
         """Everything measured, as written to ``speed.json``."""
-        from eval.speed_env import load_average
+        from eval.bench.env import load_average
 
         a = self.args
         self.env["load_average_end"] = load_average()
@@ -408,8 +409,8 @@ class Bench:
 
 def run(args: argparse.Namespace) -> int:
     """Measure everything asked for, print the Markdown report, write ``--output``; exit status 0."""
-    from eval.speed_env import quiet_warnings
-    from eval.speed_report import markdown
+    from eval.bench.env import quiet_warnings
+    from eval.bench.report import markdown
 
     # On a GPU, JAX would otherwise take 75 % of its memory up front and leave torch too little.
     os.environ.setdefault(PREALLOCATE_ENV, "false")
@@ -441,7 +442,7 @@ def _tempdir() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``samhq-bench``; errors are one line on stderr (:func:`samhq_jax.cli.run_guarded`)."""
+    """``samhq-bench``; errors are one line on stderr (:func:`samhq_jax.cmdkit.guard.run_guarded`)."""
     return run_guarded(PROG, lambda: run(parse_args(sys.argv[1:] if argv is None else argv)))
 
 

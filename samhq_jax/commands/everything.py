@@ -2,7 +2,8 @@
 
 One image (``--image``) or every image of a folder (``--images``, with a progress bar); per image,
 mask PNGs and a records JSON (``--format png``) or one JSON with RLE masks (``--format rle``), and
-an overlay of all masks. Every image is checked before the checkpoint is loaded.
+an overlay of all masks. Every image is checked before the checkpoint is loaded; :data:`EVERYTHING_HELP`
+is the ``--help`` text (the written files, examples).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from samhq_jax.cmdkit.args import CHECKPOINT_HELP, help_layout
+from samhq_jax.cmdkit.guard import doing
+from samhq_jax.cmdkit.images import IMAGE_SUFFIXES, check_image, read_rgb
+from samhq_jax.cmdkit.overlay import overlay_all
+
 # Generator arguments taken from the flags of the same name and recorded in <stem>_masks.json.
 GENERATOR_FLAGS = (
     "points_per_side",
@@ -44,16 +49,16 @@ examples:
   samhq everything --checkpoint ckpt/ --images photos/ --points-per-side 16 --format rle --output out/"""
 
 
-def add_parser(sub: Any, checkpoint_help: str, layout: dict) -> None:
+def add_parser(sub: Any) -> None:
     """Register ``everything`` on the ``samhq`` subparsers ``sub``."""
     p = sub.add_parser(
         "everything",
         help="segment everything in an image (or a folder): automatic mask generation",
         description="Masks for every object of an image (--image) or of each image of a folder (--images), "
         "from a grid of point prompts, filtered as the official SamAutomaticMaskGenerator.",
-        **layout,
+        **help_layout(EVERYTHING_HELP),
     )
-    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--image", help="one image file")
     p.add_argument("--images", help="a folder of images (" + ", ".join(IMAGE_SUFFIXES) + ")")
     p.add_argument("--output", required=True, help="output folder (created; see below for what is written)")
@@ -75,7 +80,6 @@ def _jobs(args: argparse.Namespace) -> list[Path]:
     """The images to segment, each checked readable, their stems distinct; the generator's
     settings checked too."""
     from samhq_jax.amg import check_settings
-    from samhq_jax.cli import check_image
 
     if (args.image is None) == (args.images is None):
         raise ValueError("give exactly one of --image or --images")
@@ -98,21 +102,11 @@ def _jobs(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-def overlay_all(image: np.ndarray, masks: list[np.ndarray], seed: int = 0) -> Image.Image:
-    """``(H, W, 3)`` uint8 with each ``(H, W)`` bool mask tinted a random colour, largest first so
-    small masks stay visible."""
-    from samhq_jax.cli import overlay
-
-    colours = np.random.default_rng(seed).integers(40, 256, size=(len(masks), 3)).astype(np.float32)
-    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
-    return overlay(image, [masks[i] for i in order], [], [], colours[order])
-
-
 def segment_everything(generator: Any, path: Path, out_dir: Path, args: argparse.Namespace) -> int:
     """Generate masks for one image and write its files; returns the number of masks."""
     from samhq_jax.amg_ops import mask_to_rle
 
-    image = np.asarray(Image.open(path).convert("RGB"))
+    image = read_rgb(path)
     records = generator.generate(image, multimask_output=not args.single_mask, hq_token_only=args.hq_token_only)
     masks = [r.pop("segmentation") for r in records]
     stem = path.stem
@@ -135,7 +129,6 @@ def segment_everything(generator: Any, path: Path, out_dir: Path, args: argparse
 def run(args: argparse.Namespace) -> int:
     """``samhq everything``: check every image, load the checkpoint, generate and write."""
     from samhq_jax.amg import SamHQAutomaticMaskGenerator
-    from samhq_jax.cli import doing
     from samhq_jax.predictor import SamHQPredictor
 
     paths = _jobs(args)

@@ -1,4 +1,4 @@
-"""The implementations ``samhq-bench`` (:mod:`eval.speed`) times, each as it is meant to be used.
+"""The implementations ``samhq-bench`` (:mod:`eval.bench.speed`) times, each as it is meant to be used.
 
 * :class:`Ours`: :class:`~samhq_jax.predictor.SamHQPredictor` in fp32 or bf16 compute, and the
   jitted ``embed_image`` / ``decode`` it calls (for XLA's FLOP count and buffer plan);
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from eval.speed_env import XlaAnalysis, analyse, blocking, jax_device_peak, quiet_warnings, sampled_rss_peak
-from eval.speed_env import torch_cuda_peak as _torch_cuda_peak
+from eval.bench.env import XlaAnalysis, analyse, blocking, jax_device_peak, quiet_warnings, sampled_rss_peak
+from eval.bench.env import torch_cuda_peak as _torch_cuda_peak
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.config import SamHQConfig
 from samhq_jax.predictor import SamHQPredictor, compiled_model

@@ -1,0 +1,168 @@
+"""``samhq predict``: segment an image, or a folder with a prompts file, with box / point prompts.
+
+Every prompt and image is checked before the checkpoint is loaded; :data:`PREDICT_HELP` is the
+``--help`` text (prompts, the JSON-lines prompts file, the written files, examples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from samhq_jax.cmdkit.args import CHECKPOINT_HELP, help_layout
+from samhq_jax.cmdkit.guard import doing
+from samhq_jax.cmdkit.images import check_image, read_rgb
+from samhq_jax.cmdkit.overlay import overlay
+from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE, check_prompts, prompt_arrays, read_prompt_lines
+
+if TYPE_CHECKING:
+    from samhq_jax.predictor import SamHQPredictor
+
+PREDICT_HELP = f"""\
+prompts (in the image's pixels):
+  --box X0 Y0 X1 Y1  one box, top-left and bottom-right corner (X1 >= X0, Y1 >= Y0); repeat it for
+                     several objects: one mask per box
+  --point X Y LABEL  one point; LABEL is 1 (foreground: on the object), 0 (background: not on it)
+                     or -1 (ignore: a padding point). All --point triples form one point set, added
+                     to every box (or used alone: one mask)
+
+prompts file (--images DIR --prompts FILE): JSON lines, one object per image of DIR, e.g.
+  {PROMPTS_EXAMPLE}
+  "boxes" (rows [x0, y0, x1, y1]) and "points" (rows [x, y, label]) work as --box and --point; give
+  at least one of them. Blank lines are skipped. Every line and every image is checked before the
+  checkpoint is loaded; an error names FILE:LINE.
+
+written to --output for each image, <stem> being its file name without the extension:
+  <stem>_mask<i>.png  mask i (i = 0, 1, ...: one per box, or one for points alone): an 8-bit PNG at
+                      the image's size, 255 on the object, 0 elsewhere
+  <stem>_overlay.png  the image with each mask tinted in its own colour, the boxes drawn and the
+                      points as dots (green: foreground, red: background)
+  <stem>_scores.json  {{"image": path, "size": [H, W], "hq_token_only": bool, "multimask_output": bool,
+                      "masks": [{{"file": "<stem>_mask<i>.png", "box": [x0, y0, x1, y1] or null,
+                      "points": [[x, y, label], ...], "iou": the model's predicted IoU}}, ...]}}
+
+examples:
+  samhq predict --checkpoint sam_hq_vit_b.pth --image dog.jpg --box 100 200 900 1200 --output out/
+  samhq predict --checkpoint ckpt/ --image dog.jpg --point 500 600 1 --point 200 100 0 --output out/
+  samhq predict --checkpoint syscv-community/sam-hq-vit-base --images photos/ \\
+      --prompts prompts.jsonl --output out/"""
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``predict`` on the ``samhq`` subparsers ``sub``."""
+    p = sub.add_parser(
+        "predict",
+        help="segment an image (or a folder) with box / point prompts",
+        description="Segment an image (--image) or a folder (--images with a --prompts file) with box / point prompts.",
+        **help_layout(PREDICT_HELP),
+    )
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--image", help="one image file")
+    p.add_argument("--images", help="a folder of images (with --prompts)")
+    p.add_argument("--prompts", help="JSON-lines prompts file for --images (see below)")
+    p.add_argument(
+        "--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"), help="a box (repeatable)"
+    )
+    p.add_argument(
+        "--point",
+        nargs=3,
+        type=float,
+        action="append",
+        metavar=("X", "Y", "LABEL"),
+        help="a point, LABEL 1 foreground, 0 background, -1 ignore (repeatable)",
+    )
+    p.add_argument("--hq-token-only", action="store_true", help="HQ mask alone (best for single objects)")
+    p.add_argument("--multimask", action="store_true", help="add the best of SAM's three masks")
+    p.add_argument("--output", required=True, help="output folder (created; see below for what is written)")
+
+
+def folder_jobs(path: Path, images: Path) -> list[tuple[Path, list, list]]:
+    """``(image, boxes, points)`` of every line of a prompts file whose images are in folder
+    ``images``: each line and its image checked, no two images sharing a stem (their outputs
+    would collide); errors name ``FILE:LINE``."""
+    if not images.is_dir():
+        raise FileNotFoundError(f"--images {images}: no such folder")
+    jobs, stems = [], {}
+    for record in read_prompt_lines(path, images):
+        where = f"{path}:{record.line}"
+        image = images / record.image
+        check_image(image, f"{where}: ")
+        if image.stem in stems:
+            raise ValueError(
+                f"{where}: {record.image} would overwrite the outputs of line {stems[image.stem]} (same stem "
+                f"{image.stem!r}); give each image one line"
+            )
+        stems[image.stem] = record.line
+        jobs.append((image, record.boxes, record.points))
+    return jobs
+
+
+def segment_one(
+    predictor: SamHQPredictor, image_path: Path, boxes: list, points: list, out_dir: Path, args: argparse.Namespace
+) -> dict:
+    """Run one image and write its masks, overlay and scores; returns the scores record."""
+    image = read_rgb(image_path)
+    predictor.set_image(image)
+    masks, iou, _ = predictor.predict_batch(
+        **prompt_arrays(boxes, points), multimask_output=args.multimask, hq_token_only=args.hq_token_only
+    )
+    masks = masks[:, 0]
+    stem = image_path.stem
+    for i, m in enumerate(masks):
+        Image.fromarray((m * 255).astype(np.uint8)).save(out_dir / f"{stem}_mask{i}.png")
+    overlay(image, masks, boxes, points).save(out_dir / f"{stem}_overlay.png")
+    record = {
+        "image": str(image_path),
+        "size": list(image.shape[:2]),
+        "hq_token_only": args.hq_token_only,
+        "multimask_output": args.multimask,
+        "masks": [
+            {"file": f"{stem}_mask{i}.png", "box": boxes[i] if boxes else None, "points": points, "iou": float(s)}
+            for i, s in enumerate(iou[:, 0])
+        ],
+    }
+    (out_dir / f"{stem}_scores.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def predict_jobs(args: argparse.Namespace) -> list[tuple[Path, list, list]]:
+    """``(image, boxes, points)`` of every image of a ``samhq predict`` run, flags, prompts and images
+    all checked: run before anything is loaded."""
+    if (args.image is None) == (args.images is None):
+        raise ValueError("give exactly one of --image or --images")
+    if args.images is not None:
+        if args.prompts is None:
+            raise ValueError("--images needs --prompts (a JSON-lines file; see samhq predict --help)")
+        if args.box or args.point:
+            raise ValueError("--box / --point go with --image; for --images put the prompts in the --prompts file")
+        return folder_jobs(Path(args.prompts), Path(args.images))
+    if args.prompts is not None:
+        raise ValueError("--prompts goes with --images (a folder); for --image give --box / --point")
+    boxes, points = check_prompts(args.box or [], args.point or [])
+    check_image(Path(args.image), "--image: ")
+    return [(Path(args.image), boxes, points)]
+
+
+def run(args: argparse.Namespace) -> int:
+    """``samhq predict``: check every prompt and image, load the checkpoint, segment and write."""
+    from samhq_jax.predictor import SamHQPredictor
+
+    jobs = predict_jobs(args)  # every prompt and image checked before the checkpoint is read
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with doing(f"loading the checkpoint {args.checkpoint}"):
+        predictor = SamHQPredictor.from_pretrained(args.checkpoint)
+    with tqdm(jobs, desc="samhq predict", unit="image", disable=len(jobs) == 1) as bar:
+        for path, boxes, points in bar:
+            with doing(f"segmenting {path}"):
+                record = segment_one(predictor, path, boxes, points, out_dir, args)
+            if len(jobs) == 1:
+                scores = ", ".join(f"{m['iou']:.3f}" for m in record["masks"])
+                print(f"{path.name}: {len(record['masks'])} mask(s), predicted IoU {scores} -> {out_dir}")
+    return 0
