@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The device suite (eval/device_suite.py): parity, encoder / decoder / segment-everything speed,
+# The device suite (eval/bench/device_suite.py): parity, encoder / decoder / segment-everything speed,
 # the train step and the attention paths, measured in one call on a lent GPU; the table is printed
 # last and written with the JSON and the log to $OUT (or --output DIR).
-#   bash scripts/device_suite.sh            # on the GPU machine (about 8 minutes)
-#   bash scripts/device_suite.sh --smoke    # CPU, tiny presets (about a minute; CI runs it)
+#   bash scripts/device_suite.sh            # on the GPU machine (--budget: 540 s by default)
+#   bash scripts/device_suite.sh --smoke    # CPU, tiny presets (a few minutes; CI runs it)
 # Python: $PYTHON, else .venv/bin/python, else python3 (the GPU machine's, which has JAX with CUDA,
 # PyTorch, flax and optax). Wheels in .whl/ (segment-anything-hq, which that machine lacks) are
 # installed into a scratch folder first; nothing is downloaded.
@@ -19,4 +19,4 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" -m eval.device_suite "$@"
+exec "$PY" -m eval.bench.device_suite "$@"

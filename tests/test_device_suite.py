@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.device_suite import FULL, SECTIONS, headline
+from eval.bench.device_suite import FULL, SECTIONS, headline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,17 +56,20 @@ def test_smoke_measures_each_stage(smoke) -> None:
     _, out = smoke
     data = json.loads((out / "device_suite.json").read_text())
     sections = data["sections"]
-    for key in ("vit_b", "vit_h"):
+    for key in ("encoder_b", "encoder_h"):
         rows = sections[key]["rows"]
-        encoder = {(r["impl"], r["size"]) for r in rows if r["kind"] == "encoder"}
+        assert {r["kind"] for r in rows} == {"encoder"}
+        encoder = {(r["impl"], r["size"]) for r in rows}
         assert {("ours-bf16", 2), ("ours-fp32", 2), ("official-fp32", 2), ("hf-fp32", 2)} <= encoder
         assert all(r["median_s"] > 0 for r in rows)
-    amg = {r["impl"] for r in sections["vit_b"]["rows"] if r["kind"] == "amg"}
-    assert {"ours-fp32", "official-fp32"} <= amg
+    assert {r["impl"] for r in sections["amg"]["rows"]} >= {"ours-fp32", "official-fp32"}
+    decoder = {(r["kind"], r["size"]) for r in sections["decoder"]["rows"]}
+    assert decoder == {("decoder", 1), ("decoder", 4), ("end_to_end", 1)}
     assert sections["peak"]["bf16_peak_tflops"] > 0
     assert sections["train"]["results"][0]["examples_per_s"] > 0
     verdicts = {h["figure"]: h["verdict"] for h in data["headline"]}
     assert any(f.startswith("parity") and v == "pass" for f, v in verdicts.items())
+    assert any(f.startswith("segment everything") and v in ("pass", "FAIL") for f, v in verdicts.items())
 
 
 def test_smoke_attention_paths_equal_the_blocked_one(smoke) -> None:
@@ -81,16 +84,12 @@ def test_smoke_attention_paths_equal_the_blocked_one(smoke) -> None:
             assert row["relative_error_vs_blocked"] <= 2e-2, (model, name)  # bf16 compute
 
 
-def _bench(model: str, ours_s: float, official_s: float, flops: float) -> dict:
+def _encoder(model: str, ours_s: float, official_s: float, flops: float) -> dict:
     rows = [
         {"kind": "encoder", "impl": "ours-bf16", "size": 8, "baseline": True, "median_s": ours_s, "flops": flops},
         {"kind": "encoder", "impl": "official-bf16", "size": 8, "baseline": True, "median_s": official_s},
     ]
     rows[0]["ratio_official_bf16"] = ours_s / official_s
-    rows += [
-        {"kind": "amg", "impl": "ours-fp32", "size": 32, "baseline": True, "median_s": 0.5},
-        {"kind": "amg", "impl": "official-fp32", "size": 32, "baseline": True, "median_s": 2.0},
-    ]
     return {"settings": {"model": model}, "rows": rows}
 
 
@@ -106,11 +105,16 @@ def test_headline_bars_by_hand() -> None:
             "worst_stage": "image embedding",
             "lowest_mask_agreement": 0.99995,
         },
-        "vit_b": _bench("vit_b", 1.0, 2.5, 50e12),
-        "vit_h": _bench("vit_h", 1.0, 1.5, 30e12),
+        "encoder_b": _encoder("vit_b", 1.0, 2.5, 50e12),
+        "encoder_h": _encoder("vit_h", 1.0, 1.5, 30e12),
+        "amg": {
+            "settings": {"model": "vit_b"},
+            "rows": [
+                {"kind": "amg", "impl": "ours-fp32", "size": 32, "baseline": True, "median_s": 0.5},
+                {"kind": "amg", "impl": "official-fp32", "size": 32, "baseline": True, "median_s": 2.0},
+            ],
+        },
     }
-    results["vit_b"]["rows"][0]["median_s"] = 1.0
-    results["vit_b"]["rows"][0]["ratio_official_bf16"] = 0.4
     got = {figure: (measured, verdict) for figure, measured, _, verdict in headline(results, FULL)}
     assert got["encoder vit_b bf16 batch 8: fraction of the bf16 peak"] == ("50.0 %", "pass")
     assert got["encoder vit_b batch 8: ours bf16 / official bf16 autocast"] == ("0.40x", "pass")

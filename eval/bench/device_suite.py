@@ -2,11 +2,12 @@
 
     bash scripts/device_suite.sh                   # on the GPU machine: $OUT/device_suite.{md,json,log}
     bash scripts/device_suite.sh --smoke           # the same sections on CPU at tiny sizes (CI)
-    python -m eval.device_suite --output DIR [--smoke] [--budget SECONDS] [--sections parity,vit_b]
+    python -m eval.bench.device_suite --output DIR [--smoke] [--budget SECONDS] [--sections amg,train]
 
-Sections, in this order, each in its own process (a crash or an out-of-memory error costs that
-section alone; GPU memory is handed back between them), all under one time budget (``--budget``,
-default 450 s, 900 with ``--smoke``; a section with too little time left is skipped and says so):
+Sections, in this order (most wanted first), each in its own process (a crash or an out-of-memory
+error costs that section alone; GPU memory is handed back between them), under one time budget
+(``--budget``, default 540 s, 900 with ``--smoke``; a section with too little time left is
+skipped and says so, and ``--sections`` runs only the named ones, e.g. those a lease left out):
 
 * ``environment``: versions, the devices, the GPU's name and driver;
 * ``peak``: the measured matmul ceilings: an ``n^3`` bf16 product in JAX and in PyTorch (the larger
@@ -16,18 +17,23 @@ default 450 s, 900 with ``--smoke``; a section with too little time left is skip
   image embedding, early feature, then low-res logits and IoU of three boxes for every
   ``multimask_output`` x ``hq_token_only``; worst relative error (``max |d| / max |ref|``) against
   the 1e-4 bar, and the agreement of the binarised full-size masks;
-* ``vit_b``: ``samhq-bench`` (:mod:`eval.speed`) at precision "default": encoder at batch 1 and 8,
-  decoder at 1 / 64 / 256 boxes, end to end, segment-everything 32x32; ours fp32 and bf16 against
-  the official fp32, the official under bf16 autocast and Hugging Face ``SamHQModel``;
-* ``vit_h``: the same for the encoder at batch 1 and 8 (decoder 1 box, no AMG);
+* ``encoder_b``, ``amg``, ``encoder_h``, ``decoder``: ``samhq-bench`` (:mod:`eval.bench.speed`) at
+  precision "default" (ours fp32 and bf16 against the official fp32, the official under bf16
+  autocast and Hugging Face ``SamHQModel``): the vit_b encoder at batch 1 and 8; segment-everything
+  32x32 on vit_b; the vit_h encoder at batch 1 and 8; the vit_b decoder at 1 / 64 / 256 boxes and
+  end to end. A bench section cut short keeps the stages it finished (marked partial);
 * ``train``: :mod:`train.bench`, the real HQ train step on vit_b at batch 8 (bf16 encoder);
 * ``attention``: the encoder's attention paths (``samhq_jax.image_encoder.ATTENTION_PATHS``) timed
   side by side on vit_b and vit_h at batch 8 in bf16, each checked against the blocked path.
 
+On a fresh GPU machine XLA compiles (and autotunes) every program first: on the 2026-12-04 H200
+that took most of parity's 123 s, and the whole list needs more than one 10-minute call; run the
+rest with ``--sections`` in the next.
+
 Every timing is a median of warm calls waited for (``jax.block_until_ready``, CUDA synchronised).
 Each figure with a FLOP count (XLA's analysis of our fp32 program of the same stage) is also given
 as a fraction of the measured bf16 peak. ``--smoke`` runs every section on tiny presets on the CPU
-in about a minute, so the suite cannot rot; its bars are reported, not met.
+in a few minutes, so the suite cannot rot; its bars are reported, not met.
 
 Written to ``--output``: ``device_suite.json`` (every figure, every section's own JSON),
 ``device_suite.md`` (the tables) and ``device_suite.log`` (each section's output); the tables are
@@ -80,7 +86,7 @@ class Sizes:
     budget_s: float  # default --budget
 
 
-FULL = Sizes("vit_b", "vit_h", (1, 8), (1, 64, 256), 32, 5, 8192, (768, 1024), 8, 5, "", 450.0)
+FULL = Sizes("vit_b", "vit_h", (1, 8), (1, 64, 256), 32, 5, 8192, (768, 1024), 8, 5, "", 540.0)
 SMOKE = Sizes("tiny_b", "tiny_h", (1, 2), (1, 4), 4, 1, 256, (96, 128), 2, 1, "official-bf16", 900.0)
 
 
@@ -136,7 +142,7 @@ def section_peak(sizes: Sizes, work: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from eval.speed_env import blocking, time_interleaved
+    from eval.bench.env import blocking, time_interleaved
 
     n = sizes.matmul_n
     rng = np.random.default_rng(0)
@@ -187,9 +193,9 @@ def section_parity(sizes: Sizes, work: Path) -> dict[str, Any]:
     import torch
 
     from convert.core import state_dict_to_params
-    from eval.parity import mask_agreement, relative_error
+    from eval.bench.env import quiet_warnings
+    from eval.parity.stages import mask_agreement, relative_error
     from eval.reference import build_official
-    from eval.speed_env import quiet_warnings
     from samhq_jax.config import SamHQConfig
     from samhq_jax.predictor import SamHQPredictor
 
@@ -248,33 +254,46 @@ def section_parity(sizes: Sizes, work: Path) -> dict[str, Any]:
     }
 
 
-def _bench(model: str, argv: list[str], sizes: Sizes, work: Path) -> dict[str, Any]:
-    """``samhq-bench`` on ``model`` with ``argv`` (``sizes.bench_skip`` added to ``--skip``); its ``speed.json``."""
-    from eval.speed import main as bench_main
+def _bench(name: str, model: str, argv: list[str], sizes: Sizes, work: Path) -> dict[str, Any]:
+    """``samhq-bench`` on ``model`` with ``argv`` (``sizes.bench_skip`` added to ``--skip``), writing to
+    ``work/NAME`` (its ``speed.json`` is rewritten after each stage, so a section cut short keeps the
+    stages it finished); that JSON."""
+    from eval.bench.speed import main as bench_main
 
-    if sizes.bench_skip:
-        if "--skip" in argv:
-            at = argv.index("--skip") + 1
-            argv = [*argv[:at], f"{argv[at]},{sizes.bench_skip}", *argv[at + 1 :]]
-        else:
-            argv = [*argv, "--skip", sizes.bench_skip]
-    out = work / f"bench_{model}"
-    code = bench_main(["--model", model, "--precision", "default", "--output", str(out), *argv])
+    skip = ",".join(s for s in (argv[argv.index("--skip") + 1] if "--skip" in argv else "", sizes.bench_skip) if s)
+    if "--skip" in argv:
+        at = argv.index("--skip")
+        argv = argv[:at] + argv[at + 2 :]
+    out = work / name
+    common = ["--repeats", str(sizes.repeats), "--row-budget", "20", "--precision", "default", "--output", str(out)]
+    code = bench_main(["--model", model, *argv, *common, *(["--skip", skip] if skip else [])])
     if code != 0:
         raise RuntimeError(f"samhq-bench --model {model} exited {code}")
     return json.loads((out / "speed.json").read_text())
 
 
-def section_vit_b(sizes: Sizes, work: Path) -> dict[str, Any]:
-    """Encoder, decoder, end to end and segment-everything of the small model."""
-    argv = ["--batch", _join(sizes.batches), "--prompts", _join(sizes.prompts), "--amg", str(sizes.amg_points)]
-    return _bench(sizes.small_model, [*argv, "--repeats", str(sizes.repeats), "--row-budget", "20"], sizes, work)
+def section_encoder_b(sizes: Sizes, work: Path) -> dict[str, Any]:
+    """The small model's encoder at each batch size."""
+    argv = ["--batch", _join(sizes.batches), "--skip", "decoder,end-to-end,amg"]
+    return _bench("encoder_b", sizes.small_model, argv, sizes, work)
 
 
-def section_vit_h(sizes: Sizes, work: Path) -> dict[str, Any]:
-    """The large model's encoder (its decoder and AMG are the small model's, but wider)."""
-    argv = ["--batch", _join(sizes.batches), "--prompts", "1", "--skip", "amg", "--repeats", str(sizes.repeats)]
-    return _bench(sizes.large_model, [*argv, "--row-budget", "20"], sizes, work)
+def section_encoder_h(sizes: Sizes, work: Path) -> dict[str, Any]:
+    """The large model's encoder at each batch size."""
+    argv = ["--batch", _join(sizes.batches), "--skip", "decoder,end-to-end,amg"]
+    return _bench("encoder_h", sizes.large_model, argv, sizes, work)
+
+
+def section_amg(sizes: Sizes, work: Path) -> dict[str, Any]:
+    """Segment everything (encoding included) on the small model; ours fp32 / bf16 and the official fp32."""
+    argv = ["--batch", "1", "--amg", str(sizes.amg_points), "--skip", "encoder,decoder,end-to-end"]
+    return _bench("amg", sizes.small_model, argv, sizes, work)
+
+
+def section_decoder(sizes: Sizes, work: Path) -> dict[str, Any]:
+    """The small model's decoder at each prompt count, then set_image + one predict."""
+    argv = ["--batch", "1", "--prompts", _join(sizes.prompts), "--skip", "encoder,amg"]
+    return _bench("decoder", sizes.small_model, argv, sizes, work)
 
 
 def section_train(sizes: Sizes, work: Path) -> dict[str, Any]:
@@ -295,8 +314,8 @@ def section_attention(sizes: Sizes, work: Path) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from eval.parity import relative_error
-    from eval.speed_env import analyse, blocking, time_interleaved
+    from eval.bench.env import analyse, blocking, time_interleaved
+    from eval.parity.stages import relative_error
     from samhq_jax import image_encoder
     from samhq_jax.config import SamHQConfig
 
@@ -347,15 +366,26 @@ SECTIONS: dict[str, Callable[[Sizes, Path], dict[str, Any]]] = {
     "environment": section_environment,
     "peak": section_peak,
     "parity": section_parity,
-    "vit_b": section_vit_b,
-    "vit_h": section_vit_h,
+    "encoder_b": section_encoder_b,
+    "amg": section_amg,
+    "encoder_h": section_encoder_h,
     "train": section_train,
     "attention": section_attention,
+    "decoder": section_decoder,
 }
-# Seconds a section may take at most (real sizes), and the least it is started with.
-SECTION_CAPS_S = {"environment": 60, "peak": 60, "parity": 120, "vit_b": 240, "vit_h": 180, "train": 150}
-SECTION_CAPS_S["attention"] = 120
+BENCH_SECTIONS = ("encoder_b", "encoder_h", "amg", "decoder")  # samhq-bench's speed.json each
+# Seconds a section may take at most (real sizes, a fresh GPU machine: XLA compiles and autotunes
+# every program first; the 2026-12-04 H200 run took 123 s for parity, ~100 s for the vit_b encoders).
+SECTION_CAPS_S = {"environment": 60, "peak": 60, "parity": 180, "encoder_b": 150, "amg": 150, "encoder_h": 200}
+SECTION_CAPS_S |= {"train": 180, "attention": 150, "decoder": 180}
 MIN_START_S = 20.0
+
+
+def section_file(work: Path, name: str) -> Path:
+    """Where a section's figures are: ``work/NAME.json``, or, for a bench section cut short, the
+    ``speed.json`` its finished stages left (marked partial)."""
+    done = work / f"{name}.json"
+    return done if done.exists() or name not in BENCH_SECTIONS else work / name / "speed.json"
 
 
 def save_section(work: Path, name: str, result: dict[str, Any]) -> None:
@@ -407,7 +437,7 @@ def run_sections(names: list[str], smoke: bool, budget_s: float, work: Path, log
             print(f"{PROG}: {name} (at most {timeout:.0f} s) ...", file=sys.stderr, flush=True)
             out.write(f"\n===== {name} =====\n")
             out.flush()
-            argv = [sys.executable, "-m", "eval.device_suite", "--section", name, "--work", str(work)]
+            argv = [sys.executable, "-m", "eval.bench.device_suite", "--section", name, "--work", str(work)]
             started = time.monotonic()
             try:
                 proc = subprocess.run(
@@ -425,7 +455,7 @@ def run_sections(names: list[str], smoke: bool, budget_s: float, work: Path, log
             seconds = time.monotonic() - started
             out.write(text)
             out.flush()
-            if code == 0 and not json.loads((work / f"{name}.json").read_text()).get("partial"):
+            if code == 0 and not json.loads(section_file(work, name).read_text()).get("partial"):
                 outcomes.append(Outcome(name, "ok", seconds))
             else:
                 why = f"timed out after {timeout:.0f} s" if code is None else f"exit {code}"
@@ -505,7 +535,7 @@ def headline(results: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str,
             )
         )
     big = max(sizes.batches)
-    for model, key in ((sizes.small_model, "vit_b"), (sizes.large_model, "vit_h")):
+    for model, key in ((sizes.small_model, "encoder_b"), (sizes.large_model, "encoder_h")):
         enc = _rows(results.get(key), "encoder")
         ours = _find(enc, "ours-bf16", big)
         frac = _peak_fraction(ours, peak_flops)
@@ -526,7 +556,7 @@ def headline(results: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str,
                 _verdict(ratio, ENCODER_OFFICIAL_BAR, True),
             )
         )
-    amg = _rows(results.get("vit_b"), "amg")
+    amg = _rows(results.get("amg"), "amg")
     official_amg = _find(amg, "official-fp32", sizes.amg_points)
     for impl in ("ours-fp32", "ours-bf16"):
         ours = _find(amg, impl, sizes.amg_points)
@@ -562,7 +592,7 @@ def stage_tables(results: dict[str, Any], sizes: Sizes) -> list[str]:
     peak_flops = (results.get("peak") or {}).get("bf16_peak_tflops", 0) * 1e12 or None
     out: list[str] = []
     enc_rows = []
-    for key in ("vit_b", "vit_h"):
+    for key in ("encoder_b", "encoder_h"):
         bench = results.get(key)
         if not bench:
             continue
@@ -587,8 +617,10 @@ def stage_tables(results: dict[str, Any], sizes: Sizes) -> list[str]:
         head = ("model", "batch", "implementation", "ms", "images/s", "% bf16 peak", "x off. fp32", "x off. bf16")
         out += ["", "Encoder:", "", *_table((*head, "memory MiB", "compile s"), enc_rows)]
     other = []
-    for key in ("vit_b", "vit_h"):
+    for key in ("decoder", "amg"):
         bench = results.get(key)
+        if not bench:
+            continue
         for kind in ("decoder", "end_to_end", "amg"):
             for r in _rows(bench, kind):
                 other.append(
@@ -656,8 +688,8 @@ def run_suite(output: Path, smoke: bool, budget_s: float, names: list[str]) -> i
         work = Path(tmp)
         outcomes = run_sections(names, smoke, budget_s, work, output / "device_suite.log")
         # a section cut short may have saved its figures so far (``"partial": true``)
-        saved = [o.name for o in outcomes if (work / f"{o.name}.json").exists()]
-        results = {name: json.loads((work / f"{name}.json").read_text()) for name in saved}
+        saved = [o.name for o in outcomes if section_file(work, o.name).exists()]
+        results = {name: json.loads(section_file(work, name).read_text()) for name in saved}
     text = report(results, outcomes, sizes, smoke)
     payload = {
         "smoke": smoke,
@@ -677,7 +709,7 @@ def run_suite(output: Path, smoke: bool, budget_s: float, names: list[str]) -> i
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from samhq_jax.cli import OneLineParser
+    from samhq_jax.cmdkit.args import OneLineParser
 
     p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--output", help="folder for device_suite.json / .md / .log (default $OUT, else ./device_suite)")

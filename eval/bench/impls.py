@@ -30,9 +30,9 @@ from samhq_jax.config import SamHQConfig
 from samhq_jax.predictor import SamHQPredictor, compiled_model
 from samhq_jax.transforms import apply_boxes
 
-# --skip names: whole implementations, every bf16 row, or one side's bf16 rows (the official's
+# --skip names: whole implementations, every bf16 row, one side's bf16 rows (the official's
 # autocast on a CPU without bf16 instructions can take minutes per image).
-SKIPPABLE = ("official", "hf", "bf16", "ours-bf16", "official-bf16", "amg")
+SKIPPABLE = ("official", "hf", "bf16", "ours-bf16", "official-bf16", "encoder", "decoder", "end-to-end", "amg")
 
 
 @dataclasses.dataclass

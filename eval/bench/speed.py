@@ -142,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=_positive, help=f"timed calls per row (default {DEFAULTS['repeats']})")
     p.add_argument("--warmup", type=_positive, default=1, help="untimed calls first, the first included (default 1)")
-    p.add_argument("--skip", default="", help=f"comma-separated rows to leave out: {', '.join(SKIPPABLE)}")
+    p.add_argument("--skip", default="", help=f"comma-separated rows or stages to leave out: {', '.join(SKIPPABLE)}")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny_b, 2 repeats, prompts 1,16, batch 1")
     p.add_argument("--output", help="folder for speed.md and speed.json")
     p.add_argument("--peak-gflops", type=float, help="the device's peak GFLOP/s (default: known GPU, or measured)")
@@ -419,11 +419,19 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     with quiet_warnings():
         bench = Bench(args)
-        bench.encoders()
-        bench.decoders()
-        bench.end_to_end()
-        if "amg" not in args.skip:
-            bench.amg()
+        for name, stage in (
+            ("encoder", bench.encoders),
+            ("decoder", bench.decoders),
+            ("end-to-end", bench.end_to_end),
+            ("amg", bench.amg),
+        ):
+            if name in args.skip:
+                continue
+            stage()
+            if out is not None:  # the stages so far, kept should a later one be cut short
+                bench.ratios()
+                partial = {**bench.result(None), "partial": True}
+                (out / "speed.json").write_text(json.dumps(partial, indent=2) + "\n")
         bench.ratios()
         cold = bench.cold(out or Path(_tempdir())) if args.cold else None
     result = bench.result(cold)
