@@ -108,9 +108,10 @@ class PromptEncoder(nn.Module):
         emb = self._pe_pixels(points)
         lab = labels[..., None]
         emb = jnp.where(lab == LABEL_NOT_A_POINT, self.not_a_point_embed.astype(jnp.float32), emb)
-        emb = jnp.where(lab == LABEL_PAD, 0.0, emb)
-        emb = emb + jnp.where(lab == LABEL_NEGATIVE, self.point_embeddings[0].astype(jnp.float32), 0.0)
-        return emb + jnp.where(lab == LABEL_POSITIVE, self.point_embeddings[1].astype(jnp.float32), 0.0)
+        zero = jnp.zeros((), jnp.float32)  # not a Python 0.0: that is a float64 constant under jax_enable_x64
+        emb = jnp.where(lab == LABEL_PAD, zero, emb)
+        emb = emb + jnp.where(lab == LABEL_NEGATIVE, self.point_embeddings[0].astype(jnp.float32), zero)
+        return emb + jnp.where(lab == LABEL_POSITIVE, self.point_embeddings[1].astype(jnp.float32), zero)
 
     def embed_boxes(self, boxes: jax.Array) -> jax.Array:
         """``(..., 4)`` xyxy pixel boxes -> ``(..., 2, C)`` float32 corner tokens."""
