@@ -704,7 +704,7 @@ def run_suite(output: Path, smoke: bool, budget_s: float, names: list[str]) -> i
     }
     (output / "device_suite.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     (output / "device_suite.md").write_text(text)
-    print(text)
+    print(text, end="")
     return 0 if all(o.status == "ok" for o in outcomes) else 1
 
 
