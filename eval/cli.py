@@ -10,9 +10,14 @@ SAM vs HQ side by side, with the official protocol (:mod:`eval.protocol`).
 Written to ``--output``: ``per_image.csv`` (``dataset,image,iou_hq,biou_hq,iou_samhq,biou_samhq,
 iou_sam,biou_sam``, IoUs in [0, 1], scored images only), ``summary.json`` (per dataset: count,
 skipped, mIoU / mBIoU per output in percent, data problems; ``"mean"`` over datasets; ``"run"``: the
-checkpoints and what the SAM row is), ``summary.md`` (the paper's table layout; with ``--paper`` the
-paper's numbers and the differences) and ``pictures/`` (the ``--pictures`` images where HQ gains
-least and most over SAM).
+checkpoints, what the SAM row is, the matmul ``precision`` and compute ``dtype``), ``summary.md``
+(the paper's table layout; with ``--paper`` the paper's numbers and the differences) and
+``pictures/`` (the ``--pictures`` images where HQ gains least and most over SAM).
+
+``--precision`` (``highest``, the default: full float32 on every device, so the numbers do not
+depend on it; ``default``: the device's TF32 / bf16 matmul passes) and ``--dtype`` (``float32``,
+the default, or ``bfloat16``) reach every compiled call (:mod:`samhq_jax.precision`); both are
+recorded in ``summary.json`` and the header of ``summary.md``.
 
 Without ``--sam-checkpoint`` the SAM row is the HQ checkpoint's own SAM decoder with the HQ token
 left out. Bad data (a dataset folder that cannot be listed, an unreadable file, an image / mask size
@@ -34,6 +39,7 @@ from tqdm import tqdm
 from samhq_jax.cmdkit.args import CHECKPOINT_HELP, command_parser, docstring_help
 from samhq_jax.cmdkit.guard import doing, run_guarded
 from samhq_jax.datasets import HQSEG_LAYOUT, HQSEG_VAL
+from samhq_jax.precision import DTYPES, EVALUATION, PRECISIONS
 
 if TYPE_CHECKING:
     from samhq_jax.checkpoint import LoadedWeights
@@ -73,6 +79,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", choices=("vit_b", "vit_l", "vit_h"), help="add the paper's numbers for this backbone")
     p.add_argument(
         "--pictures", type=_count(0), default=5, help="pictures of the N worst and N best images (default 5)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=EVALUATION.precision,
+        help=f"matmul / convolution precision (default {EVALUATION.precision}: full float32 on any device; "
+        "default: the device's fast path, TF32 / bf16 passes)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default=EVALUATION.dtype,
+        help=f"compute dtype of the model (default {EVALUATION.dtype})",
     )
     return p
 
@@ -137,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     from samhq_jax.checkpoint import untrained_hq_message
     from samhq_jax.config import SamHQConfig
     from samhq_jax.datasets import FG_THRESHOLD
+    from samhq_jax.precision import Policy
 
+    policy = Policy(args.precision, args.dtype)
     pairs, dataset_errors = _datasets(args)
     for name, message in dataset_errors.items():
         print(f"{PROG}: {name}: not evaluated: {message}", file=sys.stderr)
@@ -154,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--sam-checkpoint has img_size {sam.config.img_size}, the checkpoint {config.img_size}")
     params = jax.device_put(weights.params)  # once, for every dataset and the pictures
     sam_kwargs = {} if sam is None else {"sam_params": jax.device_put(sam.params), "sam_config": sam.config}
+    sam_kwargs["policy"] = policy
 
     records = []
     for name, found in pairs.items():
@@ -170,8 +192,9 @@ def run(args: argparse.Namespace) -> int:
         "sam_checkpoint": args.sam_checkpoint,
         "img_size": config.img_size,
         "limit": args.limit,
+        **policy.as_dict(),
     }
-    markdown = report.summary_markdown(summary, args.checkpoint, args.sam_checkpoint, args.paper)
+    markdown = report.summary_markdown(summary, args.checkpoint, args.sam_checkpoint, args.paper, policy)
     report.write_outputs(out, records, summary, run_info, markdown)
 
     picks = report.pick_extremes(records, args.pictures)

@@ -24,6 +24,8 @@ binarised at 128 and the fact recorded (:class:`ImageRecord`).
 
     records = evaluate_pairs(config, params, folder_pairs(Path("my_set")), batch_size=4)
     summary = summarize(records)   # {"my_set": {"count": .., "hq": {"miou": .., "mbiou": ..}, ..}, "mean": ..}
+    # the device's fast matmul path and bf16 compute (default Policy("highest", "float32"): samhq_jax.precision)
+    fast = evaluate_pairs(config, params, pairs, policy=Policy(precision="default", dtype="bfloat16"))
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from tqdm import tqdm
 from eval.metrics import binary_iou, mask_to_boundary
 from samhq_jax.config import SamHQConfig
 from samhq_jax.datasets import FG_THRESHOLD, DatasetError, Pair, is_empty_box, label_to_box, read_image, read_mask
+from samhq_jax.precision import EVALUATION, Policy
 from samhq_jax.sam_hq import SamHQ
 from samhq_jax.transforms import MASK_THRESHOLD, normalize_and_pad, resize_bilinear
 
@@ -133,10 +136,13 @@ def _load(pair: Pair, size: int) -> tuple[ImageRecord, _Sample | None]:
 
 # ---- model -------------------------------------------------------------------------------------------
 @functools.cache
-def _forward(config: SamHQConfig, sam_config: SamHQConfig, separate_sam_encoder: bool) -> Any:
+def _forward(
+    config: SamHQConfig, sam_config: SamHQConfig, separate_sam_encoder: bool, policy: Policy = EVALUATION
+) -> Any:
     """Jitted ``(params, sam_params, images (B, S, S, 3), boxes (B, 1, 4)) -> (B, 3, 4G, 4G)`` float32
-    low-res logits in :data:`OUTPUTS` order. Cached per structure so repeated validations reuse it."""
-    model, sam_model = SamHQ(config), SamHQ(sam_config)
+    low-res logits in :data:`OUTPUTS` order, computed in ``policy.dtype`` with every dot at
+    ``policy.precision``. Cached per structure and policy so repeated validations reuse it."""
+    model, sam_model = SamHQ(config, dtype=policy.compute_dtype), SamHQ(sam_config, dtype=policy.compute_dtype)
 
     def forward(params: Any, sam_params: Any, images: jax.Array, boxes: jax.Array) -> jax.Array:
         emb = model.apply({"params": params}, images, method=SamHQ.embed_image)
@@ -147,9 +153,21 @@ def _forward(config: SamHQConfig, sam_config: SamHQConfig, separate_sam_encoder:
             sam_model.apply({"params": sam_params}, images, method=SamHQ.embed_image) if separate_sam_encoder else emb
         )
         sam, _ = sam_model.apply({"params": sam_params}, sam_emb, boxes=boxes, sam_only=True, method=SamHQ.decode)
-        return jnp.concatenate([hq, samhq, sam], axis=2)[:, 0]
+        return jnp.concatenate([hq, samhq, sam], axis=2)[:, 0].astype(jnp.float32)
 
-    return jax.jit(forward)
+    return jax.jit(policy.wrap(forward))
+
+
+def compiled_forward(
+    config: SamHQConfig,
+    sam_config: SamHQConfig | None = None,
+    separate_sam_encoder: bool = False,
+    policy: Policy = EVALUATION,
+) -> Any:
+    """The evaluation's one compiled call (what :func:`evaluate_pairs` runs per batch):
+    ``(params, sam_params, images (B, S, S, 3) float32, boxes (B, 1, 4)) -> (B, 3, 4G, 4G)`` float32
+    logits of :data:`OUTPUTS`, under ``policy`` (:mod:`samhq_jax.precision`)."""
+    return _forward(config, config if sam_config is None else sam_config, separate_sam_encoder, policy)
 
 
 def same_image_encoder(config: SamHQConfig, params: Any, sam_config: SamHQConfig, sam_params: Any) -> bool:
@@ -207,6 +225,7 @@ def evaluate_pairs(
     sam_config: SamHQConfig | None = None,
     keep_masks: bool = False,
     desc: str | None = None,
+    policy: Policy = EVALUATION,
 ) -> list[ImageRecord]:
     """Score ``pairs`` with the benchmark protocol; one :class:`ImageRecord` per pair, in order.
 
@@ -223,6 +242,9 @@ def evaluate_pairs(
       keep_masks: also keep the ``(H, W)`` bool masks in each record (for pictures; memory grows
         with the number of pairs).
       desc: tqdm progress-bar label; None hides the bar.
+      policy: matmul precision and compute dtype (:class:`~samhq_jax.precision.Policy`); default
+        :data:`~samhq_jax.precision.EVALUATION`, ``highest`` / ``float32``: the paper's protocol,
+        the same numbers on any device.
 
     Returns:
       Records with ``iou`` / ``biou`` per output in [0, 1], or ``skipped`` with the reason.
@@ -236,7 +258,7 @@ def evaluate_pairs(
         )
     params = jax.device_put(params)
     sam_params = params if sam_params is None else jax.device_put(sam_params)
-    forward = _forward(config, sam_config, not same_image_encoder(config, params, sam_config, sam_params))
+    forward = _forward(config, sam_config, not same_image_encoder(config, params, sam_config, sam_params), policy)
     size = config.img_size
     records: list[ImageRecord] = []
     pending = None

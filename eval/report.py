@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from eval.metrics import mask_to_boundary
 from eval.protocol import OUTPUTS, ImageRecord
 from samhq_jax.cmdkit.overlay import overlay
+from samhq_jax.precision import EVALUATION, Policy
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 CSV_COLUMNS = ("dataset", "image", *(f"{m}_{o}" for o in OUTPUTS for m in ("iou", "biou")))
@@ -66,17 +67,24 @@ def sam_label(sam_checkpoint: str | None) -> str:
 
 
 def summary_markdown(
-    summary: Mapping[str, dict], checkpoint: str, sam_checkpoint: str | None = None, paper_model: str | None = None
+    summary: Mapping[str, dict],
+    checkpoint: str,
+    sam_checkpoint: str | None = None,
+    paper_model: str | None = None,
+    policy: Policy = EVALUATION,
 ) -> str:
     """``summary.md``: one row per output, one column per dataset plus the average, cells "mIoU / mBIoU"
     (the paper's layout); with ``paper_model`` (``vit_b``, ``vit_l``, ``vit_h``) the paper's rows and
-    ours minus the paper's. The paper's average is compared only when exactly its four sets were scored."""
+    ours minus the paper's. The paper's average is compared only when exactly its four sets were scored.
+    The header names the ``policy`` (matmul precision, compute dtype) the numbers were computed with."""
     names = [n for n in summary if n != "mean"]
     titles = {**ROW_TITLES, "sam": ROW_TITLES["sam"] if sam_checkpoint else SAM_TOKEN_TITLE}
     lines = [
         "# SAM-HQ evaluation",
         "",
         f"Checkpoint: `{checkpoint}`. SAM row: {sam_label(sam_checkpoint)}.",
+        "",
+        f"Numerics: {policy.describe()}.",
         "",
         "Official HQ protocol: image and label resized to the model's input square, box prompt from the "
         "label, single-mask output, logits resized to the label's size; mIoU / mBIoU in percent.",

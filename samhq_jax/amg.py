@@ -11,6 +11,11 @@ masked out), and the official filters run on the device in a second compiled cal
 (:func:`samhq_jax.amg_ops.filter_batch`). Masks reach the host bit-packed (8x smaller); only the survivors are kept.
 Box NMS within and across crops and the small-region clean-up follow the official code
 (:mod:`samhq_jax.amg_ops`).
+
+Precision and dtype: the generator has no setting of its own; every encode and decode is its
+predictor's, so it runs under the predictor's :class:`~samhq_jax.precision.Policy`
+(``predictor.policy``; ``SamHQPredictor(..., precision="highest", dtype="float32")`` by default,
+see :mod:`samhq_jax.precision`). The filters run in float32 and do no matmul.
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ class SamHQAutomaticMaskGenerator:
 
     Args:
       predictor: a :class:`SamHQPredictor` (its image is replaced by each crop while generating,
-        and reset after).
+        and reset after); its ``policy`` (precision, dtype) is the generator's.
       points_per_side: points along a side of the grid (``points_per_side^2`` in all); None when
         ``point_grids`` are given.
       points_per_batch: points decoded per compiled call.

@@ -1,7 +1,7 @@
 """``SamHQModel``: the Hugging Face model API (``transformers.SamHQModel``) over :class:`SamHQ`.
 
 An adapter, not a second model: the call runs the jitted :meth:`SamHQ.embed_image` and
-:meth:`SamHQ.decode` that :class:`SamHQPredictor` uses (shared per config and dtype) and translates
+:meth:`SamHQ.decode` that :class:`SamHQPredictor` uses (shared per config, dtype and precision) and translates
 Hugging Face's layouts (NCHW pixels and embeddings) and output semantics:
 
 * ``multimask_output=True`` (the default, as in ``transformers``): three masks per prompt, SAM's
@@ -29,6 +29,7 @@ import numpy as np
 from samhq_jax.checkpoint import load_pretrained
 from samhq_jax.config import SamHQConfig
 from samhq_jax.hf_processor import HF_LABELS, jax_device
+from samhq_jax.precision import LIBRARY, Policy
 from samhq_jax.predictor import compiled_model
 from samhq_jax.sam_hq import ImageEmbeddings
 from samhq_jax.transforms import untorch
@@ -63,19 +64,27 @@ class SamHQModel:
     """SAM-HQ with ``transformers``' call signature.
 
     ``model = SamHQModel.from_pretrained(path)`` then ``model(**processor(image, ...))``.
-    ``config`` is our :class:`SamHQConfig`; ``params`` the parameter pytree.
+    ``config`` is our :class:`SamHQConfig`; ``params`` the parameter pytree; ``policy`` the
+    :class:`~samhq_jax.precision.Policy` of ``dtype`` (``float32`` / ``bfloat16``) and ``precision``
+    (``"highest"`` / ``"default"``) every call runs under (default ``highest`` / ``float32``, as
+    :class:`SamHQPredictor`; bad values raise a one-line ``ValueError``).
     """
 
     def __init__(
-        self, config: SamHQConfig, params: dict, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+        self,
+        config: SamHQConfig,
+        params: dict,
+        dtype: jnp.dtype | str = jnp.float32,
+        precision: str = LIBRARY.precision,
     ) -> None:
         self.config = config
         self.params = params
-        self.module, self._embed, self._decode = compiled_model(config, dtype, precision)
+        self.policy = Policy(precision, dtype)
+        self.module, self._embed, self._decode = compiled_model(config, self.policy.dtype, self.policy.precision)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+        cls, path: str | os.PathLike, dtype: jnp.dtype | str = jnp.float32, precision: str = LIBRARY.precision
     ) -> SamHQModel:
         """A hub id (through the local hub cache), an HF folder, an official checkpoint or ours;
         ``dtype`` and ``precision`` as for :meth:`SamHQPredictor.from_pretrained`."""

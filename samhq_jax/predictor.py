@@ -34,6 +34,7 @@ import numpy as np
 
 from samhq_jax.checkpoint import load_pretrained
 from samhq_jax.config import SamHQConfig
+from samhq_jax.precision import LIBRARY, Policy, at_precision, check_dtype, check_precision
 from samhq_jax.prompt_encoder import LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_POSITIVE
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
 from samhq_jax.transforms import (
@@ -94,40 +95,33 @@ def full_masks(
     return full if return_logits else full > MASK_THRESHOLD
 
 
-PRECISIONS = ("default", "high", "highest")
-
-
 def compiled_model(
-    config: SamHQConfig, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+    config: SamHQConfig, dtype: jnp.dtype | str = jnp.float32, precision: str = LIBRARY.precision
 ) -> tuple[SamHQ, Callable, Callable]:
     """The Flax module with its jitted ``embed_image`` (HQ features included, computed once per image)
     and ``decode``, shared by every predictor of one ``(config, dtype, precision)``: a prompt
     signature compiles once per process, not once per predictor.
 
-    ``precision`` is the matmul / convolution precision of every dot in both
-    (``jax.default_matmul_precision``): ``"highest"`` is full float32, as PyTorch computes float32
+    ``dtype`` (``float32`` / ``bfloat16``, a name or a dtype) and ``precision`` (``"highest"`` /
+    ``"default"``) follow the one policy of :mod:`samhq_jax.precision`: ``precision`` is the
+    matmul / convolution precision of every dot in both (``jax.default_matmul_precision`` inside
+    the jit); ``"highest"`` (the library default) is full float32, as PyTorch computes float32
     (use it for parity); ``"default"`` lets GPUs and TPUs use TF32 / bf16 passes (faster, errors
-    near 1e-3). On CPU both are full float32.
+    near 1e-3). On CPU both are full float32. Other values raise a one-line ``ValueError``.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return _compile(config, jnp.dtype(dtype), precision)
+    return _compile(config, check_dtype(dtype), check_precision(precision))
 
 
 @lru_cache(maxsize=16)
 def _compile(config: SamHQConfig, dtype: jnp.dtype, precision: str) -> tuple[SamHQ, Callable, Callable]:
     model = SamHQ(config, dtype=dtype)
 
-    def at_precision(method: Callable, **fixed: Any) -> Callable:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            with jax.default_matmul_precision(precision):
-                return model.apply(*args, method=method, **fixed, **kwargs)
+    def method(fn: Callable, **fixed: Any) -> Callable:
+        return at_precision(lambda *args, **kwargs: model.apply(*args, method=fn, **fixed, **kwargs), precision)
 
-        return run
-
-    embed = jax.jit(at_precision(SamHQ.embed_image, hq_features=True))
+    embed = jax.jit(method(SamHQ.embed_image, hq_features=True))
     decode = jax.jit(
-        at_precision(SamHQ.decode),
+        method(SamHQ.decode),
         static_argnames=("multimask_output", "hq_token_only", "sam_only", "all_multimask"),
     )
     return model, embed, decode
@@ -141,25 +135,33 @@ class SamHQPredictor:
       transform: ``ResizeLongestSide(config.img_size)``, the official ``predictor.transform``.
       original_size / input_size: ``(H, W)`` of the image set, and of it resized into the model's
         input frame (longest side ``config.img_size``); None before an image is set.
+      policy: the :class:`~samhq_jax.precision.Policy` (``precision``, ``dtype``) every compiled call
+        runs under; default :data:`~samhq_jax.precision.LIBRARY` (``highest`` / ``float32``).
     """
 
     def __init__(
-        self, config: SamHQConfig, params: dict, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+        self,
+        config: SamHQConfig,
+        params: dict,
+        dtype: jnp.dtype | str = jnp.float32,
+        precision: str = LIBRARY.precision,
     ) -> None:
         self.config = config
         self.params = params
-        self.model, self._embed, self._decode = compiled_model(config, dtype, precision)
+        self.policy = Policy(precision, dtype)
+        self.model, self._embed, self._decode = compiled_model(config, self.policy.dtype, self.policy.precision)
         self.transform = ResizeLongestSide(config.img_size)
         self.reset_image()
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, dtype: jnp.dtype = jnp.float32, precision: str = "highest"
+        cls, path: str | os.PathLike, dtype: jnp.dtype | str = jnp.float32, precision: str = LIBRARY.precision
     ) -> SamHQPredictor:
         """Anything :func:`samhq_jax.load_pretrained` accepts.
 
-        ``dtype``: compute dtype (``jnp.bfloat16``: bf16 matmuls, float32 parameters, softmax and
-        LayerNorm statistics); ``precision``: see :func:`compiled_model`.
+        ``dtype``: compute dtype, ``float32`` or ``bfloat16`` (by name or ``jnp.bfloat16``: bf16
+        matmuls, float32 parameters, softmax and LayerNorm statistics); ``precision``:
+        ``"highest"`` (default) or ``"default"``, see :func:`compiled_model`.
         """
         config, params = load_pretrained(path)
         return cls(config, params, dtype=dtype, precision=precision)

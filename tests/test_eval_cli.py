@@ -120,10 +120,12 @@ def test_tiny_outputs_and_bad_data(tiny_checkpoint, tmp_path, capsys) -> None:
     u = summary["unlisted"]
     assert (u["count"], u["skipped"], set(u["problems"]), u["hq"]["miou"]) == (0, 1, {"im0"}, None)
     assert "SAM decoder, HQ token left out" in summary["run"]["sam"]
+    assert (summary["run"]["precision"], summary["run"]["dtype"]) == ("highest", "float32")  # the defaults
 
     md = (out / "summary.md").read_text()
     assert "| model | good | unlisted | avg |" in md and "## Data problems" in md
     assert "| SAM (SAM token of the HQ checkpoint) |" in md
+    assert "Numerics: matmul precision highest, compute dtype float32." in md
     assert f"| HQ-SAM (HQ token) | {g['hq']['miou']:.2f} / {g['hq']['mbiou']:.2f} | - |" in md
     pictures = sorted(p.name for p in (out / "pictures").iterdir())
     assert len(pictures) == 2 and pictures[0].startswith("best01_good_") and pictures[1].startswith("worst01_good_")

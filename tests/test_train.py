@@ -181,6 +181,10 @@ def test_training_moves_only_the_trainable_subtree(setup, tmp_path) -> None:
     val = [r for r in records if "val/val/hq_miou" in r]
     assert len(val) == 1 and 0 <= val[0]["val/val/hq_miou"] <= 100
     assert list((out / "tb").glob("events.out.tfevents.*"))
+    run = json.loads((out / "run.json").read_text())  # the settings, numerics at their defaults
+    numerics = {"precision": "default", "dtype": "float32"}
+    assert run["numerics"] == {**numerics, "validation": numerics}
+    assert run["settings"]["trainable"] == "hq" and run["start_step"] == 0
     config, params = load_pretrained(out / "final")  # no warning: the HQ part is trained now
     assert config == SamHQConfig.preset(PRESET)
     np.testing.assert_array_equal(params["mask_decoder"]["hq_token"], end["mask_decoder/hq_token"])

@@ -13,7 +13,10 @@
 Defaults are the official recipe: Adam lr 1e-3, x0.1 after epoch 10 of 12, global batch 32, HQ
 parameters trained, everything else frozen. Writes ``OUTPUT/metrics.jsonl`` (and TensorBoard events
 when tensorboardX is installed), ``OUTPUT/checkpoints/`` and ``OUTPUT/final/`` (a model directory
-``samhq predict`` / ``samhq-eval`` / ``samhq-convert`` take, plus ``hq_only.safetensors``).
+``samhq predict`` / ``samhq-eval`` / ``samhq-convert`` take, plus ``hq_only.safetensors``) and
+``OUTPUT/run.json`` (every setting). ``--precision`` (``default``, the default, or ``highest``)
+is the matmul precision of the step and its validation; ``--dtype`` (``float32``, the default, or
+``bfloat16``; ``--encoder-dtype`` is the same flag) the frozen image encoder's compute dtype.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from pathlib import Path
 from samhq_jax.cmdkit.args import CHECKPOINT_HELP, command_parser, docstring_help
 from samhq_jax.cmdkit.guard import run_guarded
 from samhq_jax.datasets import HQSEG_TRAIN
+from samhq_jax.precision import DTYPES, PRECISIONS, TRAINING
 from train.loop import OUTPUT_MASKS, TrainConfig, train
-from train.step import ENCODER_DTYPES
 
 PROG = "samhq-train"
 
@@ -57,7 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--trainable", default="hq", help="hq (default) | decoder | all | a regex over parameter paths")
     p.add_argument("--output-mask", default="hq", choices=OUTPUT_MASKS, help="output trained (sam: a stand-in SAM)")
-    p.add_argument("--encoder-dtype", default="float32", choices=tuple(ENCODER_DTYPES))
+    p.add_argument(
+        "--precision",
+        default=TRAINING.precision,
+        choices=PRECISIONS,
+        help=f"matmul precision of the step and its validation (default {TRAINING.precision}: the device's fast "
+        "path, TF32 / bf16 passes; highest: full float32)",
+    )
+    p.add_argument(
+        "--dtype",
+        "--encoder-dtype",
+        dest="dtype",
+        default=TRAINING.dtype,
+        choices=tuple(DTYPES),
+        help=f"compute dtype of the frozen image encoder (default {TRAINING.dtype}; --encoder-dtype: the same flag)",
+    )
     p.add_argument("--save-every", type=int, help="steps between checkpoints (default: one epoch)")
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")

@@ -8,7 +8,13 @@ continues from the latest, and because the input pipeline is a pure function of 
 (:mod:`train.data`) the run ends with the parameters of an uninterrupted one. A non-finite loss
 stops the run with its step number before anything is saved after it.
 
-Only process 0 writes logs and the final model; every process takes part in the checkpoint saves.
+Numerics (:mod:`samhq_jax.precision`): ``precision`` (default ``"default"``, the numerics the step
+always had; ``"highest"``: full float32 on GPUs / TPUs too) applies to every dot of the step and of
+its validation; ``dtype`` (default ``float32``) is the frozen image encoder's compute dtype, the
+validation computes in float32. ``OUTPUT/run.json`` records every setting, these included.
+
+Only process 0 writes logs, ``run.json`` and the final model; every process takes part in the
+checkpoint saves.
 """
 
 from __future__ import annotations
@@ -33,10 +39,10 @@ from samhq_jax.checkpoint import read_weights, save_checkpoint
 from samhq_jax.config import SamHQConfig
 from samhq_jax.datasets import HQSEG_TRAIN, Pair, folder_pairs, hqseg_pairs
 from samhq_jax.hq_params import is_hq_path, merge_params
+from samhq_jax.precision import TRAINING, Policy
 from samhq_jax.sam_hq import init_params
 from train import data as train_data
 from train.step import (
-    ENCODER_DTYPES,
     global_batch,
     init_state,
     jit_train_step,
@@ -77,7 +83,8 @@ class TrainConfig:
     seed: int = 42
     trainable: str = "hq"  # hq | decoder | all | a regex over parameter paths
     output_mask: str = "hq"  # trained output: "hq" (official) or "sam" (pre-training a stand-in SAM)
-    encoder_dtype: str = "float32"  # compute dtype of the frozen image encoder
+    precision: str = TRAINING.precision  # matmul precision of the step and its validation: default | highest
+    dtype: str = TRAINING.dtype  # compute dtype of the frozen image encoder (--dtype, alias --encoder-dtype)
     save_every: int | None = None  # steps between checkpoints (default: one epoch)
     keep: int = 3  # checkpoints kept
     resume: bool = False
@@ -94,8 +101,11 @@ class TrainConfig:
             raise ValueError("give training data: --data DIR (repeatable) or --data-root ROOT")
         if self.output_mask not in OUTPUT_MASKS:
             raise ValueError(f"output_mask must be one of {OUTPUT_MASKS}, got {self.output_mask!r}")
-        if self.encoder_dtype not in ENCODER_DTYPES:
-            raise ValueError(f"--encoder-dtype must be one of {', '.join(ENCODER_DTYPES)}")
+        try:
+            policy = Policy(self.precision, self.dtype)
+        except ValueError as err:
+            raise ValueError(f"--{err}") from None  # "--precision must be one of highest, default; got .."
+        object.__setattr__(self, "dtype", policy.dtype)  # by name (jnp.bfloat16 -> "bfloat16")
         for name in ("epochs", "batch_size", "log_every", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -103,6 +113,18 @@ class TrainConfig:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
+
+    @property
+    def policy(self) -> Policy:
+        """The step's :class:`~samhq_jax.precision.Policy`: ``precision`` for every dot, ``dtype`` the
+        frozen encoder's compute dtype."""
+        return Policy(self.precision, self.dtype)
+
+    @property
+    def validation_policy(self) -> Policy:
+        """Validation: the run's precision, the whole model in float32 (the numbers ``samhq-eval
+        --precision P`` gives for the checkpoint, whatever the encoder's training dtype)."""
+        return Policy(self.precision, "float32")
 
 
 @dataclasses.dataclass
@@ -184,19 +206,42 @@ class _Log:
             self.tb.close()
 
 
-def validate(config: SamHQConfig, params: Any, sets: dict[str, list[Pair]], batch_size: int) -> dict[str, float]:
+def validate(
+    config: SamHQConfig,
+    params: Any,
+    sets: dict[str, list[Pair]],
+    batch_size: int,
+    policy: Policy = TRAINING,
+) -> dict[str, float]:
     """mIoU / mBIoU (percent) of the HQ and SAM outputs per validation set, with the benchmark's
-    protocol and metrics (:func:`eval.protocol.evaluate_pairs`)."""
+    protocol and metrics (:func:`eval.protocol.evaluate_pairs`), under ``policy`` (precision and
+    dtype; default :data:`~samhq_jax.precision.TRAINING`; a run passes its ``validation_policy``)."""
     from eval.protocol import evaluate_pairs, summarize
 
     out: dict[str, float] = {}
     for name, pairs in sets.items():
-        summary = summarize(evaluate_pairs(config, params, pairs, batch_size=batch_size))[name]
+        summary = summarize(evaluate_pairs(config, params, pairs, batch_size=batch_size, policy=policy))[name]
         for o in ("hq", "sam"):
             for metric in ("miou", "mbiou"):
                 if summary[o][metric] is not None:
                     out[f"val/{name}/{o}_{metric}"] = summary[o][metric]
     return out
+
+
+def write_run_record(output: Path, cfg: TrainConfig, start_step: int) -> None:
+    """``OUTPUT/run.json``: the run's settings (every :class:`TrainConfig` field), its numerics
+    (``precision``, ``dtype``, and the validation's) and the step it (re)started at; rewritten on
+    every start, so after ``--resume`` it holds the settings of the latest start."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    record = {
+        "settings": settings,
+        "numerics": {**cfg.policy.as_dict(), "validation": cfg.validation_policy.as_dict()},
+        "start_step": start_step,
+        "jax": jax.__version__,
+        "devices": jax.device_count(),
+        "backend": jax.default_backend(),
+    }
+    (output / "run.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _check_finite(metrics: dict[str, jax.Array], step: int) -> dict[str, float]:
@@ -238,8 +283,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             tx,
             seed=cfg.seed,
             output=cfg.output_mask,
-            encoder_dtype=ENCODER_DTYPES[cfg.encoder_dtype],
+            encoder_dtype=cfg.policy.compute_dtype,
             train_encoder=touches_encoder(trainable),
+            precision=cfg.precision,
         ),
         mesh,
     )
@@ -271,6 +317,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     if data_state is not None:
         loader.set_state(data_state)
 
+    if primary:
+        write_run_record(output, cfg, start)
+    logger.info("step: %s; validation: %s", cfg.policy.describe(), cfg.validation_policy.describe())
     log = _Log(output, primary)
     schedule = lr_schedule(cfg.lr, drop_step)
     last: dict[str, float] = {}
@@ -305,7 +354,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 )
             if val_sets and val_every and (done % val_every == 0 or done == total):
                 full = merge_params(frozen_dev, state.params)
-                log.write({"step": done, **validate(config, full, val_sets, cfg.val_batch_size)})
+                log.write({"step": done, **validate(config, full, val_sets, cfg.val_batch_size, cfg.validation_policy)})
         manager.wait_until_finished()
     finally:
         bar.close()
@@ -331,4 +380,4 @@ def export_final(final_dir: Path, config: SamHQConfig, params: dict, source: str
     save_file(state, str(final_dir / "hq_only.safetensors"), metadata={"format": "official", "part": "hq"})
 
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "export_final", "train", "validate"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "export_final", "train", "validate", "write_run_record"]

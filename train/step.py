@@ -6,6 +6,11 @@ gradient all-reduce. The image encoder runs outside ``jax.grad`` unless a traina
 in it, so frozen SAM costs no gradient memory. Parameters outside the trainable subtree are a
 separate argument that is never updated (bit-identical after training by construction), and the
 optimiser state exists only for the trainable leaves.
+
+Numerics follow the one policy of :mod:`samhq_jax.precision`: ``precision`` (default
+``"default"``, :data:`~samhq_jax.precision.TRAINING`) is set while the step is traced, so every
+dot and convolution of the compiled step, forward and backward, carries it; ``encoder_dtype`` is
+the frozen image encoder's compute dtype (the decoder and the loss compute in float32).
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from samhq_jax.config import SamHQConfig
 from samhq_jax.hq_params import merge_params
+from samhq_jax.precision import DTYPES, TRAINING, at_precision, check_dtype
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
 from samhq_jax.transforms import PIXEL_MEAN, PIXEL_STD
 from train.loss import loss_masks
 from train.prompts import BOX, NOISE_MASK, POINTS
 
 DATA_AXIS = "data"
-ENCODER_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # --encoder-dtype choices
+ENCODER_DTYPES = DTYPES  # --dtype (--encoder-dtype) choices: the one policy's (samhq_jax.precision)
 Batch = dict[str, jax.Array]
 
 
@@ -101,11 +107,11 @@ def decode_batch(module: SamHQ, emb: ImageEmbeddings, batch: Batch, output: str)
 
 
 def make_embed(
-    config: SamHQConfig, encoder_dtype: jnp.dtype = jnp.float32
+    config: SamHQConfig, encoder_dtype: jnp.dtype | str = jnp.float32
 ) -> Callable[[Any, jax.Array], ImageEmbeddings]:
     """``embed(params, images (B, S, S, 3) uint8) -> ImageEmbeddings`` (float32) as the train step runs
-    the image encoder: normalised, computed in ``encoder_dtype``."""
-    encoder = SamHQ(config, dtype=encoder_dtype)
+    the image encoder: normalised, computed in ``encoder_dtype`` (``float32`` / ``bfloat16``)."""
+    encoder = SamHQ(config, dtype=check_dtype(encoder_dtype))
 
     def embed(params: Any, images: jax.Array) -> ImageEmbeddings:
         emb = encoder.apply({"params": params}, normalize(images), method=SamHQ.embed_image)
@@ -120,15 +126,18 @@ def make_train_step(
     *,
     seed: int,
     output: str = "hq",
-    encoder_dtype: jnp.dtype = jnp.float32,
+    encoder_dtype: jnp.dtype | str = jnp.float32,
     train_encoder: bool = False,
+    precision: str = TRAINING.precision,
 ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """``step(state, frozen, batch) -> (state, metrics)`` (not jitted; see :func:`jit_train_step`).
 
     ``batch``: ``image (B, S, S, 3)`` uint8, ``label (B, S, S)`` float32 0-255, ``box (B, 4)``,
     ``points (B, 10, 2)``, ``noise_mask (B, 4G, 4G)``, ``prompt (B,)`` int32, ``valid (B,)`` bool
     (see :mod:`train.data`). The loss randomness is ``fold_in(PRNGKey(seed), step)``: the same on any
-    mesh. ``metrics``: ``loss``, ``loss_mask``, ``loss_dice`` (float32 scalars).
+    mesh. ``metrics``: ``loss``, ``loss_mask``, ``loss_dice`` (float32 scalars). ``precision``
+    (``"default"`` / ``"highest"``) is the matmul precision of every dot of the step, gradients
+    included; ``encoder_dtype`` the image encoder's compute dtype.
     """
     model = SamHQ(config)
     embed = make_embed(config, encoder_dtype)
@@ -152,7 +161,7 @@ def make_train_step(
         new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
         return new, {"loss": loss, "loss_mask": loss_mask, "loss_dice": loss_dice}
 
-    return step
+    return at_precision(step, precision)
 
 
 def make_mesh() -> Mesh:
