@@ -35,7 +35,7 @@ from samhq_jax.amg_ops import (
     generate_crop_boxes,
     mask_to_rle,
     nms,
-    padded_width,
+    padded_size,
     remove_small_regions,
 )
 from samhq_jax.predictor import SamHQPredictor, bucket_size, pad_prompts
@@ -45,9 +45,9 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 
 class MaskSet:
-    """Masks and their data, rows in one order: ``packed`` bit-packed masks of their crop's size
+    """Masks and their data, rows in one order: ``packed`` bit-packed masks of their crop's padded size
     (as :func:`~samhq_jax.amg_ops.filter_batch` packs them, zero-padded to the whole image's packed
-    width),
+    length),
     ``crop`` the index of that crop, ``boxes (N, 4)`` int xyxy in the image frame, ``iou (N,)`` /
     ``stability (N,)`` float32, ``points (N, 2)`` float64 xy in the image frame."""
 
@@ -234,7 +234,8 @@ class SamHQAutomaticMaskGenerator:
         thresholds = jnp.array(
             [self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset], jnp.float32
         )
-        packed_width = image.shape[0] * padded_width(image.shape[1]) // 8
+        padded_h, padded_w = padded_size(image.shape[:2])
+        packed_width = padded_h * padded_w // 8  # the longest any crop packs to
         parts = []
         for start in range(0, len(points), batch):
             chunk = model_points[start : start + batch]
@@ -243,7 +244,7 @@ class SamHQAutomaticMaskGenerator:
             k = low_res.shape[2]  # masks per point, point-major as the official flattens them
             iou_host = np.asarray(iou[0]).reshape(-1)
             # The official drops masks under pred_iou_thresh first; only the rest are upscaled
-            # here, gathered into a power-of-two count (one compile per count and crop size).
+            # here, gathered into a power-of-two count (one compile per count and padded crop size).
             candidates = np.repeat(np.arange(batch) < n, k)
             if self.pred_iou_thresh > 0:
                 candidates &= iou_host > self.pred_iou_thresh
@@ -333,7 +334,7 @@ def _uncrop(data: MaskSet, crop_boxes: list[list[int]], orig_size: tuple[int, in
     for c in np.unique(data.crop):
         rows = np.nonzero(data.crop == c)[0]
         x0, y0, x1, y1 = crop_boxes[c]
-        width = padded_width(x1 - x0)
-        bits = np.unpackbits(data.packed[rows], axis=-1, count=(y1 - y0) * width).astype(bool)
-        out[rows, y0:y1, x0:x1] = bits.reshape(-1, y1 - y0, width)[:, :, : x1 - x0]
+        height, width = padded_size((y1 - y0, x1 - x0))
+        bits = np.unpackbits(data.packed[rows], axis=-1, count=height * width).astype(bool)
+        out[rows, y0:y1, x0:x1] = bits.reshape(-1, height, width)[:, : y1 - y0, : x1 - x0]
     return out

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samhq_jax.transforms import MASK_THRESHOLD, resize_axis, to_input_frame
+from samhq_jax.transforms import MASK_THRESHOLD, Taps, apply_taps, bucket_side, output_taps, to_square_frame
 
 EDGE_ATOL = 20.0  # pixels: a box this close to a crop edge (not an image edge) is dropped
 REGION_CHUNK = 16  # masks labelled per scipy.ndimage.label call in remove_small_regions
@@ -66,22 +66,23 @@ def generate_crop_boxes(
     return boxes, layers
 
 
-def batched_mask_to_box(masks: jax.Array) -> jax.Array:
+def batched_mask_to_box(masks: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
     """``(..., H, W)`` bool masks -> ``(..., 4)`` int32 xyxy boxes (inclusive); ``[0, 0, 0, 0]`` for an
-    empty mask."""
-    return _box_from_projections(masks.any(axis=-1), masks.any(axis=-2))
+    empty mask. NumPy masks are boxed in NumPy (nothing compiled per mask size), JAX arrays in JAX."""
+    xp = np if isinstance(masks, np.ndarray) else jnp
+    return _box_from_projections(masks.any(axis=-1), masks.any(axis=-2), xp)
 
 
-def _box_from_projections(rows: jax.Array, cols: jax.Array) -> jax.Array:
+def _box_from_projections(rows: jax.Array, cols: jax.Array, xp: object = jnp) -> jax.Array:
     """Boxes from ``(..., H)`` / ``(..., W)`` bool: whether each row / column holds a mask pixel."""
     h, w = rows.shape[-1], cols.shape[-1]
-    ys, xs = jnp.arange(h, dtype=jnp.int32), jnp.arange(w, dtype=jnp.int32)
-    bottom = jnp.max(jnp.where(rows, ys, 0), axis=-1)
-    top = jnp.min(jnp.where(rows, ys, h), axis=-1)
-    right = jnp.max(jnp.where(cols, xs, 0), axis=-1)
-    left = jnp.min(jnp.where(cols, xs, w), axis=-1)
+    ys, xs = xp.arange(h, dtype=np.int32), xp.arange(w, dtype=np.int32)
+    bottom = xp.max(xp.where(rows, ys, 0), axis=-1)
+    top = xp.min(xp.where(rows, ys, h), axis=-1)
+    right = xp.max(xp.where(cols, xs, 0), axis=-1)
+    left = xp.min(xp.where(cols, xs, w), axis=-1)
     empty = (right < left) | (bottom < top)
-    return jnp.stack([left, top, right, bottom], axis=-1) * ~empty[..., None]
+    return (xp.stack([left, top, right, bottom], axis=-1) * ~empty[..., None]).astype(np.int32)
 
 
 def is_box_near_crop_edge(boxes: jax.Array, crop_box: jax.Array, orig_box: jax.Array) -> jax.Array:
@@ -98,9 +99,9 @@ class BatchResult(NamedTuple):
     """One point batch after the filters (device arrays; P = the padded batch size).
 
     keep: ``(P,)`` bool, the masks that pass every filter (padding never does); boxes: ``(P, 4)``
-    int32 xyxy in the crop's frame; stability: ``(P,)`` float32; packed: ``(P, h * W / 8)``
-    uint8, the ``(h, w)`` crop-size masks with their width padded to ``W =``
-    :func:`padded_width` (zeros), flattened row-major and bit-packed (``np.packbits``).
+    int32 xyxy in the crop's frame; stability: ``(P,)`` float32; packed: ``(P, Hp * Wp / 8)``
+    uint8, the ``(h, w)`` crop-size masks zero-padded to ``(Hp, Wp) =`` :func:`padded_size`,
+    flattened row-major and bit-packed (``np.packbits``).
     """
 
     keep: jax.Array
@@ -113,9 +114,10 @@ COUNT_CHUNK = 128  # row pixels counted in uint8 before widening (<= 255): XLA C
 BIT_OUTER, BIT_MASK, BIT_INNER = 1, 2, 4  # x > t - offset, x > t, x > t + offset (t = MASK_THRESHOLD)
 
 
-def padded_width(w: int) -> int:
-    """``w`` rounded up to a multiple of :data:`COUNT_CHUNK` (the width of the packed masks)."""
-    return -(-w // COUNT_CHUNK) * COUNT_CHUNK
+def padded_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The padded ``(Hp, Wp)`` a crop of ``size = (h, w)`` is filtered and packed at
+    (:func:`~samhq_jax.transforms.bucket_side` of each side; ``Wp`` a multiple of :data:`COUNT_CHUNK`)."""
+    return bucket_side(size[0]), bucket_side(size[1])
 
 
 def filter_batch(
@@ -143,33 +145,34 @@ def filter_batch(
     bit), compared with the three thresholds, scored for stability, boxed and dropped when near a
     crop edge. Three compiled calls with their outputs materialised between them: fused into one
     program, XLA CPU recomputes the upscaling inside every reduction that reads it (measured, 64
-    masks to 1365 x 2048: 16 s as one program, 1.4 s as three).
+    masks to 1365 x 2048: 16 s as one program, 1.4 s as three). The crop size is data (the
+    upscaling taps of :func:`~samhq_jax.transforms.output_taps` and ``(h, w)``), the shapes are
+    :func:`padded_size`: the three compile once per batch bucket and padded size, not per crop size.
     """
-    columns = _upscale_columns(low_res, input_size, crop_size[1], long_side)
-    codes = _threshold_codes(columns, thresholds[2], crop_size[0])
+    rows, columns = output_taps(input_size, crop_size)
+    size = np.asarray(crop_size, np.int32)
+    codes = _threshold_codes(_upscale_columns(low_res, columns, long_side), thresholds[2], rows, size)
     return _filter_codes(codes, iou, valid, crop_box, orig_box, thresholds)
 
 
-@partial(jax.jit, static_argnames=("input_size", "width", "long_side"))
-def _upscale_columns(low_res: jax.Array, input_size: tuple[int, int], width: int, long_side: int) -> jax.Array:
-    """``postprocess_masks`` but its last step (rows): ``(P, 4G, 4G)`` -> ``(P, input_h, width)``
-    float32."""
-    return resize_axis(to_input_frame(low_res, input_size, long_side), width, 2, jnp)
+@partial(jax.jit, static_argnames=("long_side",))
+def _upscale_columns(low_res: jax.Array, columns: Taps, long_side: int) -> jax.Array:
+    """``upscale_padded`` but its last step (rows): ``(P, 4G, 4G)`` -> ``(P, long_side, Wp)`` float32."""
+    return apply_taps(to_square_frame(low_res, long_side), columns, 2)
 
 
-@partial(jax.jit, static_argnames=("height",))
-def _threshold_codes(columns: jax.Array, offset: jax.Array, height: int) -> jax.Array:
-    """The rows step of the upscaling and the three comparisons: ``(P, height, W)`` uint8 of
-    ``BIT_OUTER | BIT_MASK | BIT_INNER`` flags, ``W`` the width padded to :func:`padded_width`
-    with zeros."""
-    x = resize_axis(columns, height, 1, jnp)
+@jax.jit
+def _threshold_codes(columns: jax.Array, offset: jax.Array, rows: Taps, size: jax.Array) -> jax.Array:
+    """The rows step of the upscaling and the three comparisons: ``(P, Hp, Wp)`` uint8 of
+    ``BIT_OUTER | BIT_MASK | BIT_INNER`` flags, zero outside the crop's ``size = (h, w)``."""
+    x = apply_taps(columns, rows, 1)
     codes = (
         (x > MASK_THRESHOLD - offset).astype(jnp.uint8) * BIT_OUTER
         + (x > MASK_THRESHOLD).astype(jnp.uint8) * BIT_MASK
         + (x > MASK_THRESHOLD + offset).astype(jnp.uint8) * BIT_INNER
     )
-    width = x.shape[2]
-    return jnp.pad(codes, ((0, 0), (0, 0), (0, padded_width(width) - width)))
+    inside = (jnp.arange(x.shape[1]) < size[0])[:, None] & (jnp.arange(x.shape[2]) < size[1])[None, :]
+    return jnp.where(inside, codes, jnp.uint8(0))
 
 
 def _count(flags: jax.Array) -> jax.Array:
@@ -189,8 +192,8 @@ def _filter_codes(
     orig_box: jax.Array,
     thresholds: jax.Array,
 ) -> BatchResult:
-    """:func:`filter_batch` from the threshold codes ``(P, h, W)`` (zero padding columns change no
-    box: they hold no mask pixel)."""
+    """:func:`filter_batch` from the threshold codes ``(P, Hp, Wp)`` (the zero padding changes no
+    count and no box: it holds no mask pixel)."""
     iou_thresh, stability_thresh = thresholds[0], thresholds[1]
     stability = _count(codes & BIT_INNER > 0) / _count(codes & BIT_OUTER > 0)
     masks = codes & BIT_MASK

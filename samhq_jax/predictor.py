@@ -7,7 +7,8 @@
 
 Coordinates are pixels in the original image. The image embedding and the early ViT feature are
 cached at ``set_image``; prompt counts are padded to powers of two (by repeating the last prompt,
-whose result is dropped) so a new count rarely recompiles.
+whose result is dropped) so a new count rarely recompiles, and masks are upscaled at padded sizes
+(:func:`~samhq_jax.transforms.bucket_side`, cropped on the host) so a new image size rarely does.
 
 The official ``SamPredictor`` surface is here too, so the official demo (``demo/demo_hqsam.py``)
 runs with changed imports: ``transform`` (a :class:`~samhq_jax.transforms.ResizeLongestSide`),
@@ -40,12 +41,14 @@ from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
 from samhq_jax.transforms import (
     MASK_THRESHOLD,
     ResizeLongestSide,
+    Taps,
     apply_boxes,
     apply_coords,
     as_numpy,
     normalize_and_pad,
-    postprocess_masks,
+    output_taps,
     preprocess,
+    upscale_padded,
 )
 
 VALID_LABELS = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_NOT_A_POINT)
@@ -85,13 +88,14 @@ def pad_prompts(a: np.ndarray | None, count: int) -> np.ndarray | None:
     return np.concatenate([a, np.repeat(a[-1:], count - a.shape[0], axis=0)], axis=0)
 
 
-@partial(jax.jit, static_argnames=("input_size", "original_size", "long_side", "return_logits"))
-def full_masks(
-    low_res: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int], long_side: int, return_logits: bool
-) -> jax.Array:
-    """``(P, K, 4G, 4G)`` low-res logits -> ``(P, K, H, W)`` masks at the original size, on the device:
-    bool (``> MASK_THRESHOLD``), or float32 logits with ``return_logits``."""
-    full = postprocess_masks(low_res, input_size, original_size, long_side)
+@partial(jax.jit, static_argnames=("long_side", "return_logits"))
+def full_masks(low_res: jax.Array, rows: Taps, columns: Taps, long_side: int, return_logits: bool) -> jax.Array:
+    """``(P, K, 4G, 4G)`` low-res logits -> ``(P, K, Hp, Wp)`` masks at the original size, padded, on the
+    device: bool (``> MASK_THRESHOLD``), or float32 logits with ``return_logits``. ``(rows, columns)
+    =`` :func:`~samhq_jax.transforms.output_taps` ``(input_size, original_size)``; the caller crops
+    ``[..., :H, :W]``. The image size is data: one compile per prompt bucket and padded size
+    (:func:`~samhq_jax.transforms.bucket_side` of each side), not per image size."""
+    full = upscale_padded(low_res, rows, columns, long_side)
     return full if return_logits else full > MASK_THRESHOLD
 
 
@@ -463,10 +467,13 @@ class SamHQPredictor:
         low_res_host, iou_host = np.asarray(low_res), np.asarray(iou)
         results = []
         for b, (p, (input_size, original_size)) in enumerate(zip(counts, sizes, strict=True)):
-            # On the device at the padded (bucketed) count: one compile per image size and bucket;
-            # only boolean masks (or the logits asked for) cross to the host.
-            full = full_masks(low_res[b], input_size, original_size, self.config.img_size, return_logits)
-            results.append((np.asarray(full)[:p], iou_host[b, :p], low_res_host[b, :p]))
+            # On the device at the padded (bucketed) count and padded size: one compile per prompt
+            # bucket and size bucket; only boolean masks (or the logits asked for) cross to the host,
+            # where the size padding is cropped.
+            rows, columns = output_taps(input_size, original_size)
+            full = full_masks(low_res[b], rows, columns, self.config.img_size, return_logits)
+            masks = np.ascontiguousarray(np.asarray(full)[:p, :, : original_size[0], : original_size[1]])
+            results.append((masks, iou_host[b, :p], low_res_host[b, :p]))
         return results
 
     def decode_points(

@@ -9,6 +9,13 @@
 * Low-res logits go back by bilinear resizing (half-pixel centres, no antialias) to
   ``long_side`` squared, cropping the padding, and bilinear resizing to the original size.
 
+Bounded compilation: :func:`postprocess_masks` compiles one program per image size. The predictor
+and the mask generator use :func:`upscale_padded` instead, where the size is data: the taps of the
+last resize (:func:`output_taps`, computed on the host with PyTorch's arithmetic) are arguments,
+padded to :func:`bucket_side` lengths, so one program serves every image whose sides fall in the
+same buckets (at most 4 programs for every image up to 768 px a side, 49 up to 2048) and gives the
+same numbers to the last bit; the caller crops the padding on the host.
+
 :class:`ResizeLongestSide` gathers the resize and coordinate maps under the official class's
 method names, so code written against ``segment_anything_hq.utils.transforms`` ports unchanged
 (its ``*_torch`` methods take torch tensors or any array-like and return NumPy arrays).
@@ -17,6 +24,7 @@ method names, so code written against ``segment_anything_hq.utils.transforms`` p
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -219,6 +227,7 @@ def postprocess_masks(
     Bilinear to ``long_side`` squared, crop to ``input_size``, bilinear to ``original_size``; both
     resizes use half-pixel centres without antialiasing, with PyTorch's taps and order of operations
     (``F.interpolate(align_corners=False)``: equal to the official to the last bit on CPU).
+    One program per size: the predictor and the mask generator use :func:`upscale_padded`.
     """
     return bilinear(to_input_frame(low_res, input_size, long_side), original_size, low_res.ndim - 2, jnp)
 
@@ -226,5 +235,77 @@ def postprocess_masks(
 def to_input_frame(low_res: jax.Array, input_size: tuple[int, int], long_side: int) -> jax.Array:
     """The first half of :func:`postprocess_masks`: ``(..., 4G, 4G)`` -> ``(..., h, w)`` float32
     logits, bilinear to ``long_side`` squared and cropped to ``input_size``."""
-    x = bilinear(low_res.astype(jnp.float32), (long_side, long_side), low_res.ndim - 2, jnp)
-    return x[..., : input_size[0], : input_size[1]]
+    return to_square_frame(low_res, long_side)[..., : input_size[0], : input_size[1]]
+
+
+MIN_SIDE = 512  # smallest padded side: every image under 512 x 512 shares one padded size
+SIDE_STEP = 256  # padded sides are multiples of this (and of amg_ops.COUNT_CHUNK)
+
+
+def bucket_side(n: int) -> int:
+    """The padded length of an output side of ``n`` pixels: at least :data:`MIN_SIDE`, rounded up to
+    a multiple of :data:`SIDE_STEP` up to 2048 and of an eighth of the next power of two above
+    (2560, 3072, 3584, 4096, 5120, ...). Past 512 the padding is at most 255 px, and 25 % past
+    2048; 2 buckets up to 768, 7 up to 2048, 4 more per doubling after. The upscaling costs what
+    the padded size does (a 50 x 70 image what a 512 x 512 one does: a few ms a mask on a CPU)."""
+    if n < 1:
+        raise ValueError(f"a side must be at least 1 pixel, got {n}")
+    step = max(SIDE_STEP, 1 << max(0, (n - 1).bit_length() - 3))
+    return max(MIN_SIDE, -(-n // step) * step)
+
+
+class Taps(NamedTuple):
+    """One axis of a bilinear resize as data: ``index (2, n)`` int32, the two source indices of each
+    output index, and ``weight (2, n)`` float32, theirs (``1 - l``, ``l``). Padding entries past the
+    real output repeat the last indices (both rows stay sorted) with weights 0."""
+
+    index: np.ndarray
+    weight: np.ndarray
+
+
+def padded_taps(in_size: int, out_size: int, padded: int) -> Taps:
+    """:func:`linear_taps` from ``in_size`` to ``out_size``, padded to ``padded`` entries."""
+    i0, i1, wt = linear_taps(in_size, out_size)
+    index, weight = np.zeros((2, padded), np.int32), np.zeros((2, padded), np.float32)
+    index[0, :out_size], index[1, :out_size] = i0, i1
+    index[:, out_size:] = index[:, out_size - 1 : out_size]  # repeat the last: indices stay sorted
+    weight[0, :out_size], weight[1, :out_size] = 1 - wt, wt  # 1 - wt in float32, as resize_axis
+    return Taps(index, weight)
+
+
+def output_taps(input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Taps, Taps]:
+    """The taps ``(rows, columns)`` of the last resize of :func:`postprocess_masks` (the input frame
+    ``input_size`` to ``original_size``), each padded to :func:`bucket_side` of its side."""
+    (h, w), (big_h, big_w) = input_size, original_size
+    return padded_taps(h, big_h, bucket_side(big_h)), padded_taps(w, big_w, bucket_side(big_w))
+
+
+def apply_taps(x: jax.Array, taps: Taps, axis: int) -> jax.Array:
+    """Resize axis ``axis`` of ``x`` with ``taps`` (arrays, traced or not): ``x[i0] * (1 - l) + x[i1] * l``,
+    the arithmetic of :func:`resize_axis`. The indices are in bounds by construction, so the
+    gathers neither clamp nor wrap them."""
+    shape = [-1 if d == axis else 1 for d in range(x.ndim)]
+    (i0, i1), (w0, w1) = taps.index, taps.weight
+
+    def take(index: jax.Array) -> jax.Array:
+        where = (slice(None),) * axis + (index,)
+        return x.at[where].get(mode="promise_in_bounds", indices_are_sorted=True, wrap_negative_indices=False)
+
+    return take(i0) * w0.reshape(shape) + take(i1) * w1.reshape(shape)
+
+
+def to_square_frame(low_res: jax.Array, long_side: int) -> jax.Array:
+    """``(..., 4G, 4G)`` -> ``(..., long_side, long_side)`` float32: the first resize of
+    :func:`postprocess_masks`, the same for every image size."""
+    return bilinear(low_res.astype(jnp.float32), (long_side, long_side), low_res.ndim - 2, jnp)
+
+
+def upscale_padded(low_res: jax.Array, rows: Taps, columns: Taps, long_side: int) -> jax.Array:
+    """:func:`postprocess_masks` with the image size as data: ``(..., 4G, 4G)`` -> ``(..., Hp, Wp)``
+    float32 logits, ``(rows, columns) =`` :func:`output_taps` ``(input_size, original_size)``
+    (``Hp, Wp`` their padded lengths). ``[..., :H, :W]`` equals :func:`postprocess_masks` to the bit
+    (the crop to ``input_size`` is in the taps: they read no row or column past it); the padding
+    holds zeros (of either sign). Under ``jax.jit`` it compiles once per low-res shape and padded
+    size."""
+    x = to_square_frame(low_res, long_side)
+    return apply_taps(apply_taps(x, columns, x.ndim - 1), rows, x.ndim - 2)
