@@ -63,6 +63,7 @@ from samhq_jax.amg_ops import _filter_codes, _greedy_nms, _threshold_codes, _ups
 from samhq_jax.config import SamHQConfig
 from samhq_jax.predictor import compiled_model, full_masks
 from samhq_jax.sam_hq import SamHQ, param_shapes
+from samhq_jax.transforms import Taps
 from train.bench import synthetic_batch
 from train.step import DATA_AXIS, init_state, jit_train_step, make_mesh, make_optimizer, make_train_step
 from train.trainable import partition, touches_encoder
@@ -194,7 +195,12 @@ def test_decoder_fixed_count_has_no_custom_call() -> None:
 
 # ---- 3. automatic mask generator -------------------------------------------------------------------
 # The whole-image crop of a 1536 x 2048 photo: 64 points per batch x 3 masks = 192, bucketed to 256.
-AMG_MASKS, AMG_IMAGE, AMG_INPUT = 256, (1536, 2048), (768, 1024)
+AMG_MASKS, AMG_IMAGE = 256, (1536, 2048)
+
+
+def taps(n: int) -> Taps:
+    """One axis of the upscaling as data (:class:`~samhq_jax.transforms.Taps`), ``n`` outputs."""
+    return Taps(SDS((2, n), jnp.int32), SDS((2, n), F32))
 
 
 def amg_programs() -> dict[str, tuple[Callable, tuple, dict]]:
@@ -202,12 +208,12 @@ def amg_programs() -> dict[str, tuple[Callable, tuple, dict]]:
     (n,) = export.symbolic_shape("n")
     i32 = jnp.int32
     return {
-        "upscale-columns": (
-            _upscale_columns,
-            (SDS((p, low, low), F32),),
-            dict(input_size=AMG_INPUT, width=w, long_side=1024),
+        "upscale-columns": (_upscale_columns, (SDS((p, low, low), F32), taps(w)), dict(long_side=1024)),
+        "threshold-codes": (
+            _threshold_codes,
+            (SDS((p, 1024, w), F32), SDS((), F32), taps(h), SDS((2,), i32)),
+            {},
         ),
-        "threshold-codes": (_threshold_codes, (SDS((p, AMG_INPUT[0], w), F32), SDS((), F32)), dict(height=h)),
         "filter-codes": (
             _filter_codes,
             (
@@ -225,8 +231,8 @@ def amg_programs() -> dict[str, tuple[Callable, tuple, dict]]:
         "mask-to-box": (jax.jit(batched_mask_to_box), (SDS((p, h, w), jnp.bool_),), {}),
         "full-masks": (
             full_masks,
-            (SDS((4, 3, low, low), F32),),
-            dict(input_size=AMG_INPUT, original_size=AMG_IMAGE, long_side=1024, return_logits=False),
+            (SDS((4, 3, low, low), F32), taps(h), taps(w)),
+            dict(long_side=1024, return_logits=False),
         ),
     }
 

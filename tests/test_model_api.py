@@ -56,7 +56,7 @@ def test_embedding_is_compiled_once_and_reused_for_any_prompt_count(params: dict
 
 def test_predictor_compiles_once_per_bucket_and_image_size(params: dict) -> None:
     """Prompt counts 1..4 on one image: the decoder and the on-device upscaling compile once per
-    power-of-two bucket (1, 2, 4), not once per count; the HQ features come with the embedding."""
+    power-of-two bucket (1, 2, 4) at most, not once per count; the HQ features come with the embedding."""
     from samhq_jax.predictor import SamHQPredictor, compiled_model, full_masks
 
     config = dataclasses.replace(CONFIG, name="compile-count")  # compiled by no other test of this process
@@ -76,7 +76,9 @@ def test_predictor_compiles_once_per_bucket_and_image_size(params: dict) -> None
         )
         assert masks.shape == (p, 1, 50, 70) and masks.dtype == bool and iou.shape == (p, 1)
         assert low.shape == (p, 1, config.low_res_mask_size, config.low_res_mask_size)
-    assert decode._cache_size() == 3 and full_masks._cache_size() - upscale_before == 3
+    # the upscaling's image size is data: at most one program per prompt bucket and padded size (other
+    # tests may already have compiled this padded size's)
+    assert decode._cache_size() == 3 and full_masks._cache_size() - upscale_before <= 3
     predictor.set_image(image[::-1])
     assert embed._cache_size() == 1
 
