@@ -254,19 +254,16 @@ def section_parity(sizes: Sizes, work: Path) -> dict[str, Any]:
     }
 
 
-def _bench(name: str, model: str, argv: list[str], sizes: Sizes, work: Path) -> dict[str, Any]:
-    """``samhq-bench`` on ``model`` with ``argv`` (``sizes.bench_skip`` added to ``--skip``), writing to
-    ``work/NAME`` (its ``speed.json`` is rewritten after each stage, so a section cut short keeps the
-    stages it finished); that JSON."""
+def _bench(name: str, model: str, argv: list[str], skip: str, sizes: Sizes, work: Path) -> dict[str, Any]:
+    """``samhq-bench`` on ``model`` with ``argv``, leaving out the stages in ``skip`` (and
+    ``sizes.bench_skip``), writing to ``work/NAME`` (its ``speed.json`` is rewritten after each stage,
+    so a section cut short keeps the stages it finished); that JSON."""
     from eval.bench.speed import main as bench_main
 
-    skip = ",".join(s for s in (argv[argv.index("--skip") + 1] if "--skip" in argv else "", sizes.bench_skip) if s)
-    if "--skip" in argv:
-        at = argv.index("--skip")
-        argv = argv[:at] + argv[at + 2 :]
     out = work / name
+    skip = ",".join(s for s in (skip, sizes.bench_skip) if s)
     common = ["--repeats", str(sizes.repeats), "--row-budget", "20", "--precision", "default", "--output", str(out)]
-    code = bench_main(["--model", model, *argv, *common, *(["--skip", skip] if skip else [])])
+    code = bench_main(["--model", model, *argv, *common, "--skip", skip])
     if code != 0:
         raise RuntimeError(f"samhq-bench --model {model} exited {code}")
     return json.loads((out / "speed.json").read_text())
@@ -274,26 +271,26 @@ def _bench(name: str, model: str, argv: list[str], sizes: Sizes, work: Path) -> 
 
 def section_encoder_b(sizes: Sizes, work: Path) -> dict[str, Any]:
     """The small model's encoder at each batch size."""
-    argv = ["--batch", _join(sizes.batches), "--skip", "decoder,end-to-end,amg"]
-    return _bench("encoder_b", sizes.small_model, argv, sizes, work)
+    argv = ["--batch", _join(sizes.batches)]
+    return _bench("encoder_b", sizes.small_model, argv, "decoder,end-to-end,amg", sizes, work)
 
 
 def section_encoder_h(sizes: Sizes, work: Path) -> dict[str, Any]:
     """The large model's encoder at each batch size."""
-    argv = ["--batch", _join(sizes.batches), "--skip", "decoder,end-to-end,amg"]
-    return _bench("encoder_h", sizes.large_model, argv, sizes, work)
+    argv = ["--batch", _join(sizes.batches)]
+    return _bench("encoder_h", sizes.large_model, argv, "decoder,end-to-end,amg", sizes, work)
 
 
 def section_amg(sizes: Sizes, work: Path) -> dict[str, Any]:
     """Segment everything (encoding included) on the small model; ours fp32 / bf16 and the official fp32."""
-    argv = ["--batch", "1", "--amg", str(sizes.amg_points), "--skip", "encoder,decoder,end-to-end"]
-    return _bench("amg", sizes.small_model, argv, sizes, work)
+    argv = ["--batch", "1", "--amg", str(sizes.amg_points)]
+    return _bench("amg", sizes.small_model, argv, "encoder,decoder,end-to-end", sizes, work)
 
 
 def section_decoder(sizes: Sizes, work: Path) -> dict[str, Any]:
     """The small model's decoder at each prompt count, then set_image + one predict."""
-    argv = ["--batch", "1", "--prompts", _join(sizes.prompts), "--skip", "encoder,amg"]
-    return _bench("decoder", sizes.small_model, argv, sizes, work)
+    argv = ["--batch", "1", "--prompts", _join(sizes.prompts)]
+    return _bench("decoder", sizes.small_model, argv, "encoder,amg", sizes, work)
 
 
 def section_train(sizes: Sizes, work: Path) -> dict[str, Any]:
