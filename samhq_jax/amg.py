@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -36,6 +36,7 @@ from samhq_jax.amg_ops import (
     mask_to_rle,
     nms,
     padded_size,
+    pick_masks,
     remove_small_regions,
 )
 from samhq_jax.predictor import SamHQPredictor, bucket_size, pad_prompts
@@ -229,10 +230,12 @@ class SamHQAutomaticMaskGenerator:
         p.set_image(crop)
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
         model_points = p.transform.apply_coords(points, crop_size).astype(np.float32)
-        orig_box = jnp.array([0, 0, image.shape[1], image.shape[0]], jnp.int32)
-        crop_box_array = jnp.array(crop_box, jnp.int32)
-        thresholds = jnp.array(
-            [self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset], jnp.float32
+        orig_box, crop_box_array, thresholds = jax.device_put(
+            (
+                np.array([0, 0, image.shape[1], image.shape[0]], np.int32),
+                np.array(crop_box, np.int32),
+                np.array([self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset], np.float32),
+            )
         )
         padded_h, padded_w = padded_size(image.shape[:2])
         packed_width = padded_h * padded_w // 8  # the longest any crop packs to
@@ -242,7 +245,7 @@ class SamHQAutomaticMaskGenerator:
             n = len(chunk)
             low_res, iou = p.decode_points(chunk, batch, *flags)
             k = low_res.shape[2]  # masks per point, point-major as the official flattens them
-            iou_host = np.asarray(iou[0]).reshape(-1)
+            iou_host = jax.device_get(iou).reshape(-1)  # (1, B, K): one image
             # The official drops masks under pred_iou_thresh first; only the rest are upscaled
             # here, gathered into a power-of-two count (one compile per count and padded crop size).
             candidates = np.repeat(np.arange(batch) < n, k)
@@ -255,9 +258,8 @@ class SamHQAutomaticMaskGenerator:
             if len(candidates):
                 picks = pad_prompts(candidates, bucket_size(len(candidates)))
                 res = filter_batch(
-                    low_res[0].reshape(batch * k, *low_res.shape[-2:])[jnp.asarray(picks)],
-                    jnp.asarray(iou_host[picks]),
-                    jnp.asarray(np.arange(len(picks)) < len(candidates)),
+                    pick_masks(low_res, jax.device_put(picks)),
+                    *jax.device_put((iou_host[picks], np.arange(len(picks)) < len(candidates))),
                     crop_box_array,
                     orig_box,
                     thresholds,
@@ -265,11 +267,12 @@ class SamHQAutomaticMaskGenerator:
                     crop_size,
                     self.predictor.config.img_size,
                 )
-                kept = np.nonzero(np.asarray(res.keep))[0]
+                res = jax.device_get(res)
+                kept = np.nonzero(res.keep)[0]
                 keep = picks[kept]
                 packed = np.zeros((len(keep), packed_width), np.uint8)
-                packed[:, : res.packed.shape[1]] = np.asarray(res.packed)[kept]
-                boxes, stability = np.asarray(res.boxes)[kept].astype(np.int64), np.asarray(res.stability)[kept]
+                packed[:, : res.packed.shape[1]] = res.packed[kept]
+                boxes, stability = res.boxes[kept].astype(np.int64), res.stability[kept]
             parts.append(
                 MaskSet(
                     packed=packed,
@@ -292,7 +295,7 @@ class SamHQAutomaticMaskGenerator:
         again preferring masks that did not change."""
         masks, holes = remove_small_regions(masks, self.min_mask_region_area, "holes")
         masks, islands = remove_small_regions(masks, self.min_mask_region_area, "islands")
-        boxes = np.asarray(batched_mask_to_box(jnp.asarray(masks))).astype(np.int64)
+        boxes = batched_mask_to_box(masks).astype(np.int64)  # on the host: no compile per image size
         scores = (~(holes | islands)).astype(np.float32)
         keep = nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh))
         data = data.take(keep)

@@ -114,6 +114,13 @@ COUNT_CHUNK = 128  # row pixels counted in uint8 before widening (<= 255): XLA C
 BIT_OUTER, BIT_MASK, BIT_INNER = 1, 2, 4  # x > t - offset, x > t, x > t + offset (t = MASK_THRESHOLD)
 
 
+@jax.jit
+def pick_masks(low_res: jax.Array, picks: jax.Array) -> jax.Array:
+    """``(1, B, K, 4G, 4G)`` logits of a point batch (:meth:`SamHQPredictor.decode_points`) ->
+    ``(P, 4G, 4G)``, the masks at the flat (point-major) indices ``picks (P,)`` int."""
+    return low_res.reshape(-1, *low_res.shape[-2:])[picks]
+
+
 def padded_size(size: tuple[int, int]) -> tuple[int, int]:
     """The padded ``(Hp, Wp)`` a crop of ``size = (h, w)`` is filtered and packed at
     (:func:`~samhq_jax.transforms.bucket_side` of each side; ``Wp`` a multiple of :data:`COUNT_CHUNK`)."""
@@ -149,9 +156,8 @@ def filter_batch(
     upscaling taps of :func:`~samhq_jax.transforms.output_taps` and ``(h, w)``), the shapes are
     :func:`padded_size`: the three compile once per batch bucket and padded size, not per crop size.
     """
-    rows, columns = output_taps(input_size, crop_size)
-    size = np.asarray(crop_size, np.int32)
-    codes = _threshold_codes(_upscale_columns(low_res, columns, long_side), thresholds[2], rows, size)
+    rows, columns, size = jax.device_put((*output_taps(input_size, crop_size), np.asarray(crop_size, np.int32)))
+    codes = _threshold_codes(_upscale_columns(low_res, columns, long_side), thresholds, rows, size)
     return _filter_codes(codes, iou, valid, crop_box, orig_box, thresholds)
 
 
@@ -162,9 +168,11 @@ def _upscale_columns(low_res: jax.Array, columns: Taps, long_side: int) -> jax.A
 
 
 @jax.jit
-def _threshold_codes(columns: jax.Array, offset: jax.Array, rows: Taps, size: jax.Array) -> jax.Array:
+def _threshold_codes(columns: jax.Array, thresholds: jax.Array, rows: Taps, size: jax.Array) -> jax.Array:
     """The rows step of the upscaling and the three comparisons: ``(P, Hp, Wp)`` uint8 of
-    ``BIT_OUTER | BIT_MASK | BIT_INNER`` flags, zero outside the crop's ``size = (h, w)``."""
+    ``BIT_OUTER | BIT_MASK | BIT_INNER`` flags, zero outside the crop's ``size = (h, w)``; the
+    stability offset is ``thresholds[2]`` (:func:`filter_batch`)."""
+    offset = thresholds[2]
     x = apply_taps(columns, rows, 1)
     codes = (
         (x > MASK_THRESHOLD - offset).astype(jnp.uint8) * BIT_OUTER
@@ -225,7 +233,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     size = 1 << (n - 1).bit_length()  # bucketed: one compile per power of two
     padded = np.zeros((size, 4), np.float32)
     padded[:n] = np.asarray(boxes, np.float32)[order]
-    kept = np.asarray(_greedy_nms(jnp.asarray(padded), jnp.arange(size) < n, jnp.float32(iou_threshold)))
+    kept = jax.device_get(_greedy_nms(*jax.device_put((padded, np.arange(size) < n, np.float32(iou_threshold)))))
     return order[kept[:n]]
 
 

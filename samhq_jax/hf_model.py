@@ -32,7 +32,7 @@ from samhq_jax.hf_processor import HF_LABELS, jax_device
 from samhq_jax.precision import LIBRARY, Policy
 from samhq_jax.predictor import compiled_model
 from samhq_jax.sam_hq import ImageEmbeddings
-from samhq_jax.transforms import untorch
+from samhq_jax.transforms import as_numpy, on_device
 
 
 @dataclasses.dataclass
@@ -78,7 +78,7 @@ class SamHQModel:
         precision: str = LIBRARY.precision,
     ) -> None:
         self.config = config
-        self.params = params
+        self.params = jax.device_put(params)  # once: warm calls move no weights
         self.policy = Policy(precision, dtype)
         self.module, self._embed, self._decode = compiled_model(config, self.policy.dtype, self.policy.precision)
 
@@ -176,8 +176,7 @@ class SamHQModel:
             )
         early = intermediate_embeddings[0] if isinstance(intermediate_embeddings, (list, tuple)) else None
         early = intermediate_embeddings if early is None else early
-        emb = jnp.asarray(untorch(image_embeddings), jnp.float32)
-        early = jnp.asarray(untorch(early), jnp.float32)
+        emb, early = on_device(image_embeddings, jnp.float32), on_device(early, jnp.float32)
         g, c = self.config.embedding_size, self.config.prompt_encoder.embed_dim
         if emb.ndim != 4 or emb.shape[1:] != (c, g, g):
             raise ValueError(f"image_embeddings must be (B, {c}, {g}, {g}), got {emb.shape}")
@@ -192,10 +191,10 @@ class SamHQModel:
         """Check Hugging Face prompt tensors and return :meth:`SamHQ.decode`'s arguments."""
         p = None
         if points is not None:
-            points = np.asarray(untorch(points), np.float32)
+            points = as_numpy(points).astype(np.float32)
             if points.ndim != 4 or points.shape[-1] != 2:
                 raise ValueError(f"input_points must be (batch, point_batch, points, 2), got {points.shape}")
-            labels = np.ones(points.shape[:3], np.int32) if labels is None else np.asarray(untorch(labels))
+            labels = np.ones(points.shape[:3], np.int32) if labels is None else as_numpy(labels)
             if labels.shape != points.shape[:3]:
                 raise ValueError(f"input_labels must be {points.shape[:3]} to match input_points, got {labels.shape}")
             bad = sorted(set(np.unique(labels).tolist()) - set(HF_LABELS))
@@ -206,7 +205,7 @@ class SamHQModel:
         elif labels is not None:
             raise ValueError("input_labels were given without input_points")
         if boxes is not None:
-            boxes = np.asarray(untorch(boxes), np.float32)
+            boxes = as_numpy(boxes).astype(np.float32)
             if boxes.ndim != 3 or boxes.shape[-1] != 4:
                 raise ValueError(f"input_boxes must be (batch, boxes, 4), got {boxes.shape}")
             if p is not None and boxes.shape[1] != p:
@@ -219,18 +218,17 @@ class SamHQModel:
                 raise ValueError(f"{name} contain NaN or inf")
         if masks is not None:
             low = self.config.low_res_mask_size
-            masks = np.asarray(untorch(masks), np.float32)
+            masks = as_numpy(masks).astype(np.float32)
             masks = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
             if masks.shape != (b, low, low):
                 raise ValueError(f"input_masks must be ({b}, 1, {low}, {low}) low-res logits, got {masks.shape}")
             masks = np.broadcast_to(masks[:, None], (b, p or 1, low, low))
-        as_jax = lambda a: None if a is None else jnp.asarray(a)  # noqa: E731
-        return as_jax(points), as_jax(labels), as_jax(boxes), as_jax(masks)
+        return jax.device_put((points, labels, boxes, masks))
 
 
 def _pixels(pixel_values: Any, size: int) -> jax.Array:
     """``(B, 3, S, S)`` NCHW pixels -> ``(B, S, S, 3)`` float32 NHWC."""
-    x = jnp.asarray(untorch(pixel_values), jnp.float32)
+    x = on_device(pixel_values, jnp.float32)
     if x.ndim != 4 or x.shape[1:] != (3, size, size):
         raise ValueError(f"pixel_values must be (B, 3, {size}, {size}) from the processor, got {x.shape}")
     return x.transpose(0, 2, 3, 1)

@@ -27,7 +27,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from PIL import Image
 
@@ -37,10 +37,10 @@ from samhq_jax.transforms import (
     PIXEL_MEAN,
     PIXEL_STD,
     as_numpy,
+    on_device,
     postprocess_masks,
     preprocess,
     preprocess_shape,
-    untorch,
 )
 
 HF_LABELS = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_PAD)
@@ -200,13 +200,15 @@ class SamHQImageProcessor:
                 f"got masks for {len(masks)} images, {len(original)} original sizes and {len(reshaped)} reshaped sizes"
             )
         out = []
-        for i, (orig, resh) in enumerate(zip(original, reshaped, strict=True)):
-            low = jnp.asarray(untorch(masks[i]))
+        threshold = jax.device_put(np.float32(mask_threshold))
+        # zip, not masks[i]: indexing a device array by a Python int would upload the index
+        for i, (item, orig, resh) in enumerate(zip(masks, original, reshaped, strict=False)):
+            low = on_device(item)
             if low.ndim != 4:
                 raise ValueError(f"masks[{i}] must be (P, K, H, W) low-res logits, got {low.shape}")
             full = postprocess_masks(low, tuple(resh), tuple(orig), side)
-            full = full > mask_threshold if binarize else full
-            out.append(full if kind == "jax" else np.asarray(full))
+            full = full > threshold if binarize else full
+            out.append(full if kind == "jax" else jax.device_get(full))
         return out
 
 
@@ -309,7 +311,7 @@ def _check_return_tensors(kind: str | None) -> str:
 
 
 def _convert(arrays: dict[str, np.ndarray], kind: str) -> BatchFeature:
-    return BatchFeature({k: jnp.asarray(v) if kind == "jax" else v for k, v in arrays.items()})
+    return BatchFeature({k: jax.device_put(v) if kind == "jax" else v for k, v in arrays.items()})
 
 
 def _as_list(x: Any) -> list:
@@ -342,7 +344,7 @@ def _per_image(x: Any, name: str, sizes: list[tuple[int, int]], tail: tuple[int,
     out = []
     for i, item in enumerate(items):
         try:
-            arr = np.asarray(untorch(item), dtype=np.float64)
+            arr = as_numpy(item).astype(np.float64)
         except ValueError as err:
             raise ValueError(f"{name}[{i}] is ragged inside one image: {err}") from err
         if arr.ndim < 1 + len(tail) or arr.shape[arr.ndim - len(tail) :] != tail:

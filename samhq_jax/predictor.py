@@ -77,7 +77,7 @@ class TensorLikeArray(np.ndarray):
 
 
 def _tensor_like(a: jax.Array | np.ndarray) -> TensorLikeArray:
-    return np.asarray(a).view(TensorLikeArray)
+    return np.asarray(jax.device_get(a)).view(TensorLikeArray)
 
 
 def pad_prompts(a: np.ndarray | None, count: int) -> np.ndarray | None:
@@ -151,7 +151,7 @@ class SamHQPredictor:
         precision: str = LIBRARY.precision,
     ) -> None:
         self.config = config
-        self.params = params
+        self.params = jax.device_put(params)  # once: warm calls move no weights
         self.policy = Policy(precision, dtype)
         self.model, self._embed, self._decode = compiled_model(config, self.policy.dtype, self.policy.precision)
         self.transform = ResizeLongestSide(config.img_size)
@@ -204,7 +204,7 @@ class SamHQPredictor:
         """Encode ``(S, S, 3)`` float32 normalised, padded ``net_input`` and cache it with its sizes."""
         self.input_size = tuple(int(v) for v in input_size)
         self.original_size = tuple(int(v) for v in original_size)
-        self.embeddings: ImageEmbeddings | None = self._embed({"params": self.params}, jnp.asarray(net_input)[None])
+        self.embeddings: ImageEmbeddings | None = self._embed({"params": self.params}, jax.device_put(net_input[None]))
 
     def reset_image(self) -> None:
         """Forget the current image."""
@@ -435,7 +435,7 @@ class SamHQPredictor:
         n_points = {c[0].shape[1] for c in checked if c[0] is not None}
         if len(n_points) > 1:
             raise ValueError(f"point prompts must have the same number of points in every image, got {n_points}")
-        embeddings = self._embed({"params": self.params}, jnp.asarray(np.stack(inputs)))
+        embeddings = self._embed({"params": self.params}, jax.device_put(np.stack(inputs)))
         return self._decode_padded(embeddings, checked, sizes, multimask_output, return_logits, hq_token_only, sam_only)
 
     def _decode_padded(
@@ -453,7 +453,7 @@ class SamHQPredictor:
         counts = [next(a.shape[0] for a in c if a is not None) for c in checked]
         size = bucket_size(max(counts))
         stacked = [
-            None if checked[0][k] is None else jnp.asarray(np.stack([pad_prompts(c[k], size) for c in checked]))
+            None if checked[0][k] is None else jax.device_put(np.stack([pad_prompts(c[k], size) for c in checked]))
             for k in range(4)
         ]
         low_res, iou = self._decode(
@@ -464,15 +464,16 @@ class SamHQPredictor:
             hq_token_only=hq_token_only,
             sam_only=sam_only,
         )
-        low_res_host, iou_host = np.asarray(low_res), np.asarray(iou)
+        low_res_host, iou_host = jax.device_get((low_res, iou))
         results = []
-        for b, (p, (input_size, original_size)) in enumerate(zip(counts, sizes, strict=True)):
+        # Iterating a device array splits it with static slices (indexing by a Python int uploads the index).
+        for b, (low, p, (input_size, original_size)) in enumerate(zip(low_res, counts, sizes, strict=True)):
             # On the device at the padded (bucketed) count and padded size: one compile per prompt
             # bucket and size bucket; only boolean masks (or the logits asked for) cross to the host,
             # where the size padding is cropped.
-            rows, columns = output_taps(input_size, original_size)
-            full = full_masks(low_res[b], rows, columns, self.config.img_size, return_logits)
-            masks = np.ascontiguousarray(np.asarray(full)[:p, :, : original_size[0], : original_size[1]])
+            rows, columns = jax.device_put(output_taps(input_size, original_size))
+            full = full_masks(low, rows, columns, self.config.img_size, return_logits)
+            masks = np.ascontiguousarray(jax.device_get(full)[:p, :, : original_size[0], : original_size[1]])
             results.append((masks, iou_host[b, :p], low_res_host[b, :p]))
         return results
 
@@ -493,8 +494,7 @@ class SamHQPredictor:
         return self._decode(
             {"params": self.params},
             self.embeddings,
-            jnp.asarray(padded)[None, :, None],
-            jnp.full((1, count, 1), LABEL_POSITIVE, jnp.int32),
+            *jax.device_put((padded[None, :, None], np.full((1, count, 1), LABEL_POSITIVE, np.int32))),
             multimask_output=multimask_output,
             hq_token_only=hq_token_only,
         )

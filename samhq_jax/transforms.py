@@ -24,7 +24,7 @@ method names, so code written against ``segment_anything_hq.utils.transforms`` p
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -116,8 +116,21 @@ def untorch(x: object) -> object:
 
 
 def as_numpy(x: object) -> np.ndarray:
-    """Any array-like as a NumPy array: NumPy, JAX, nested lists, or a torch tensor."""
-    return np.asarray(untorch(x))
+    """Any array-like as a NumPy array: NumPy, JAX (copied to the host explicitly), nested lists, or
+    a torch tensor."""
+    return np.asarray(jax.device_get(untorch(x)))
+
+
+def on_device(x: object, dtype: Any = None) -> jax.Array:
+    """Any array-like as a JAX array on the default device, converted to ``dtype`` (None: kept).
+
+    A JAX array stays where it is (no host round trip); anything else (NumPy, lists, a torch tensor
+    on any device) is converted on the host and uploaded with one explicit ``jax.device_put``, so
+    the call also runs under ``jax.transfer_guard("disallow")``.
+    """
+    if isinstance(x, jax.Array):
+        return x if dtype is None else x.astype(dtype)
+    return jax.device_put(np.asarray(untorch(x), dtype))
 
 
 class ResizeLongestSide:

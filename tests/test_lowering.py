@@ -211,7 +211,7 @@ def amg_programs() -> dict[str, tuple[Callable, tuple, dict]]:
         "upscale-columns": (_upscale_columns, (SDS((p, low, low), F32), taps(w)), dict(long_side=1024)),
         "threshold-codes": (
             _threshold_codes,
-            (SDS((p, 1024, w), F32), SDS((), F32), taps(h), SDS((2,), i32)),
+            (SDS((p, 1024, w), F32), SDS((3,), F32), taps(h), SDS((2,), i32)),
             {},
         ),
         "filter-codes": (
