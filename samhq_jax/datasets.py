@@ -11,6 +11,12 @@ Two layouts:
 Pairs are checked when they are listed, so a missing mask is a start-up error naming the files, not
 a crash hours into training. Files are read with PIL (the official code uses ``skimage.io.imread``):
 grey images become 3 channels and a mask with channels keeps channel 0, as the official loader does.
+
+Images go through the library's one reader (:func:`samhq_jax.image_io.read_rgb`) with
+``exif=False``: the stored pixels, EXIF orientation not applied. ``skimage.io.imread`` does not
+apply it either, and the masks (PNG, no EXIF) are drawn on the stored pixels, so rotating a photo
+that carries an orientation tag would turn it away from its mask. 16-bit images keep their high
+byte (the official loader would pass 0-65535 values on as if they were 0-255); alpha is dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from samhq_jax.image_io import read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -196,23 +204,16 @@ def folder_pairs(folder: Path, name: str | None = None, strict: bool = True) -> 
     return [Pair(dataset=name, stem=stem, image=paths[0], mask=masks[stem]) for stem, paths in images.items()]
 
 
-def _open(path: Path, kind: str) -> Image.Image:
-    """Open and fully decode an image file; any failure becomes a ``DatasetError`` naming it."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read {kind} {path}: {e}") from e
-
-
-def read_image(path: Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB: grey is repeated to 3 channels, alpha dropped, palettes applied.
+def read_image(path: Path | str) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB, the stored pixels (no EXIF rotation; module docstring): grey is
+    repeated to 3 channels, alpha dropped, palettes applied, 16 bits cut to their high byte.
 
     Raises ``DatasetError`` naming the file when it is missing, unreadable or corrupt.
     """
-    im = _open(Path(path), "image")
-    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    try:
+        return read_rgb(path, exif=False)
+    except (OSError, ValueError) as e:
+        raise DatasetError(str(e)) from e
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -222,7 +223,11 @@ def read_mask(path: Path) -> np.ndarray:
     read as 0 / 255. Raises ``DatasetError`` naming the file when it is missing, unreadable, corrupt
     or not 8-bit.
     """
-    im = _open(Path(path), "mask")
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"cannot read mask {path}: {e}") from e
     if im.mode == "1":
         im = im.convert("L")
     elif im.mode == "P":

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from samhq_jax.image_io import pil_to_rgb
+
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # RGB, 0-255 scale
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 MASK_THRESHOLD = 0.0
@@ -45,11 +47,13 @@ def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
 def to_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
     """Return ``(H, W, 3)`` uint8 RGB; grayscale ``(H, W)`` / ``(H, W, 1)`` and RGBA are converted.
 
+    A PIL image is converted by the image reader's rules (:func:`samhq_jax.image_io.pil_to_rgb`:
+    16 bits to their high byte, palettes, CMYK; no EXIF rotation, the image is taken as it is).
     Raises ``ValueError`` for anything else (float images, other channel counts, empty images):
     a silent guess would give a silently wrong mask.
     """
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = pil_to_rgb(image)
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"images must be uint8 in [0, 255], got dtype {image.dtype}")

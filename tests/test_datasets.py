@@ -237,3 +237,18 @@ def test_unreadable_files_name_the_file(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.uint16)).save(tmp_path / "deep.png")
     with pytest.raises(DatasetError, match="not 8-bit"):
         read_mask(tmp_path / "deep.png")
+
+
+def test_read_image_keeps_the_stored_pixels(tmp_path):
+    """Dataset images skip the EXIF orientation (skimage.io.imread does; the masks are drawn on the
+    stored pixels) but share the reader's other rules: 16 bits keep their high byte."""
+    stored = np.random.default_rng(2).integers(0, 256, (8, 16, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    np.testing.assert_array_equal(read_image(tmp_path / "phone.png"), stored)
+    deep = np.random.default_rng(3).integers(0, 65536, (4, 5), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "deep.png"), np.repeat((deep >> 8).astype(np.uint8)[..., None], 3, 2)
+    )
