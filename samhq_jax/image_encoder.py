@@ -398,6 +398,9 @@ class ImageEncoderViT(nn.Module):
     ``query_block``: queries per block in the attention (:func:`rel_pos_attention`); a speed knob
     that changes results only by float rounding. ``attention``: the attention's form, :data:`AUTO`
     (the platform's fastest) or one of :data:`ATTENTION_PATHS` (likewise a speed knob; same parameters).
+    ``remat``: each block under ``jax.checkpoint`` (``nn.remat``): differentiated, a block keeps only
+    its input and recomputes the rest in the backward pass (memory for time); same parameter names
+    (``blocks_{i}``) and the same values. Outside differentiation it changes nothing.
     """
 
     config: ImageEncoderConfig
@@ -405,6 +408,7 @@ class ImageEncoderViT(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention: str = AUTO
+    remat: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -420,10 +424,11 @@ class ImageEncoderViT(nn.Module):
             g = cfg.grid_size
             pos = self.param("pos_embed", nn.initializers.zeros, (1, g, g, cfg.embed_dim), self.param_dtype)
             x = x + pos.astype(x.dtype)
+        block = nn.remat(Block) if self.remat else Block
         early = None
         for i in range(cfg.depth):
             window = 0 if i in cfg.global_attn_indexes else cfg.window_size
-            x = Block(cfg, window, self.query_block, attention=self.attention, name=f"blocks_{i}", **kw)(x)
+            x = block(cfg, window, self.query_block, attention=self.attention, name=f"blocks_{i}", **kw)(x)
             self.sow("intermediates", f"blocks_{i}_out", x)
             if i == cfg.early_block:
                 early = x

@@ -49,18 +49,21 @@ class SamHQ(nn.Module):
 
     ``dtype`` is the compute dtype; parameters are stored in ``param_dtype``. ``attention``: the image
     encoder's attention form: ``"auto"`` (the platform's fastest) or one of
-    :data:`samhq_jax.image_encoder.ATTENTION_PATHS` (same parameters).
+    :data:`samhq_jax.image_encoder.ATTENTION_PATHS` (same parameters). ``remat``: rematerialise each
+    image-encoder block in the backward pass (:class:`~samhq_jax.image_encoder.ImageEncoderViT`; same
+    parameters).
     """
 
     config: SamHQConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention: str = AUTO
+    remat: bool = False
 
     def setup(self) -> None:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.image_encoder = ImageEncoderViT(cfg.image_encoder, attention=self.attention, **kw)
+        self.image_encoder = ImageEncoderViT(cfg.image_encoder, attention=self.attention, remat=self.remat, **kw)
         self.prompt_encoder = PromptEncoder(cfg.prompt_encoder, cfg.img_size, cfg.embedding_size, **kw)
         self.mask_decoder = MaskDecoderHQ(cfg.mask_decoder, cfg.image_encoder.embed_dim, **kw)
 

@@ -67,6 +67,14 @@ def test_smoke_measures_each_stage(smoke) -> None:
     assert decoder == {("decoder", 1), ("decoder", 4), ("end_to_end", 1)}
     assert sections["peak"]["bf16_peak_tflops"] > 0
     assert sections["train"]["results"][0]["examples_per_s"] > 0
+    # memory: XLA's analysis of the encoder programs and of the compiled train step
+    for key in ("encoder_b", "encoder_h"):
+        for r in sections[key]["rows"]:
+            if r["family"] == "ours":
+                assert r["memory"]["xla"]["temp_bytes"] > 0 and r["memory"]["xla"]["argument_bytes"] > 0, r
+    assert sections["train"]["results"][0]["xla_memory"]["temp_bytes"] > 0
+    table = (out / "device_suite.md").read_text()
+    assert "(temp " in table and "XLA temp " in table
     verdicts = {h["figure"]: h["verdict"] for h in data["headline"]}
     assert any(f.startswith("parity") and v == "pass" for f, v in verdicts.items())
     assert any(f.startswith("segment everything") and v in ("pass", "FAIL") for f, v in verdicts.items())

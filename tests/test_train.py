@@ -31,8 +31,9 @@ from samhq_jax.checkpoint import load_pretrained, read_weights
 from samhq_jax.config import SamHQConfig
 from samhq_jax.hq_params import is_hq_path
 from samhq_jax.sam_hq import SamHQ, init_params
+from train.cli import build_parser
 from train.cli import main as train_main
-from train.loop import NonFiniteLossError, TrainConfig, train
+from train.loop import NonFiniteLossError, TrainConfig, train, write_run_record
 from train.step import decode_batch, normalize
 from train.synthetic import write_synthetic_dataset
 from train.trainable import partition
@@ -230,6 +231,14 @@ def test_cli_errors_exit_2(setup, tmp_path, capsys) -> None:
         assert train_main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("samhq-train: error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_remat_flag_is_recorded_in_run_json(tmp_path) -> None:
+    """``--remat`` (off by default) is a :class:`TrainConfig` field, so ``run.json`` records it."""
+    argv = ["--preset", PRESET, "--data", "d", "--output", str(tmp_path)]
+    assert not build_parser().parse_args(argv).remat and build_parser().parse_args([*argv, "--remat"]).remat
+    write_run_record(tmp_path, TrainConfig(output=tmp_path, preset=PRESET, data=("d",), remat=True), 0)
+    assert json.loads((tmp_path / "run.json").read_text())["settings"]["remat"] is True
 
 
 def test_same_loss_curve_on_1_and_4_devices_and_2_processes(setup, one_device_run, tmp_path) -> None:

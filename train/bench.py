@@ -12,6 +12,9 @@ with the state donated). Measured side by side in one run:
 * step: the median (min, max) of ``--steps`` warm steps after a first step kept out of the statistics
   (its time is in the JSON), each ended by ``jax.block_until_ready`` on its outputs (dispatch is
   asynchronous); examples/s = batch / median;
+* memory: XLA's memory analysis of the compiled step (arguments, outputs, aliased, temp, XLA's
+  peak where reported: :func:`eval.bench.env.analyse_compiled`) and, on a GPU, the device's peak
+  bytes in use after the steps (the process's high-water mark);
 * encoder: the frozen image encoder alone (``SamHQ.embed_image`` on the normalised batch, in
   ``--encoder-dtype``, as inside the step), jitted and timed the same way, as a fraction of the step.
 
@@ -45,7 +48,8 @@ import jaxlib.version
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from eval.bench.env import blocking, load_average, time_interleaved
+from eval.bench.env import analyse_compiled, blocking, jax_device_peak, load_average, time_interleaved
+from eval.bench.report import mib
 from samhq_jax.cmdkit.args import OneLineParser
 from samhq_jax.config import PRESETS, SamHQConfig
 from samhq_jax.sam_hq import init_params
@@ -90,6 +94,8 @@ class BenchResult:
     encoder_fraction: float  # encoder median / step median
     loss_first: float
     loss_last: float
+    xla_memory: dict[str, Any]  # XlaAnalysis.to_json() of the compiled step (bytes)
+    device_peak_bytes: int | None  # the device's peak bytes in use after the steps (None on CPU)
 
 
 def default_batch_size(preset: str) -> int:
@@ -154,6 +160,7 @@ def bench_preset(name: str, *, batch_size: int, steps: int, encoder_dtype: str, 
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, frozen_dev, batch).compile()
     compile_s = time.perf_counter() - t0
+    xla_memory = analyse_compiled(compiled).to_json()
 
     progress(f"{name}: 1 + {steps} train steps")
     losses, step_times = [], []
@@ -162,6 +169,7 @@ def bench_preset(name: str, *, batch_size: int, steps: int, encoder_dtype: str, 
         state, metrics = jax.block_until_ready(compiled(state, frozen_dev, batch))
         step_times.append(time.perf_counter() - t0)
         losses.append(float(metrics["loss"]))  # read after the timer stops
+    device_peak_bytes = jax_device_peak()
 
     # The encoder exactly as the step runs it (train.step.make_embed), outside jax.grad.
     embed = make_embed(config, dtype)
@@ -202,6 +210,8 @@ def bench_preset(name: str, *, batch_size: int, steps: int, encoder_dtype: str, 
         encoder_fraction=enc_median / step_median,
         loss_first=losses[0],
         loss_last=losses[-1],
+        xla_memory=xla_memory,
+        device_peak_bytes=device_peak_bytes,
     )
 
 
@@ -226,15 +236,17 @@ def format_table(results: Sequence[BenchResult]) -> str:
     """Markdown table, one row per preset."""
     head = (
         "| preset | S | encoder dtype | batch | warm steps | compile s | step s median (min-max) | examples/s "
-        "| encoder s median (min-max) | encoder share | loss first -> last |"
+        "| encoder s median (min-max) | encoder share | loss first -> last | step MiB: XLA temp / total (device peak) |"
     )
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
+        x = r.xla_memory
         rows.append(
             f"| {r.preset} | {r.img_size} | {r.encoder_dtype} | {r.batch_size} | {r.warm_steps} | {r.compile_s:.1f} "
             f"| {r.step_median_s:.3f} ({r.step_min_s:.3f}-{r.step_max_s:.3f}) | {r.examples_per_s:.3g} "
             f"| {r.encoder_median_s:.3f} ({r.encoder_min_s:.3f}-{r.encoder_max_s:.3f}) "
-            f"| {100 * r.encoder_fraction:.0f}% | {r.loss_first:.4f} -> {r.loss_last:.4f} |"
+            f"| {100 * r.encoder_fraction:.0f}% | {r.loss_first:.4f} -> {r.loss_last:.4f} "
+            f"| {mib(x['temp_bytes'])} / {mib(x['total_bytes'])} ({mib(r.device_peak_bytes)}) |"
         )
     return "\n".join(rows)
 

@@ -17,6 +17,9 @@ when tensorboardX is installed), ``OUTPUT/checkpoints/`` and ``OUTPUT/final/`` (
 ``OUTPUT/run.json`` (every setting). ``--precision`` (``default``, the default, or ``highest``)
 is the matmul precision of the step and its validation; ``--dtype`` (``float32``, the default, or
 ``bfloat16``; ``--encoder-dtype`` is the same flag) the frozen image encoder's compute dtype.
+``--remat`` recomputes each image-encoder block in the backward pass (``jax.checkpoint``): less
+memory with ``--trainable all`` (or any rule reaching the encoder), the same parameters; recorded in
+``run.json``.
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=TRAINING.dtype,
         choices=tuple(DTYPES),
         help=f"compute dtype of the frozen image encoder (default {TRAINING.dtype}; --encoder-dtype: the same flag)",
+    )
+    p.add_argument(
+        "--remat",
+        action="store_true",
+        help="recompute each image-encoder block in the backward pass (less memory when encoder parameters train)",
     )
     p.add_argument("--save-every", type=int, help="steps between checkpoints (default: one epoch)")
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")

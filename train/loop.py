@@ -11,7 +11,10 @@ stops the run with its step number before anything is saved after it.
 Numerics (:mod:`samhq_jax.precision`): ``precision`` (default ``"default"``, the numerics the step
 always had; ``"highest"``: full float32 on GPUs / TPUs too) applies to every dot of the step and of
 its validation; ``dtype`` (default ``float32``) is the frozen image encoder's compute dtype, the
-validation computes in float32. ``OUTPUT/run.json`` records every setting, these included.
+validation computes in float32. ``remat`` (default off) rematerialises each image-encoder block in
+the backward pass: less memory when encoder parameters train, one more encoder forward per step;
+without them the encoder runs outside the gradient and it changes nothing. ``OUTPUT/run.json``
+records every setting, these included.
 
 Only process 0 writes logs, ``run.json`` and the final model; every process takes part in the
 checkpoint saves.
@@ -85,6 +88,7 @@ class TrainConfig:
     output_mask: str = "hq"  # trained output: "hq" (official) or "sam" (pre-training a stand-in SAM)
     precision: str = TRAINING.precision  # matmul precision of the step and its validation: default | highest
     dtype: str = TRAINING.dtype  # compute dtype of the frozen image encoder (--dtype, alias --encoder-dtype)
+    remat: bool = False  # rematerialise each image-encoder block in the backward pass (memory for time)
     save_every: int | None = None  # steps between checkpoints (default: one epoch)
     keep: int = 3  # checkpoints kept
     resume: bool = False
@@ -229,9 +233,9 @@ def validate(
 
 
 def write_run_record(output: Path, cfg: TrainConfig, start_step: int) -> None:
-    """``OUTPUT/run.json``: the run's settings (every :class:`TrainConfig` field), its numerics
-    (``precision``, ``dtype``, and the validation's) and the step it (re)started at; rewritten on
-    every start, so after ``--resume`` it holds the settings of the latest start."""
+    """``OUTPUT/run.json``: the run's settings (every :class:`TrainConfig` field, ``remat`` included),
+    its numerics (``precision``, ``dtype``, and the validation's) and the step it (re)started at;
+    rewritten on every start, so after ``--resume`` it holds the settings of the latest start."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     record = {
         "settings": settings,
@@ -286,8 +290,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             encoder_dtype=cfg.policy.compute_dtype,
             train_encoder=touches_encoder(trainable),
             precision=cfg.precision,
+            remat=cfg.remat,
         ),
         mesh,
+        remat=cfg.remat,
     )
 
     manager = ocp.CheckpointManager(
@@ -320,6 +326,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     if primary:
         write_run_record(output, cfg, start)
     logger.info("step: %s; validation: %s", cfg.policy.describe(), cfg.validation_policy.describe())
+    if cfg.remat:
+        logger.info(
+            "remat: each image-encoder block recomputed in the backward pass%s",
+            ""
+            if touches_encoder(trainable)
+            else f" (no effect: --trainable {cfg.trainable} leaves the encoder frozen)",
+        )
     log = _Log(output, primary)
     schedule = lr_schedule(cfg.lr, drop_step)
     last: dict[str, float] = {}

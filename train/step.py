@@ -11,6 +11,12 @@ Numerics follow the one policy of :mod:`samhq_jax.precision`: ``precision`` (def
 ``"default"``, :data:`~samhq_jax.precision.TRAINING`) is set while the step is traced, so every
 dot and convolution of the compiled step, forward and backward, carries it; ``encoder_dtype`` is
 the frozen image encoder's compute dtype (the decoder and the loss compute in float32).
+
+Memory: ``remat`` puts each image-encoder block under ``jax.checkpoint`` (``nn.remat``), so a
+step that trains encoder parameters keeps one activation per block for the backward pass and
+recomputes the rest; the same loss and gradients up to float rounding, the same parameter tree.
+When the encoder runs outside the gradient (``--trainable hq`` / ``decoder``) it changes nothing.
+On CPU the step then compiles with :func:`remat_compiler_options` (see there).
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ from samhq_jax.precision import DTYPES, TRAINING, at_precision, check_dtype
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
 from samhq_jax.transforms import PIXEL_MEAN, PIXEL_STD
 from train.loss import loss_masks
-from train.prompts import BOX, NOISE_MASK, POINTS
+from train.prompts import BOX, NOISE_MASK, NUM_POINTS, POINTS
 
 DATA_AXIS = "data"
+# XLA:CPU's pass that removes jax.checkpoint's optimization barriers (before its CSE; see remat_compiler_options).
+CPU_BARRIER_EXPANDER = "cse_barrier_expander"
 ENCODER_DTYPES = DTYPES  # --dtype (--encoder-dtype) choices: the one policy's (samhq_jax.precision)
 Batch = dict[str, jax.Array]
 
@@ -106,12 +114,30 @@ def decode_batch(module: SamHQ, emb: ImageEmbeddings, batch: Batch, output: str)
     return masks[:, 0]
 
 
+def abstract_batch(config: SamHQConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch of :func:`make_train_step` as ``jax.ShapeDtypeStruct``s (to lower the step
+    without data): ``image (B, S, S, 3)`` uint8, ``label (B, S, S)`` float32, ``box (B, 4)``,
+    ``points (B, 10, 2)``, ``noise_mask (B, 4G, 4G)`` float32, ``prompt (B,)`` int32, ``valid (B,)`` bool."""
+    b, s, m = batch_size, config.img_size, config.low_res_mask_size
+    shapes = {
+        "image": ((b, s, s, 3), jnp.uint8),
+        "label": ((b, s, s), jnp.float32),
+        "box": ((b, 4), jnp.float32),
+        "points": ((b, NUM_POINTS, 2), jnp.float32),
+        "noise_mask": ((b, m, m), jnp.float32),
+        "prompt": ((b,), jnp.int32),
+        "valid": ((b,), jnp.bool_),
+    }
+    return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
+
+
 def make_embed(
-    config: SamHQConfig, encoder_dtype: jnp.dtype | str = jnp.float32
+    config: SamHQConfig, encoder_dtype: jnp.dtype | str = jnp.float32, remat: bool = False
 ) -> Callable[[Any, jax.Array], ImageEmbeddings]:
     """``embed(params, images (B, S, S, 3) uint8) -> ImageEmbeddings`` (float32) as the train step runs
-    the image encoder: normalised, computed in ``encoder_dtype`` (``float32`` / ``bfloat16``)."""
-    encoder = SamHQ(config, dtype=check_dtype(encoder_dtype))
+    the image encoder: normalised, computed in ``encoder_dtype`` (``float32`` / ``bfloat16``), each
+    block rematerialised under differentiation with ``remat``."""
+    encoder = SamHQ(config, dtype=check_dtype(encoder_dtype), remat=remat)
 
     def embed(params: Any, images: jax.Array) -> ImageEmbeddings:
         emb = encoder.apply({"params": params}, normalize(images), method=SamHQ.embed_image)
@@ -129,6 +155,7 @@ def make_train_step(
     encoder_dtype: jnp.dtype | str = jnp.float32,
     train_encoder: bool = False,
     precision: str = TRAINING.precision,
+    remat: bool = False,
 ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """``step(state, frozen, batch) -> (state, metrics)`` (not jitted; see :func:`jit_train_step`).
 
@@ -137,10 +164,11 @@ def make_train_step(
     (see :mod:`train.data`). The loss randomness is ``fold_in(PRNGKey(seed), step)``: the same on any
     mesh. ``metrics``: ``loss``, ``loss_mask``, ``loss_dice`` (float32 scalars). ``precision``
     (``"default"`` / ``"highest"``) is the matmul precision of every dot of the step, gradients
-    included; ``encoder_dtype`` the image encoder's compute dtype.
+    included; ``encoder_dtype`` the image encoder's compute dtype; ``remat`` rematerialises each
+    image-encoder block in the backward pass (see the module docstring).
     """
     model = SamHQ(config)
-    embed = make_embed(config, encoder_dtype)
+    embed = make_embed(config, encoder_dtype, remat)
     base_key = jax.random.PRNGKey(seed)
 
     def step(state: TrainState, frozen: Any, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -169,12 +197,28 @@ def make_mesh() -> Mesh:
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
-    """jit with the batch sharded on ``"data"``, everything else replicated, the state donated."""
+def remat_compiler_options(remat: bool) -> dict[str, str] | None:
+    """XLA options for a program with rematerialised blocks (``remat``): on CPU, XLA expands
+    ``jax.checkpoint``'s optimization barriers before its CSE pass, which then merges the recomputation
+    back into the forward pass, so remat would save nothing (and the plan grows a little); skipping that
+    one pass keeps the recomputation (a vit_b-wide 4-block encoder's gradient: temp 3,636 -> 2,136 MiB;
+    the same gradients). None without remat and on other backends, which keep the barriers."""
+    if remat and jax.default_backend() == "cpu":
+        return {"xla_disable_hlo_passes": CPU_BARRIER_EXPANDER}
+    return None
+
+
+def jit_train_step(step: Callable, mesh: Mesh, remat: bool = False) -> Callable:
+    """jit with the batch sharded on ``"data"``, everything else replicated, the state donated;
+    ``remat``: the step was made with ``remat=True`` (compiled with :func:`remat_compiler_options`)."""
     replicated = NamedSharding(mesh, PartitionSpec())
     data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return jax.jit(
-        step, in_shardings=(replicated, replicated, data), out_shardings=(replicated, replicated), donate_argnums=0
+        step,
+        in_shardings=(replicated, replicated, data),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+        compiler_options=remat_compiler_options(remat),
     )
 
 

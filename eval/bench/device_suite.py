@@ -55,6 +55,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from eval.bench.report import mib
+
 PROG = "device_suite"
 PARITY_BAR = 1e-4
 ENCODER_PEAK_BAR = 0.40  # ours bf16 encoder at batch 8: fraction of the measured bf16 matmul peak
@@ -484,16 +486,19 @@ def _peak_fraction(row: dict[str, Any] | None, peak_flops: float | None) -> floa
 
 
 def _memory_mib(row: dict[str, Any]) -> str:
+    """A row's memory in MiB: XLA's plan of our program (total, temp, XLA's peak where reported), then
+    the peak measured (the device's process peak, torch's CUDA peak or the RSS rise)."""
     mem = row.get("memory") or {}
-    xla = (mem.get("xla") or {}).get("total_bytes")
+    xla = mem.get("xla") or {}
     measured = (
         mem.get("device_process_peak_bytes") or mem.get("cuda_peak_delta_bytes") or mem.get("rss_peak_delta_bytes")
     )
     parts = []
-    if xla:
-        parts.append(f"plan {xla / 2**20:.0f}")
+    if xla.get("total_bytes"):
+        plan = f"plan {mib(xla['total_bytes'])} (temp {mib(xla.get('temp_bytes'))}"
+        parts.append(plan + (f", XLA peak {mib(xla['peak_bytes'])})" if xla.get("peak_bytes") else ")"))
     if measured:
-        parts.append(f"peak {measured / 2**20:.0f}")
+        parts.append(f"peak {mib(measured)}")
     return ", ".join(parts) or "n/a"
 
 
@@ -568,10 +573,14 @@ def headline(results: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str,
         )
     train = (results.get("train") or {}).get("results") or []
     for r in train:
+        x = r.get("xla_memory") or {}
+        memory = f"XLA temp {mib(x.get('temp_bytes'))} / total {mib(x.get('total_bytes'))} MiB"
+        if r.get("device_peak_bytes"):
+            memory += f", device peak {mib(r['device_peak_bytes'])} MiB"
         lines.append(
             (
                 f"train step {r['preset']} batch {r['batch_size']} ({r['encoder_dtype']} encoder)",
-                f"{r['examples_per_s']:.1f} examples/s (encoder {100 * r['encoder_fraction']:.0f} %)",
+                f"{r['examples_per_s']:.1f} examples/s (encoder {100 * r['encoder_fraction']:.0f} %); {memory}",
                 "",
                 "",
             )

@@ -106,41 +106,70 @@ def blocking(fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 # ---- XLA's own figures --------------------------------------------------------------------------
+# XlaAnalysis field <- jaxlib's CompiledMemoryStats attribute (what a backend leaves out stays None).
+MEMORY_FIELDS = {
+    "argument_bytes": "argument_size_in_bytes",
+    "output_bytes": "output_size_in_bytes",
+    "temp_bytes": "temp_size_in_bytes",
+    "alias_bytes": "alias_size_in_bytes",
+    "generated_code_bytes": "generated_code_size_in_bytes",
+    "peak_bytes": "peak_memory_in_bytes",
+}
+
+
 @dataclasses.dataclass
 class XlaAnalysis:
-    """What XLA says about one compiled stage: FLOPs and its buffer plan (bytes; None: not reported)."""
+    """What XLA says about one compiled program: FLOPs and its buffer plan, in bytes (None: not reported).
+
+    ``argument_bytes``: the inputs (parameters included); ``output_bytes``: the outputs;
+    ``alias_bytes``: outputs that reuse a donated input's buffer; ``temp_bytes``: the scratch the
+    program needs besides; ``generated_code_bytes``: the compiled code; ``peak_bytes``: XLA's own
+    peak of the buffers live at once, where the backend reports one (jaxlib >= 0.4.36).
+    """
 
     flops: float | None
     temp_bytes: int | None = None
     argument_bytes: int | None = None
     output_bytes: int | None = None
+    alias_bytes: int | None = None
+    generated_code_bytes: int | None = None
+    peak_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int | None:
+        """Arguments + outputs + temp, aliased outputs counted once: the program's whole footprint."""
         parts = (self.temp_bytes, self.argument_bytes, self.output_bytes)
-        return None if any(p is None for p in parts) else sum(parts)
+        if any(p is None for p in parts):
+            return None
+        return sum(parts) - (self.alias_bytes or 0)
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "total_bytes": self.total_bytes}
 
 
-def analyse(lowered: Any) -> XlaAnalysis:
-    """Compile ``jax.jit(f).lower(...)`` (a cache hit when ``f`` already ran with these shapes) and
-    read ``cost_analysis()["flops"]`` and ``memory_analysis()``, where this backend reports them."""
-    compiled = lowered.compile()
+def analyse_compiled(compiled: Any) -> XlaAnalysis:
+    """``cost_analysis()["flops"]`` and ``memory_analysis()`` of a ``jax.stages.Compiled``, where this
+    backend reports them (a missing or None field stays None)."""
     flops = None
     with contextlib.suppress(Exception):
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost["flops"]) if cost and cost.get("flops", -1) >= 0 else None
     result = XlaAnalysis(flops)
+    mem = None
     with contextlib.suppress(Exception):
         mem = compiled.memory_analysis()
-        if mem is not None:
-            result.temp_bytes = int(mem.temp_size_in_bytes)
-            result.argument_bytes = int(mem.argument_size_in_bytes)
-            result.output_bytes = int(mem.output_size_in_bytes)
+    for name, attribute in MEMORY_FIELDS.items():
+        value = getattr(mem, attribute, None)
+        if value is not None:
+            setattr(result, name, int(value))
     return result
+
+
+def analyse(lowered: Any) -> XlaAnalysis:
+    """Compile ``jax.jit(f).lower(...)`` (a cache hit when ``f`` already ran with these shapes) and
+    read its :func:`analyse_compiled` figures."""
+    return analyse_compiled(lowered.compile())
 
 
 # ---- memory probes ------------------------------------------------------------------------------

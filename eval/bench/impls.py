@@ -25,6 +25,7 @@ import torch
 
 from eval.bench.env import XlaAnalysis, analyse, blocking, jax_device_peak, quiet_warnings, sampled_rss_peak
 from eval.bench.env import torch_cuda_peak as _torch_cuda_peak
+from eval.bench.memory import lower_decode
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.config import SamHQConfig
 from samhq_jax.predictor import SamHQPredictor, compiled_model
@@ -131,18 +132,7 @@ class Ours(Impl):
         if pred.original_size is None:
             pred.set_image(image)
         frame = apply_boxes(boxes, pred.original_size, self.config.img_size)[None]
-        lowered = self._decode.lower(
-            {"params": self.params},
-            pred.embeddings,
-            None,
-            None,
-            jax.device_put(frame),
-            None,
-            multimask_output=False,
-            hq_token_only=False,
-            sam_only=False,
-        )
-        return analyse(lowered)
+        return analyse(lower_decode(self._decode, {"params": self.params}, pred.embeddings, jax.device_put(frame)))
 
     def end_to_end(self, image: np.ndarray, box: np.ndarray) -> Call:
         pred = self.predictor

@@ -37,8 +37,13 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
+def mib(n: int | None) -> str:
+    """``n`` bytes as whole MiB with thousands separators (no unit); ``"n/a"`` for None."""
+    return "n/a" if n is None else f"{n / MIB:,.0f}"
+
+
 def _mib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / MIB:.0f} MiB"
+    return "n/a" if n is None else f"{mib(n)} MiB"
 
 
 def memory_text(memory: dict[str, Any]) -> str:

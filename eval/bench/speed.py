@@ -6,6 +6,7 @@ seeded random weights and the same inputs.
     samhq-bench --model vit_b --batch 1 --prompts 1,16,64 --repeats 3 --output bench/
     samhq-bench --quick --output bench/             # tiny_b smoke run: 2 repeats, 1 and 16 prompts
     samhq-bench --skip hf,bf16 --cold               # + first mask of a fresh process, twice
+    samhq-bench --memory --model vit_b,vit_l,vit_h  # compile only: XLA's memory analysis, no weights
 
 Stages: the image encoder (--batch images per call); the decoder on an image encoded beforehand
 for each --prompts count P of boxes (ours: one predict_batch call; the official: one
@@ -29,6 +30,12 @@ sampled by a thread on CPU (crude), or the CUDA peak; ratios: each row's median 
 fp32 and official low-precision rows of its stage (for P > 1 prompts: over predict_torch batched,
 the faster official path). Written to --output: speed.md (the table and its header) and
 speed.json (every figure).
+
+--memory: nothing is timed and no weights exist; every program (our encoder at each --batch, the
+decoder at each --prompts count, the train step at each --train-batch for each --trainable rule with
+and without remat; fp32 and bf16; each --model) is compiled on abstract inputs and XLA's memory
+analysis read: arguments, outputs, aliased, temp, generated code, XLA's peak where reported
+(:mod:`eval.bench.memory`). Written to --output: memory.md and memory.json.
 """
 
 from __future__ import annotations
@@ -50,7 +57,15 @@ from samhq_jax.config import PRESETS
 PROG = "samhq-bench"
 QUICK = {"model": "tiny_b", "repeats": 2, "prompts": "1,16", "batch": "1", "amg": "4"}
 DEFAULTS = {"model": "vit_b", "repeats": 5, "prompts": "1,16,64,256", "batch": "1,4", "amg": "16,32"}
-LIST_ARGS = ("batch", "prompts", "amg")
+# --memory: compile only (eval.bench.memory); the train batch 4 is the official recipe's per GPU (32 over 8)
+MEMORY_QUICK = {"model": "tiny_b", "prompts": "1,16", "batch": "1", "train_batch": "2", "trainable": "decoder,all"}
+MEMORY_DEFAULTS = {
+    "model": "vit_b,vit_l,vit_h",
+    "prompts": "1,64",
+    "batch": "1,8",
+    "train_batch": "1,4",
+    "trainable": "decoder,all",
+}
 PEAK_MATMUL = {False: 4096, True: 1024}  # side of the measured peak's matmul (--quick: smaller)
 PHOTO = (1200, 1600)  # default image (H, W) for a 1024 px model, scaled with the model's input size
 PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"  # set to false (unless set) so torch has GPU memory too
@@ -126,13 +141,45 @@ def _size(text: str) -> tuple[int, int]:
 _size.__name__ = "HxW image size"
 
 
+def _presets(text: str) -> list[str]:
+    """argparse type: comma-separated model presets, e.g. ``vit_b,vit_h``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or set(names) - set(PRESETS):
+        raise ValueError
+    return names
+
+
+_presets.__name__ = f"comma-separated presets of {', '.join(PRESETS)}"
+
+
+def _names(text: str) -> list[str]:
+    """argparse type: a comma-separated list of names."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+# How parse_args reads a default of QUICK / DEFAULTS / MEMORY_*: as the flag's own type does (else int).
+PARSERS = {
+    "model": _presets,
+    "batch": _int_list,
+    "prompts": _int_list,
+    "amg": _int_list,
+    "train_batch": _int_list,
+    "trainable": _names,
+}
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``samhq-bench`` parser (defaults of ``--model`` / ``--batch`` / ``--prompts`` /
     ``--repeats`` are None here and resolved by :func:`parse_args`, ``--quick`` aware)."""
     from eval.bench.impls import SKIPPABLE
 
     p = command_parser(PROG, "samhq-jax vs official SAM-HQ vs HF SamHQModel, side by side", docstring_help(__doc__))
-    p.add_argument("--model", choices=PRESETS, help=f"preset (default {DEFAULTS['model']}; --quick {QUICK['model']})")
+    p.add_argument(
+        "--model",
+        type=_presets,
+        help=f"preset (default {DEFAULTS['model']}; --quick {QUICK['model']}); with --memory a comma-separated "
+        f"list (default {MEMORY_DEFAULTS['model']})",
+    )
     p.add_argument("--batch", type=_int_list, help=f"images per encoder call (default {DEFAULTS['batch']})")
     p.add_argument("--prompts", type=_int_list, help=f"boxes per decoder call (default {DEFAULTS['prompts']})")
     p.add_argument(
@@ -167,22 +214,52 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, images and boxes (default 0)")
     p.add_argument("--cold", action="store_true", help="also time the first mask of two fresh processes")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="compile only, time nothing: XLA's memory analysis of every program, abstract weights "
+        "(--skip then takes encoder, decoder, train, fp32, bf16)",
+    )
+    p.add_argument(
+        "--train-batch",
+        type=_int_list,
+        help=f"--memory: global batches of the train step (default {MEMORY_DEFAULTS['train_batch']})",
+    )
+    p.add_argument(
+        "--trainable",
+        type=_names,
+        help=f"--memory: samhq-train --trainable rules of the train step (default {MEMORY_DEFAULTS['trainable']})",
+    )
     return p
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Parse and resolve defaults: ``--quick`` supplies those not given, then :data:`DEFAULTS`."""
+    """Parse and resolve defaults: ``--quick`` supplies those not given, then :data:`DEFAULTS`
+    (with ``--memory``: :data:`MEMORY_QUICK`, :data:`MEMORY_DEFAULTS`). ``model`` is a list of presets."""
+    from eval.bench import memory
     from eval.bench.impls import SKIPPABLE
+    from train.trainable import TRAINABLE_PRESETS
 
     p = parser()
     args = p.parse_args(argv)
-    for name, value in (QUICK if args.quick else DEFAULTS).items():
+    if args.memory:
+        defaults, skippable = (MEMORY_QUICK if args.quick else MEMORY_DEFAULTS), memory.SKIPPABLE
+    else:
+        defaults, skippable = (QUICK if args.quick else DEFAULTS), SKIPPABLE
+        if args.train_batch is not None or args.trainable is not None:
+            p.error("--train-batch and --trainable go with --memory")
+    for name, value in defaults.items():
         if getattr(args, name) is None:
-            setattr(args, name, _int_list(value) if name in LIST_ARGS else value)
+            setattr(args, name, PARSERS.get(name, int)(value))
+    if not args.memory and len(args.model) > 1:
+        p.error(f"--model {','.join(args.model)}: one preset (several go with --memory)")
+    unknown_rules = sorted(set(args.trainable or ()) - set(TRAINABLE_PRESETS))
+    if unknown_rules:
+        p.error(f"--trainable {','.join(unknown_rules)}: choose from {', '.join(TRAINABLE_PRESETS)}")
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    unknown = sorted(args.skip - set(SKIPPABLE))
+    unknown = sorted(args.skip - set(skippable))
     if unknown:
-        p.error(f"--skip {','.join(unknown)}: choose from {', '.join(SKIPPABLE)}")
+        p.error(f"--skip {','.join(unknown)}: choose from {', '.join(skippable)}")
     if not args.row_budget > 0:
         p.error("--row-budget must be positive")
     if args.peak_gflops is not None and not args.peak_gflops > 0:
@@ -222,7 +299,7 @@ class Bench:
         from samhq_jax.config import SamHQConfig
 
         self.args = args
-        self.config = SamHQConfig.preset(args.model)
+        self.config = SamHQConfig.preset(args.model[0])
         threads = schedulable_cpus()
         torch.set_num_threads(threads)
         device = torch_device()
@@ -415,6 +492,12 @@ def run(args: argparse.Namespace) -> int:
     # On a GPU, JAX would otherwise take 75 % of its memory up front and leave torch too little.
     os.environ.setdefault(PREALLOCATE_ENV, "false")
     out = Path(args.output) if args.output else None
+    if args.memory:
+        from eval.bench.memory import run_memory
+
+        keys = ("batch", "prompts", "train_batch", "trainable", "precision")
+        settings = {"models": args.model, **{k: getattr(args, k) for k in keys}, "skip": sorted(args.skip)}
+        return run_memory(settings, out)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     with quiet_warnings():
