@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from eval.protocol import compiled_forward
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.config import SamHQConfig
 from samhq_jax.hf_model import SamHQModel
@@ -114,3 +115,18 @@ def test_warm_train_step_moves_nothing(setup) -> None:
         state, metrics = step(state, frozen_dev, global_batch(synthetic_batch(config, 2, seed=1), mesh))
         loss = jax.device_get(metrics["loss"])
     assert np.isfinite(loss)
+
+
+def test_warm_evaluation_step_moves_nothing(setup) -> None:
+    config, params = setup
+    forward = compiled_forward(config)
+    placed = jax.device_put(params)  # what evaluate_pairs does once per call, for every batch
+    s = config.img_size
+    rng = np.random.default_rng(0)
+
+    def call() -> np.ndarray:
+        images = rng.normal(size=(2, s, s, 3)).astype(np.float32)
+        boxes = np.array([[[4.0, 6, 60, 50]], [[10, 10, 100, 120]]], np.float32)
+        return jax.device_get(forward(placed, placed, *jax.device_put((images, boxes))))
+
+    assert np.isfinite(warm(call)).all()
