@@ -19,6 +19,13 @@ depend on it; ``default``: the device's TF32 / bf16 matmul passes) and ``--dtype
 the default, or ``bfloat16``) reach every compiled call (:mod:`samhq_jax.precision`); both are
 recorded in ``summary.json`` and the header of ``summary.md``.
 
+Every local device evaluates its own ``--batch-size`` images per call (a ``jax.make_mesh`` data
+axis; each device runs the one-device program). With ``--coordinator HOST:PORT --num-processes N
+--process-id I`` (the same command in each process, one per host) process I evaluates the I-th
+contiguous share of every dataset; the per-image rows are gathered, and process 0 alone writes
+``--output`` (the pictures drawn by the process that evaluated the image): the same files as a
+one-process, one-device run, bit for bit.
+
 Without ``--sam-checkpoint`` the SAM row is the HQ checkpoint's own SAM decoder with the HQ token
 left out. Bad data (a dataset folder that cannot be listed, an unreadable file, an image / mask size
 mismatch, a mask without foreground, a non-binary mask) is reported on stderr and in
@@ -29,6 +36,11 @@ are one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import base64
+import dataclasses
+import functools
+import io
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +48,23 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from samhq_jax.cmdkit.args import CHECKPOINT_HELP, command_parser, docstring_help
+from samhq_jax.cmdkit.args import (
+    CHECKPOINT_HELP,
+    add_distributed_flags,
+    announce_share,
+    command_parser,
+    distributed_flags,
+    docstring_help,
+    progress_label,
+)
 from samhq_jax.cmdkit.guard import doing, run_guarded
 from samhq_jax.datasets import HQSEG_LAYOUT, HQSEG_VAL
 from samhq_jax.precision import DTYPES, EVALUATION, PRECISIONS
 
 if TYPE_CHECKING:
+    from eval.protocol import ImageRecord
     from samhq_jax.checkpoint import LoadedWeights
+    from samhq_jax.datasets import Pair
 
 PROG = "samhq-eval"
 RESERVED = ("mean", "run")  # summary.json keys that are not datasets
@@ -93,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
         default=EVALUATION.dtype,
         help=f"compute dtype of the model (default {EVALUATION.dtype})",
     )
+    add_distributed_flags(p)
     return p
 
 
@@ -147,25 +170,65 @@ def _read(path: str, what: str) -> LoadedWeights:
         raise ValueError(f"{what} {path}: {err}") from err
 
 
+def _gathered(records: list[ImageRecord], datasets: list[str]) -> list[ImageRecord]:
+    """Every process's records (a collective), in the order one process would have them: dataset by
+    dataset, each process's contiguous share in turn. Rows travel as JSON (floats exact)."""
+    from eval.protocol import ImageRecord
+    from samhq_jax.distributed import allgather_bytes
+
+    rows = json.dumps([dataclasses.asdict(r) for r in records]).encode()
+    per_process = [[ImageRecord(**row) for row in json.loads(blob)] for blob in allgather_bytes(rows)]
+    return [r for name in datasets for mine in per_process for r in mine if r.dataset == name]
+
+
+def _pictures(picks: list[tuple[str, ImageRecord]], mine: list[Pair], evaluate: Callable) -> dict[str, bytes]:
+    """PNG bytes, by file name, of the comparison pictures of the ``picks`` among this process's
+    pairs ``mine``, evaluated again with their masks by ``evaluate(pairs) -> records``."""
+    from eval import report
+    from samhq_jax.datasets import FG_THRESHOLD, read_image, read_mask
+
+    by_key = {(p.dataset, p.stem): p for p in mine}
+    chosen = [(label, by_key[r.dataset, r.image]) for label, r in picks if (r.dataset, r.image) in by_key]
+    if not chosen:
+        return {}
+    with doing("evaluating the pictures' images again"):
+        redo = evaluate([pair for _, pair in chosen])
+    pictures = {}
+    for (label, pair), rec in tqdm(list(zip(chosen, redo, strict=True)), desc="pictures", unit="image"):
+        gt = read_mask(pair.mask) > FG_THRESHOLD
+        pic = report.comparison_picture(
+            read_image(pair.image), gt, rec.masks["sam"], rec.masks["hq"], report.picture_caption(label, rec)
+        )
+        png = io.BytesIO()
+        pic.save(png, format="PNG")
+        pictures[f"{label}_{pair.dataset}_{pair.stem}.png"] = png.getvalue()
+    return pictures
+
+
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and write the outputs; returns the exit status."""
+    """Evaluate this process's share, gather every process's rows, and (process 0) write the outputs;
+    returns the exit status."""
     import jax
 
     from eval import report
     from eval.protocol import evaluate_pairs, summarize
     from samhq_jax.checkpoint import untrained_hq_message
     from samhq_jax.config import SamHQConfig
-    from samhq_jax.datasets import FG_THRESHOLD
+    from samhq_jax.distributed import allgather_bytes, replicate, setup, share
     from samhq_jax.precision import Policy
 
+    processes = distributed_flags(args)
+    first = processes is None or processes[2] == 0  # process 0 reports and writes
     policy = Policy(args.precision, args.dtype)
     pairs, dataset_errors = _datasets(args)
     for name, message in dataset_errors.items():
-        print(f"{PROG}: {name}: not evaluated: {message}", file=sys.stderr)
+        if first:
+            print(f"{PROG}: {name}: not evaluated: {message}", file=sys.stderr)
     if not pairs:
         raise ValueError("no dataset could be listed")
+    mesh = setup(processes)  # before anything touches a device
     weights = _read(args.checkpoint, "--checkpoint")
-    if not weights.hq_trained:
+    if not weights.hq_trained and first:
         print(f"{PROG}: warning: {untrained_hq_message(args.checkpoint)}", file=sys.stderr)
     config = weights.config
     if args.paper and config.image_encoder != SamHQConfig.preset(args.paper).image_encoder:
@@ -173,15 +236,33 @@ def run(args: argparse.Namespace) -> int:
     sam = _read(args.sam_checkpoint, "--sam-checkpoint") if args.sam_checkpoint else None
     if sam is not None and sam.config.img_size != config.img_size:
         raise ValueError(f"--sam-checkpoint has img_size {sam.config.img_size}, the checkpoint {config.img_size}")
-    params = jax.device_put(weights.params)  # once, for every dataset and the pictures
-    sam_kwargs = {} if sam is None else {"sam_params": jax.device_put(sam.params), "sam_config": sam.config}
-    sam_kwargs["policy"] = policy
+    params = replicate(weights.params, mesh)  # once, for every dataset and the pictures
+    sam_kwargs = {} if sam is None else {"sam_params": replicate(sam.params, mesh), "sam_config": sam.config}
+    sam_kwargs.update(policy=policy, mesh=mesh)
 
+    mine = {name: share(found) for name, found in pairs.items()}
+    process = jax.process_index(), jax.process_count()
+    total, count = sum(map(len, pairs.values())), sum(map(len, mine.values()))
+    announce_share(PROG, total, count, mesh.size, args.batch_size, process)
     records = []
-    for name, found in pairs.items():
+    for name, found in mine.items():
         with doing(f"evaluating {name}"):
-            records += evaluate_pairs(config, params, found, args.batch_size, desc=name, **sam_kwargs)
+            desc = progress_label(name, process)
+            records += evaluate_pairs(config, params, found, args.batch_size, desc=desc, **sam_kwargs)
+    records = _gathered(records, list(pairs))
     summary = summarize(records, dataset_errors)
+    picks = report.pick_extremes(records, args.pictures)
+    evaluate = functools.partial(
+        evaluate_pairs, config, params, batch_size=args.batch_size, keep_masks=True, **sam_kwargs
+    )
+    drawn = _pictures(picks, [p for found in mine.values() for p in found], evaluate)
+    blob = json.dumps({name: base64.b64encode(png).decode() for name, png in drawn.items()}).encode()
+    pictures = {name: base64.b64decode(png) for b in allgather_bytes(blob) for name, png in json.loads(b).items()}
+    if not first:
+        print(
+            f"{PROG} [process {process[0]}]: {count} image(s) evaluated; process 0 writes the outputs", file=sys.stderr
+        )
+        return 0
     for line in report.problem_lines({n: s for n, s in summary.items() if n not in dataset_errors}):
         print(f"{PROG}: {line}", file=sys.stderr)
     out = Path(args.output)
@@ -196,22 +277,11 @@ def run(args: argparse.Namespace) -> int:
     }
     markdown = report.summary_markdown(summary, args.checkpoint, args.sam_checkpoint, args.paper, policy)
     report.write_outputs(out, records, summary, run_info, markdown)
-
-    picks = report.pick_extremes(records, args.pictures)
     if picks:
-        from samhq_jax.datasets import read_image, read_mask
-
         (out / "pictures").mkdir(exist_ok=True)
-        by_key = {(p.dataset, p.stem): p for found in pairs.values() for p in found}
-        chosen = [by_key[(r.dataset, r.image)] for _, r in picks]
-        with doing("evaluating the pictures' images again"):
-            redo = evaluate_pairs(config, params, chosen, args.batch_size, keep_masks=True, **sam_kwargs)
-        for (label, _), pair, rec in tqdm(list(zip(picks, chosen, redo, strict=True)), desc="pictures", unit="image"):
-            gt = read_mask(pair.mask) > FG_THRESHOLD
-            pic = report.comparison_picture(
-                read_image(pair.image), gt, rec.masks["sam"], rec.masks["hq"], report.picture_caption(label, rec)
-            )
-            pic.save(out / "pictures" / f"{label}_{pair.dataset}_{pair.stem}.png")
+        for label, r in picks:
+            name = f"{label}_{r.dataset}_{r.image}.png"
+            (out / "pictures" / name).write_bytes(pictures[name])
     print(markdown)
     print(f"-> {out}")
     return 0

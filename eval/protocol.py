@@ -26,6 +26,11 @@ binarised at 128 and the fact recorded (:class:`ImageRecord`).
     summary = summarize(records)   # {"my_set": {"count": .., "hq": {"miou": .., "mbiou": ..}, ..}, "mean": ..}
     # the device's fast matmul path and bf16 compute (default Policy("highest", "float32"): samhq_jax.precision)
     fast = evaluate_pairs(config, params, pairs, policy=Policy(precision="default", dtype="bfloat16"))
+    # every local device, batch_size images each per call (samhq_jax.distributed.data_mesh)
+    records = evaluate_pairs(config, params, pairs, batch_size=4, mesh=data_mesh())
+
+With a ``mesh``, each device runs the one-device program on its own ``batch_size`` images
+(``jax.shard_map``), so an image's scores are those of one device whatever the device count.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 from tqdm import tqdm
 
 from eval.metrics import binary_iou, mask_to_boundary
 from samhq_jax.config import SamHQConfig
 from samhq_jax.datasets import FG_THRESHOLD, DatasetError, Pair, is_empty_box, label_to_box, read_image, read_mask
+from samhq_jax.distributed import DATA_AXIS, replicate, shard_rows
 from samhq_jax.precision import EVALUATION, Policy
 from samhq_jax.sam_hq import SamHQ
 from samhq_jax.transforms import MASK_THRESHOLD, normalize_and_pad, resize_bilinear
@@ -137,11 +144,17 @@ def _load(pair: Pair, size: int) -> tuple[ImageRecord, _Sample | None]:
 # ---- model -------------------------------------------------------------------------------------------
 @functools.cache
 def _forward(
-    config: SamHQConfig, sam_config: SamHQConfig, separate_sam_encoder: bool, policy: Policy = EVALUATION
+    config: SamHQConfig,
+    sam_config: SamHQConfig,
+    separate_sam_encoder: bool,
+    policy: Policy = EVALUATION,
+    mesh: Mesh | None = None,
 ) -> Any:
     """Jitted ``(params, sam_params, images (B, S, S, 3), boxes (B, 1, 4)) -> (B, 3, 4G, 4G)`` float32
     low-res logits in :data:`OUTPUTS` order, computed in ``policy.dtype`` with every dot at
-    ``policy.precision``. Cached per structure and policy so repeated validations reuse it."""
+    ``policy.precision``; with a ``mesh``, ``B / mesh.size`` images on each device (parameters
+    replicated, the rest split on the data axis). Cached per structure, policy and mesh so repeated
+    validations reuse it."""
     model, sam_model = SamHQ(config, dtype=policy.compute_dtype), SamHQ(sam_config, dtype=policy.compute_dtype)
 
     def forward(params: Any, sam_params: Any, images: jax.Array, boxes: jax.Array) -> jax.Array:
@@ -155,7 +168,10 @@ def _forward(
         sam, _ = sam_model.apply({"params": sam_params}, sam_emb, boxes=boxes, sam_only=True, method=SamHQ.decode)
         return jnp.concatenate([hq, samhq, sam], axis=2)[:, 0].astype(jnp.float32)
 
-    return jax.jit(policy.wrap(forward))
+    if mesh is None:
+        return jax.jit(policy.wrap(forward))
+    whole, rows = PartitionSpec(), PartitionSpec(DATA_AXIS)
+    return jax.jit(jax.shard_map(policy.wrap(forward), mesh=mesh, in_specs=(whole, whole, rows, rows), out_specs=rows))
 
 
 def compiled_forward(
@@ -226,6 +242,7 @@ def evaluate_pairs(
     keep_masks: bool = False,
     desc: str | None = None,
     policy: Policy = EVALUATION,
+    mesh: Mesh | None = None,
 ) -> list[ImageRecord]:
     """Score ``pairs`` with the benchmark protocol; one :class:`ImageRecord` per pair, in order.
 
@@ -245,6 +262,9 @@ def evaluate_pairs(
       policy: matmul precision and compute dtype (:class:`~samhq_jax.precision.Policy`); default
         :data:`~samhq_jax.precision.EVALUATION`, ``highest`` / ``float32``: the paper's protocol,
         the same numbers on any device.
+      mesh: a 1-D data mesh of this process's devices (:func:`samhq_jax.distributed.data_mesh`):
+        each call takes ``batch_size`` images per device, every device running the one-device
+        program; None: the default device.
 
     Returns:
       Records with ``iou`` / ``biou`` per output in [0, 1], or ``skipped`` with the reason.
@@ -256,17 +276,21 @@ def evaluate_pairs(
         raise ValueError(
             f"the SAM model's img_size {sam_config.img_size} differs from the HQ model's {config.img_size}"
         )
-    params = jax.device_put(params)
-    sam_params = params if sam_params is None else jax.device_put(sam_params)
-    forward = _forward(config, sam_config, not same_image_encoder(config, params, sam_config, sam_params), policy)
-    size = config.img_size
+    place = jax.device_put if mesh is None else functools.partial(replicate, mesh=mesh)
+    params = place(params)
+    sam_params = params if sam_params is None else place(sam_params)
+    separate = not same_image_encoder(config, params, sam_config, sam_params)
+    forward = _forward(config, sam_config, separate, policy, mesh)
+    size, per_call = config.img_size, batch_size * (1 if mesh is None else mesh.size)
     records: list[ImageRecord] = []
     pending = None
     with tqdm(total=len(pairs), desc=desc, unit="image", disable=desc is None) as bar:
-        for batch in _batches(pairs, size, batch_size, records, bar):
-            fill = [batch[-1]] * (batch_size - len(batch))
+        for batch in _batches(pairs, size, per_call, records, bar):
+            fill = [batch[-1]] * (per_call - len(batch))
             images = np.stack([s.net_input for s in batch + fill])
             boxes = np.stack([s.box for s in batch + fill])[:, None]
+            if mesh is not None:
+                images, boxes = shard_rows(images, mesh), shard_rows(boxes, mesh)
             logits = forward(params, sam_params, images, boxes)  # dispatched asynchronously ...
             if pending is not None:
                 _score(*pending, keep_masks)  # ... while the previous batch is scored on the host

@@ -5,12 +5,20 @@ defaults, records and order, compiled with static shapes.
     records = SamHQAutomaticMaskGenerator(predictor).generate(image)   # (H, W, 3) uint8 RGB
     records[0]["segmentation"]   # (H, W) bool; also "area", "bbox" (XYWH), "predicted_iou", ...
 
+    generator = SamHQAutomaticMaskGenerator(MeshPredictor.from_pretrained("sam_hq_vit_b.pth"))
+    per_image = generator.generate_images(images)    # one image per device, lanes at a time
+
 Each crop of the image is encoded once; its grid points are decoded ``points_per_batch`` at a time,
 each point a single positive prompt, in one compiled call per batch (the last batch padded and
 masked out), and the official filters run on the device in a second compiled call
 (:func:`samhq_jax.amg_ops.filter_batch`). Masks reach the host bit-packed (8x smaller); only the survivors are kept.
 Box NMS within and across crops and the small-region clean-up follow the official code
 (:mod:`samhq_jax.amg_ops`).
+
+With a :class:`~samhq_jax.mesh_predictor.MeshPredictor`, :meth:`~SamHQAutomaticMaskGenerator.generate_images`
+takes one image per device and runs them in lockstep: one encoder call per crop and one decoder
+call per point batch for all of them, each device running the one-image program, and each image's
+filters on its own device. An image's records are the same as on one device, bit for bit.
 
 Precision and dtype: the generator has no setting of its own; every encode and decode is its
 predictor's, so it runs under the predictor's :class:`~samhq_jax.precision.Policy`
@@ -39,6 +47,8 @@ from samhq_jax.amg_ops import (
     pick_masks,
     remove_small_regions,
 )
+from samhq_jax.distributed import device_blocks
+from samhq_jax.mesh_predictor import MeshPredictor
 from samhq_jax.predictor import SamHQPredictor, bucket_size, pad_prompts
 from samhq_jax.transforms import to_rgb_uint8
 
@@ -112,7 +122,8 @@ class SamHQAutomaticMaskGenerator:
 
     Args:
       predictor: a :class:`SamHQPredictor` (its image is replaced by each crop while generating,
-        and reset after); its ``policy`` (precision, dtype) is the generator's.
+        and reset after), or a :class:`~samhq_jax.mesh_predictor.MeshPredictor` (one image per
+        device, see :meth:`generate_images`); its ``policy`` (precision, dtype) is the generator's.
       points_per_side: points along a side of the grid (``points_per_side^2`` in all); None when
         ``point_grids`` are given.
       points_per_batch: points decoded per compiled call.
@@ -149,8 +160,8 @@ class SamHQAutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         progress: bool | None = None,
     ) -> None:
-        if not isinstance(predictor, SamHQPredictor):
-            raise TypeError(f"predictor must be a SamHQPredictor, got {type(predictor).__name__}")
+        if not isinstance(predictor, (SamHQPredictor, MeshPredictor)):
+            raise TypeError(f"predictor must be a SamHQPredictor or a MeshPredictor, got {type(predictor).__name__}")
         grids = check_settings(
             points_per_side, points_per_batch, crop_n_layers, crop_n_points_downscale_factor, point_grids, output_mode
         )
@@ -182,26 +193,60 @@ class SamHQAutomaticMaskGenerator:
         ``[x, y, w, h]`` ints (inclusive pixel box: ``w = x1 - x0``), ``predicted_iou`` float,
         ``point_coords`` ``[[x, y]]``, ``stability_score`` float, ``crop_box`` ``[x, y, w, h]``.
         """
-        image = to_rgb_uint8(image)
-        orig_size = image.shape[:2]
-        crop_boxes, layers = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        return self.generate_images([image], multimask_output, hq_token_only)[0]
+
+    def generate_images(
+        self, images: list[np.ndarray], multimask_output: bool = True, hq_token_only: bool = False
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`generate`'s records for each of ``images``, in order.
+
+        With a :class:`~samhq_jax.mesh_predictor.MeshPredictor`, ``predictor.lanes`` images at a
+        time, one per device: each crop of all of them encoded in one call, each point batch decoded
+        in one call, the filters of each image on its own device. Every device runs the one-image
+        programs, so an image's records do not depend on the device count or on the other images.
+        With a :class:`SamHQPredictor`, one image after the other.
+        """
+        images = [to_rgb_uint8(image) for image in images]
+        lanes = self.predictor.lanes if isinstance(self.predictor, MeshPredictor) else 1
+        flags = multimask_output, hq_token_only
+        return [
+            records
+            for start in range(0, len(images), lanes)
+            for records in self._generate(images[start : start + lanes], flags)
+        ]
+
+    def _generate(self, images: list[np.ndarray], flags: tuple[bool, bool]) -> list[list[dict[str, Any]]]:
+        """The records of 1 to ``lanes`` RGB images, generated in lockstep (their crops differ in
+        size, not in number: crop ``i`` of every image is in the same layer)."""
+        crops = [generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio) for image in images]
+        layers = crops[0][1]
         batches = [self._batch_size(len(self.point_grids[layer])) for layer in layers]
         total = sum(-(-len(self.point_grids[layer]) // b) for layer, b in zip(layers, batches, strict=True))
         shown = sys.stderr.isatty() if self.progress is None else self.progress
-        flags = multimask_output, hq_token_only
         try:
             with tqdm(total=total, desc="segment everything", unit="batch", disable=not shown, leave=False) as bar:
                 parts = [
-                    self._process_crop(image, i, box, layer, batch, flags, bar)
-                    for i, (box, layer, batch) in enumerate(zip(crop_boxes, layers, batches, strict=True))
+                    self._process_crops(images, [boxes[i] for boxes, _ in crops], i, layer, batch, flags, bar)
+                    for i, (layer, batch) in enumerate(zip(layers, batches, strict=True))
                 ]
         finally:
-            self.predictor.reset_image()
+            if isinstance(self.predictor, MeshPredictor):
+                self.predictor.reset_images()
+            else:
+                self.predictor.reset_image()
+        return [
+            self._image_records(image, [crop_parts[lane] for crop_parts in parts], boxes)
+            for lane, (image, (boxes, _)) in enumerate(zip(images, crops, strict=True))
+        ]
+
+    def _image_records(self, image: np.ndarray, parts: list[MaskSet], crop_boxes: list[list[int]]) -> list[dict]:
+        """One image's records from the masks kept in each of its crops: NMS across crops, uncrop,
+        small regions."""
         data = MaskSet.concat(parts)
         if len(crop_boxes) > 1:  # duplicates between crops: the smaller crop's mask wins
             areas = np.array([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in crop_boxes], np.float32)
             data = data.take(nms(data.boxes, np.float32(1) / areas[data.crop], self.crop_nms_thresh))
-        masks = _uncrop(data, crop_boxes, orig_size)
+        masks = _uncrop(data, crop_boxes, image.shape[:2])
         if self.min_mask_region_area > 0 and len(data):
             data, masks = self._remove_small_regions(data, masks)
         return self._records(data, masks, crop_boxes)
@@ -211,84 +256,148 @@ class SamHQAutomaticMaskGenerator:
         power of two) when the whole grid is smaller."""
         return min(self.points_per_batch, bucket_size(n_points))
 
-    def _process_crop(
+    def _process_crops(
         self,
-        image: np.ndarray,
+        images: list[np.ndarray],
+        crop_boxes: list[list[int]],
         index: int,
-        crop_box: list[int],
         layer: int,
         batch: int,
         flags: tuple[bool, bool],
         bar: tqdm,
-    ) -> MaskSet:
-        """Encode one crop, decode and filter its grid in batches, NMS within the crop; boxes and
-        points move to the image frame."""
+    ) -> list[MaskSet]:
+        """Crop ``index`` of each image (``crop_boxes[i]`` of ``images[i]``): encode, decode and
+        filter its grid in batches, NMS within the crop; boxes and points move to the image frame.
+        One :class:`MaskSet` per image."""
         p = self.predictor
-        x0, y0, x1, y1 = crop_box
-        crop = image[y0:y1, x0:x1]
-        crop_size = crop.shape[:2]
-        p.set_image(crop)
-        points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
-        model_points = p.transform.apply_coords(points, crop_size).astype(np.float32)
-        orig_box, crop_box_array, thresholds = jax.device_put(
-            (
-                np.array([0, 0, image.shape[1], image.shape[0]], np.int32),
-                np.array(crop_box, np.int32),
-                np.array([self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset], np.float32),
-            )
+        crops = [image[y0:y1, x0:x1] for image, (x0, y0, x1, y1) in zip(images, crop_boxes, strict=True)]
+        if isinstance(p, MeshPredictor):
+            p.set_images(crops)
+            input_sizes = p.input_sizes
+        else:
+            p.set_image(crops[0])
+            input_sizes = [p.input_size]
+        points = [self.point_grids[layer] * np.array(crop.shape[:2])[None, ::-1] for crop in crops]
+        model_points = [
+            p.transform.apply_coords(pts, crop.shape[:2]).astype(np.float32)
+            for pts, crop in zip(points, crops, strict=True)
+        ]
+        thresholds = np.array(
+            [self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset], np.float32
         )
-        padded_h, padded_w = padded_size(image.shape[:2])
-        packed_width = padded_h * padded_w // 8  # the longest any crop packs to
-        parts = []
-        for start in range(0, len(points), batch):
-            chunk = model_points[start : start + batch]
-            n = len(chunk)
-            low_res, iou = p.decode_points(chunk, batch, *flags)
+        parts: list[list[MaskSet]] = [[] for _ in images]
+        for start in range(0, len(points[0]), batch):
+            chunks = [m[start : start + batch] for m in model_points]
+            if isinstance(p, MeshPredictor):
+                low_res, iou = p.decode_points(chunks, batch, *flags)
+                blocks = device_blocks(low_res)
+                places = [block.sharding for block in blocks]  # each image's filters on its device
+            else:
+                low_res, iou = p.decode_points(chunks[0], batch, *flags)
+                blocks, places = [low_res], [None]
             k = low_res.shape[2]  # masks per point, point-major as the official flattens them
-            iou_host = jax.device_get(iou).reshape(-1)  # (1, B, K): one image
-            # The official drops masks under pred_iou_thresh first; only the rest are upscaled
-            # here, gathered into a power-of-two count (one compile per count and padded crop size).
-            candidates = np.repeat(np.arange(batch) < n, k)
-            if self.pred_iou_thresh > 0:
-                candidates &= iou_host > self.pred_iou_thresh
-            candidates = np.nonzero(candidates)[0]
-            keep = candidates[:0]
-            packed = np.zeros((0, packed_width), np.uint8)  # one width for every crop
-            boxes, stability = np.zeros((0, 4), np.int64), np.zeros(0, np.float32)
-            if len(candidates):
-                picks = pad_prompts(candidates, bucket_size(len(candidates)))
-                res = filter_batch(
-                    pick_masks(low_res, jax.device_put(picks)),
-                    *jax.device_put((iou_host[picks], np.arange(len(picks)) < len(candidates))),
-                    crop_box_array,
-                    orig_box,
+            ious = jax.device_get(iou).reshape(iou.shape[0], -1)
+            pending = [  # every image's filters start, on its device, before any result is read
+                self._filter(
+                    blocks[i],
+                    places[i],
+                    ious[i],
+                    len(chunks[i]),
+                    crop_boxes[i],
+                    images[i],
+                    input_sizes[i],
+                    crops[i],
                     thresholds,
-                    p.input_size,
-                    crop_size,
-                    self.predictor.config.img_size,
                 )
-                res = jax.device_get(res)
-                kept = np.nonzero(res.keep)[0]
-                keep = picks[kept]
-                packed = np.zeros((len(keep), packed_width), np.uint8)
-                packed[:, : res.packed.shape[1]] = res.packed[kept]
-                boxes, stability = res.boxes[kept].astype(np.int64), res.stability[kept]
-            parts.append(
-                MaskSet(
-                    packed=packed,
-                    crop=np.full(len(keep), index),
-                    boxes=boxes,
-                    iou=iou_host[keep],
-                    stability=stability,
-                    points=np.repeat(points[start : start + batch], k, axis=0)[keep],
-                )
-            )
+                for i in range(len(images))
+            ]
+            for i, (picks, res) in enumerate(pending):
+                chunk_points = np.repeat(points[i][start : start + batch], k, axis=0)
+                parts[i].append(self._kept(picks, res, ious[i], chunk_points, index, images[i].shape[:2]))
             bar.update()
-        data = MaskSet.concat(parts)
-        data = data.take(nms(data.boxes, data.iou, self.box_nms_thresh))
-        data.boxes = data.boxes + np.array([x0, y0, x0, y0])
-        data.points = data.points + np.array([x0, y0])
-        return data
+        out = []
+        for lane_parts, (x0, y0, _, _) in zip(parts, crop_boxes, strict=True):
+            data = MaskSet.concat(lane_parts)
+            data = data.take(nms(data.boxes, data.iou, self.box_nms_thresh))
+            data.boxes = data.boxes + np.array([x0, y0, x0, y0])
+            data.points = data.points + np.array([x0, y0])
+            out.append(data)
+        return out
+
+    def _filter(
+        self,
+        low_res: jax.Array,
+        place: jax.sharding.Sharding | None,
+        iou: np.ndarray,
+        n: int,
+        crop_box: list[int],
+        image: np.ndarray,
+        input_size: tuple[int, int],
+        crop: np.ndarray,
+        thresholds: np.ndarray,
+    ) -> tuple[np.ndarray, Any]:
+        """Start the official filters of one image's point batch, ``low_res (1, B, K, 4G, 4G)``
+        logits and ``iou (B * K,)`` (the first ``n`` points real), on the device ``place`` (the
+        logits' sharding; None: the default device). Only the masks above ``pred_iou_thresh`` are
+        upscaled (the official drops the rest first), gathered into a power-of-two count (one
+        compile per count and padded crop size). Returns the picked flat indices and the device
+        result (None when no mask is a candidate)."""
+        batch, k = low_res.shape[1], low_res.shape[2]
+        candidates = np.repeat(np.arange(batch) < n, k)
+        if self.pred_iou_thresh > 0:
+            candidates &= iou > self.pred_iou_thresh
+        candidates = np.nonzero(candidates)[0]
+        if not len(candidates):
+            return candidates, None
+        picks = pad_prompts(candidates, bucket_size(len(candidates)))
+        orig_box = np.array([0, 0, image.shape[1], image.shape[0]], np.int32)
+        on_device = jax.device_put(
+            (
+                picks,
+                iou[picks],
+                np.arange(len(picks)) < len(candidates),
+                np.array(crop_box, np.int32),
+                orig_box,
+                thresholds,
+            ),
+            place,
+        )
+        res = filter_batch(
+            pick_masks(low_res, on_device[0]),
+            *on_device[1:],
+            input_size,
+            crop.shape[:2],
+            self.predictor.config.img_size,
+        )
+        return picks, res
+
+    def _kept(
+        self, picks: np.ndarray, res: Any, iou: np.ndarray, points: np.ndarray, index: int, size: tuple[int, int]
+    ) -> MaskSet:
+        """The masks of one image's point batch that pass the filters (:meth:`_filter`'s ``picks``
+        and device result ``res``; ``iou (B * K,)``, ``points (B * K, 2)`` of every mask), bit-packed
+        and zero-padded to the packed length of the whole image (``size``), the longest any crop
+        packs to."""
+        padded_h, padded_w = padded_size(size)
+        packed_width = padded_h * padded_w // 8
+        keep = picks[:0]
+        packed = np.zeros((0, packed_width), np.uint8)
+        boxes, stability = np.zeros((0, 4), np.int64), np.zeros(0, np.float32)
+        if res is not None:
+            res = jax.device_get(res)
+            kept = np.nonzero(res.keep)[0]
+            keep = picks[kept]
+            packed = np.zeros((len(keep), packed_width), np.uint8)
+            packed[:, : res.packed.shape[1]] = res.packed[kept]
+            boxes, stability = res.boxes[kept].astype(np.int64), res.stability[kept]
+        return MaskSet(
+            packed=packed,
+            crop=np.full(len(keep), index),
+            boxes=boxes,
+            iou=iou[keep],
+            stability=stability,
+            points=points[keep],
+        )
 
     def _remove_small_regions(self, data: MaskSet, masks: np.ndarray) -> tuple[MaskSet, np.ndarray]:
         """The official ``postprocess_small_regions``: fill small holes, drop small islands, then NMS

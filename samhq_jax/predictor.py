@@ -391,7 +391,7 @@ class SamHQPredictor:
         Coordinates are pixels of an image of size ``prompt_frame``, or already in the input frame
         when it is None; ``flags = (multimask_output, return_logits, hq_token_only, sam_only)``."""
         self._require_image()
-        checked = self._check_prompts(*prompts, prompt_frame)
+        checked = prepare_prompts(self.config, *prompts, prompt_frame)
         return self._decode_padded(self.embeddings, [checked], [(self.input_size, self.original_size)], *flags)[0]
 
     def predict_images(
@@ -424,7 +424,8 @@ class SamHQPredictor:
             inputs.append(net_input)
             sizes.append((input_size, original_size))
             checked.append(
-                self._check_prompts(
+                prepare_prompts(
+                    self.config,
                     pr.get("point_coords"),
                     pr.get("point_labels"),
                     pr.get("boxes"),
@@ -499,49 +500,58 @@ class SamHQPredictor:
             hq_token_only=hq_token_only,
         )
 
-    def _check_prompts(
-        self,
-        point_coords: np.ndarray | None,
-        point_labels: np.ndarray | None,
-        boxes: np.ndarray | None,
-        mask_input: np.ndarray | None,
-        original_size: tuple[int, int] | None,
-    ) -> tuple[np.ndarray | None, ...]:
-        """Validate batched prompts and map coordinates from an image of ``original_size`` into the
-        resized input frame (None: they are in that frame already, as ``predict_torch`` takes them)."""
-        s, low = self.config.img_size, self.config.low_res_mask_size
-        counts = {}
-        points = labels = masks = None
-        if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        if point_coords is not None:
-            coords = _as_array(point_coords, "point_coords", (None, None, 2))
-            labels = np.asarray(point_labels)
-            if labels.shape != coords.shape[:2]:
-                raise ValueError(
-                    f"point_labels must have shape {coords.shape[:2]} to match point_coords, got {labels.shape}"
-                )
-            bad = sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))
-            if bad:
-                raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
-            points = coords if original_size is None else apply_coords(coords, original_size, s)
-            labels = labels.astype(np.int32)
-            counts["point_coords"] = coords.shape[0]
-        if boxes is not None:
-            raw = _as_array(boxes, "boxes", (None, 4))
-            flipped = np.nonzero((raw[:, 2] < raw[:, 0]) | (raw[:, 3] < raw[:, 1]))[0]
-            if flipped.size:
-                raise ValueError(f"boxes must be x0 y0 x1 y1 with x1 >= x0 and y1 >= y0; bad rows {flipped.tolist()}")
-            boxes = raw if original_size is None else apply_boxes(raw, original_size, s)
-            counts["boxes"] = raw.shape[0]
-        if mask_input is not None:
-            masks = _as_array(mask_input, "mask_input", (None, 1, low, low))[:, 0]
-            counts["mask_input"] = masks.shape[0]
-        if not counts:
-            raise ValueError("give at least one prompt: point_coords, boxes or mask_input")
-        if len(set(counts.values())) > 1:
-            raise ValueError(f"prompt counts disagree: {counts}")
-        return points, labels, boxes, masks
+
+def prepare_prompts(
+    config: SamHQConfig,
+    point_coords: np.ndarray | None,
+    point_labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+    mask_input: np.ndarray | None,
+    original_size: tuple[int, int] | None,
+) -> tuple[np.ndarray | None, ...]:
+    """Check batched prompts for a model of ``config`` and map their coordinates from an image of
+    ``original_size`` into the resized input frame (None: they are in that frame already, as
+    ``predict_torch`` takes them).
+
+    Shapes as :meth:`SamHQPredictor.predict_batch` takes them: ``point_coords (P, N, 2)``,
+    ``point_labels (P, N)``, ``boxes (P, 4)``, ``mask_input (P, 1, 4G, 4G)``, each optional, at least
+    one given, the same P. Returns ``(points (P, N, 2) float32, labels (P, N) int32, boxes (P, 4)
+    float32, masks (P, 4G, 4G) float32)``, None where not given; a one-line ``ValueError`` for a bad
+    shape, a NaN / inf, a label not in {1, 0, -1} or a box with x1 < x0 or y1 < y0.
+    """
+    s, low = config.img_size, config.low_res_mask_size
+    counts = {}
+    points = labels = masks = None
+    if (point_coords is None) != (point_labels is None):
+        raise ValueError("point_coords and point_labels must be given together")
+    if point_coords is not None:
+        coords = _as_array(point_coords, "point_coords", (None, None, 2))
+        labels = np.asarray(point_labels)
+        if labels.shape != coords.shape[:2]:
+            raise ValueError(
+                f"point_labels must have shape {coords.shape[:2]} to match point_coords, got {labels.shape}"
+            )
+        bad = sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))
+        if bad:
+            raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
+        points = coords if original_size is None else apply_coords(coords, original_size, s)
+        labels = labels.astype(np.int32)
+        counts["point_coords"] = coords.shape[0]
+    if boxes is not None:
+        raw = _as_array(boxes, "boxes", (None, 4))
+        flipped = np.nonzero((raw[:, 2] < raw[:, 0]) | (raw[:, 3] < raw[:, 1]))[0]
+        if flipped.size:
+            raise ValueError(f"boxes must be x0 y0 x1 y1 with x1 >= x0 and y1 >= y0; bad rows {flipped.tolist()}")
+        boxes = raw if original_size is None else apply_boxes(raw, original_size, s)
+        counts["boxes"] = raw.shape[0]
+    if mask_input is not None:
+        masks = _as_array(mask_input, "mask_input", (None, 1, low, low))[:, 0]
+        counts["mask_input"] = masks.shape[0]
+    if not counts:
+        raise ValueError("give at least one prompt: point_coords, boxes or mask_input")
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"prompt counts disagree: {counts}")
+    return points, labels, boxes, masks
 
 
 def _as_array(a: np.ndarray, name: str, shape: tuple[int | None, ...]) -> np.ndarray:

@@ -22,7 +22,7 @@ from samhq_jax.cmdkit.args import package_version
 from samhq_jax.cmdkit.guard import DEBUG_ENV
 from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE
 from samhq_jax.config import SamHQConfig
-from samhq_jax.predictor import SamHQPredictor
+from samhq_jax.mesh_predictor import MeshPredictor
 from train.cli import main as train_main
 
 OOM = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 17179869184 bytes.\nBufferAssignment OOM Debugging."
@@ -62,7 +62,7 @@ def no_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def load(*_args: object, **_kwargs: object) -> None:
         pytest.fail("the checkpoint was loaded before the prompts were checked")
 
-    monkeypatch.setattr(SamHQPredictor, "from_pretrained", load)
+    monkeypatch.setattr(MeshPredictor, "from_pretrained", load)
 
 
 def _ours(folder: Path, meta: object) -> Path:
@@ -164,7 +164,11 @@ def _patch_each(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, image: Path, er
     monkeypatch.setattr("convert.cli.read_weights", _raising(err))
     monkeypatch.setattr("eval.cli.run", _raising(err))
     monkeypatch.setattr("train.cli.train", _raising(err))
-    monkeypatch.setattr(SamHQPredictor, "from_pretrained", lambda _path: types.SimpleNamespace(set_image=_raising(err)))
+    monkeypatch.setattr(
+        MeshPredictor,
+        "from_pretrained",
+        lambda _path, _mesh: types.SimpleNamespace(lanes=1, predict_images=_raising(err)),
+    )
     out = str(tmp_path / "out")
     return {
         "samhq": (

@@ -30,9 +30,16 @@ import logging
 import sys
 from pathlib import Path
 
-from samhq_jax.cmdkit.args import CHECKPOINT_HELP, command_parser, docstring_help
+from samhq_jax.cmdkit.args import (
+    CHECKPOINT_HELP,
+    add_distributed_flags,
+    command_parser,
+    distributed_flags,
+    docstring_help,
+)
 from samhq_jax.cmdkit.guard import run_guarded
 from samhq_jax.datasets import HQSEG_TRAIN
+from samhq_jax.distributed import initialize
 from samhq_jax.precision import DTYPES, PRECISIONS, TRAINING
 from train.loop import OUTPUT_MASKS, TrainConfig, train
 
@@ -90,32 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, help="steps between validations (default: one epoch; 0: never)")
     p.add_argument("--val-limit", type=int, help="validate on the first N images of each set")
     p.add_argument("--workers", type=int, default=0, help="grain loader worker processes")
-    p.add_argument("--coordinator", help="multi-host: address:port of process 0 (jax.distributed)")
-    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    add_distributed_flags(p)
     return p
 
 
-def init_distributed(args: argparse.Namespace) -> None:
-    """``jax.distributed.initialize`` when asked to, before anything touches a device.
-
-    CPU collectives go through gloo (harmless on accelerators), so local multi-process runs work.
-    """
-    if args.coordinator is None:
-        return
-    import jax
-
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
-
-
 def run(args: argparse.Namespace) -> int:
-    """Train as the flags say (every flag named like a :class:`TrainConfig` field is that field)."""
+    """Train as the flags say (every flag named like a :class:`TrainConfig` field is that field);
+    with ``--coordinator`` / ``--num-processes`` / ``--process-id``, as one process of several."""
+    processes = distributed_flags(args)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values.update(output=Path(args.output), data=tuple(args.data), val_data=tuple(args.val_data))
     cfg = TrainConfig(**values)
-    init_distributed(args)
+    if processes is not None:
+        initialize(*processes)  # before anything touches a device
     result = train(cfg)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.last_metrics.items())
     print(f"{PROG}: {result.steps} steps done ({metrics}); model in {result.final_dir}")

@@ -31,6 +31,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from samhq_jax.config import SamHQConfig
+from samhq_jax.distributed import DATA_AXIS, data_mesh
+from samhq_jax.distributed import replicate as replicate  # the step's placement, for train.loop / train.bench
 from samhq_jax.hq_params import merge_params
 from samhq_jax.precision import DTYPES, TRAINING, at_precision, check_dtype
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
@@ -38,7 +40,6 @@ from samhq_jax.transforms import PIXEL_MEAN, PIXEL_STD
 from train.loss import loss_masks
 from train.prompts import BOX, NOISE_MASK, NUM_POINTS, POINTS
 
-DATA_AXIS = "data"
 # XLA:CPU's pass that removes jax.checkpoint's optimization barriers (before its CSE; see remat_compiler_options).
 CPU_BARRIER_EXPANDER = "cse_barrier_expander"
 ENCODER_DTYPES = DTYPES  # --dtype (--encoder-dtype) choices: the one policy's (samhq_jax.precision)
@@ -194,7 +195,7 @@ def make_train_step(
 
 def make_mesh() -> Mesh:
     """1-D mesh over every device of every process, axis ``"data"`` (automatic sharding propagation)."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+    return data_mesh(jax.devices())
 
 
 def remat_compiler_options(remat: bool) -> dict[str, str] | None:
@@ -226,9 +227,3 @@ def global_batch(local: dict[str, Any], mesh: Mesh) -> Batch:
     """This process's slice of the global batch (NumPy) -> global arrays sharded on ``"data"``."""
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Put a tree (NumPy or jax leaves, identical on every process) on every device."""
-    sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree)

@@ -1,10 +1,12 @@
-"""The argument parsing every command shares: one-line argument errors (exit 2), ``--version``, and
-``--help`` texts that end with the exit notes."""
+"""The argument parsing every command shares: one-line argument errors (exit 2), ``--version``,
+``--help`` texts that end with the exit notes, and the multi-process flags (``--coordinator``,
+``--num-processes``, ``--process-id``) with their checks."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import sys
 import textwrap
 from typing import Any, NoReturn
 
@@ -21,6 +23,13 @@ CHECKPOINT_HELP = (
     "repo id owner/name (from the local hub cache); a path that does not exist is never sent to the hub "
     "unless it has that form"
 )
+SCALE_OUT_HELP = """\
+several devices and hosts:
+  Every local device takes its own image (a jax.make_mesh "data" axis; each device runs the
+  one-image program, so the results are those of one device, bit for bit). For several processes
+  (one per host, or several on one machine) run the same command in each with --coordinator
+  HOST:PORT (process 0's address, the same everywhere) --num-processes N --process-id I (0 .. N-1):
+  process I takes the I-th contiguous share of the images, in order."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -62,3 +71,54 @@ def command_parser(prog: str, description: str, epilog: str = "") -> OneLinePars
     parser = OneLineParser(prog=prog, description=description, **help_layout(epilog))
     parser.add_argument("--version", action="version", version=package_version())
     return parser
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--coordinator HOST:PORT``, ``--num-processes N`` and ``--process-id I`` (a multi-process
+    run, ``jax.distributed``; checked by :func:`distributed_flags`) to ``parser``."""
+    group = parser.add_argument_group("several processes (one per host; all three flags together)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same in every process")
+    group.add_argument("--num-processes", type=int, metavar="N", help="how many processes take part")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
+
+
+def distributed_flags(args: argparse.Namespace) -> tuple[str, int, int] | None:
+    """``(coordinator, num_processes, process_id)`` from the flags of :func:`add_distributed_flags`,
+    or None when none is given; a one-line ``ValueError`` when only some are, when N < 1, when I is
+    not in ``0 .. N-1`` or the address is not ``HOST:PORT``."""
+    values = {"--coordinator": args.coordinator, "--num-processes": args.num_processes, "--process-id": args.process_id}
+    missing = [flag for flag, value in values.items() if value is None]
+    if len(missing) == len(values):
+        return None
+    if missing:
+        raise ValueError(
+            f"{' and '.join(missing)} missing: several processes need --coordinator HOST:PORT, --num-processes N "
+            "and --process-id I together"
+        )
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator {args.coordinator!r}: expected HOST:PORT, e.g. 10.0.0.1:1234")
+    if args.num_processes < 1:
+        raise ValueError(f"--num-processes {args.num_processes}: need at least 1")
+    if not 0 <= args.process_id < args.num_processes:
+        raise ValueError(f"--process-id {args.process_id}: need 0 .. {args.num_processes - 1} (--num-processes)")
+    return args.coordinator, args.num_processes, args.process_id
+
+
+def announce_share(prog: str, total: int, mine: int, devices: int, per_device: int, process: tuple[int, int]) -> None:
+    """From process 0 of ``process = (index, count)``, and only when the work is split, say how the
+    ``total`` images are shared out: ``mine`` to this process, ``per_device`` on each of its
+    ``devices`` at a time."""
+    index, count = process
+    if index == 0 and (count > 1 or devices > 1):
+        print(
+            f"{prog}: {total} image(s) over {count} process(es); process 0 takes {mine}, {per_device} on each of "
+            f"its {devices} device(s) at a time",
+            file=sys.stderr,
+        )
+
+
+def progress_label(label: str, process: tuple[int, int]) -> str:
+    """A progress bar's ``label``, with ``[process I]`` when ``process = (I, count)`` is one of several."""
+    index, count = process
+    return label if count == 1 else f"{label} [process {index}]"

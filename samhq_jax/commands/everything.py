@@ -4,6 +4,11 @@ One image (``--image``) or every image of a folder (``--images``, with a progres
 mask PNGs and a records JSON (``--format png``) or one JSON with RLE masks (``--format rle``), and
 an overlay of all masks. Every image is checked before the checkpoint is loaded; :data:`EVERYTHING_HELP`
 is the ``--help`` text (the written files, examples).
+
+The images are shared out over every local device (one image per device at a time,
+:class:`~samhq_jax.mesh_predictor.MeshPredictor`) and, with ``--coordinator`` / ``--num-processes`` /
+``--process-id``, over processes: each takes its contiguous share of the sorted images and writes
+their files to its ``--output``; the files are those of a one-device run, bit for bit.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from samhq_jax.cmdkit.args import CHECKPOINT_HELP, help_layout
+from samhq_jax.cmdkit.args import CHECKPOINT_HELP, SCALE_OUT_HELP, add_distributed_flags, help_layout
 from samhq_jax.cmdkit.guard import doing
 from samhq_jax.cmdkit.images import IMAGE_SUFFIXES, check_image, read_rgb
 from samhq_jax.cmdkit.overlay import overlay_all
+from samhq_jax.commands.launch import launch
 
 # Generator arguments taken from the flags of the same name and recorded in <stem>_masks.json.
 GENERATOR_FLAGS = (
@@ -32,7 +38,8 @@ GENERATOR_FLAGS = (
     "min_mask_region_area",
 )
 
-EVERYTHING_HELP = """\
+EVERYTHING_HELP = (
+    """\
 written to --output for each image, <stem> being its file name without the extension:
   --format png (default):
     <stem>_mask<i>.png   mask i (i = 0, 1, ...: best first, the official generator's order): an
@@ -44,9 +51,17 @@ written to --output for each image, <stem> being its file name without the exten
                          {"size": [H, W], "counts": [...]} (column-major, as pycocotools reads it)
   <stem>_overlay.png     the image with every mask tinted in its own colour (small masks on top)
 
+"""
+    + SCALE_OUT_HELP
+    + """
+  Each process writes the files of its own images to its --output.
+
 examples:
   samhq everything --checkpoint sam_hq_vit_b.pth --image dog.jpg --output out/
-  samhq everything --checkpoint ckpt/ --images photos/ --points-per-side 16 --format rle --output out/"""
+  samhq everything --checkpoint ckpt/ --images photos/ --points-per-side 16 --format rle --output out/
+  samhq everything --checkpoint ckpt/ --images photos/ --output out/ --coordinator 10.0.0.1:1234 \\
+      --num-processes 2 --process-id 0   # on the first host; --process-id 1 on the second"""
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -74,6 +89,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--hq-token-only", action="store_true", help="the HQ mask alone for each point")
     p.add_argument("--single-mask", action="store_true", help="SAM's single-mask output (no multimask choice)")
+    add_distributed_flags(p)
 
 
 def _jobs(args: argparse.Namespace) -> list[Path]:
@@ -102,12 +118,11 @@ def _jobs(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-def segment_everything(generator: Any, path: Path, out_dir: Path, args: argparse.Namespace) -> int:
-    """Generate masks for one image and write its files; returns the number of masks."""
+def write_image(path: Path, image: np.ndarray, records: list[dict], out_dir: Path, args: argparse.Namespace) -> int:
+    """Write the files of one image (``(H, W, 3)`` uint8) from its generator ``records``; returns the
+    number of masks."""
     from samhq_jax.amg_ops import mask_to_rle
 
-    image = read_rgb(path)
-    records = generator.generate(image, multimask_output=not args.single_mask, hq_token_only=args.hq_token_only)
     masks = [r.pop("segmentation") for r in records]
     stem = path.stem
     if args.format == "png":
@@ -127,25 +142,30 @@ def segment_everything(generator: Any, path: Path, out_dir: Path, args: argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    """``samhq everything``: check every image, load the checkpoint, generate and write."""
+    """``samhq everything``: check every image, load the checkpoint, generate and write this
+    process's share of the images, one per local device at a time."""
     from samhq_jax.amg import SamHQAutomaticMaskGenerator
-    from samhq_jax.predictor import SamHQPredictor
 
     paths = _jobs(args)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with doing(f"loading the checkpoint {args.checkpoint}"):
-        predictor = SamHQPredictor.from_pretrained(args.checkpoint)
+    work = launch("samhq everything", args, paths)
     generator = SamHQAutomaticMaskGenerator(
-        predictor,
+        work.predictor,
         points_per_batch=args.points_per_batch,
         progress=None if len(paths) == 1 else False,  # one image: a bar over its point batches
         **{k: getattr(args, k) for k in GENERATOR_FLAGS},
     )
-    with tqdm(paths, desc="samhq everything", unit="image", disable=len(paths) == 1) as bar:
-        for path in bar:
-            with doing(f"segmenting everything in {path}"):
-                count = segment_everything(generator, path, out_dir, args)
+    with tqdm(total=len(work.mine), desc=work.label, unit="image", disable=len(paths) == 1) as bar:
+        for batch in work.batches():
+            with doing(f"segmenting everything in {', '.join(map(str, batch))}"):
+                images = [read_rgb(path) for path in batch]
+                per_image = generator.generate_images(
+                    images, multimask_output=not args.single_mask, hq_token_only=args.hq_token_only
+                )
+                counts = [
+                    write_image(path, image, records, work.out_dir, args)
+                    for path, image, records in zip(batch, images, per_image, strict=True)
+                ]
+            bar.update(len(batch))
             if len(paths) == 1:
-                print(f"{path.name}: {count} mask(s) -> {out_dir}")
+                print(f"{batch[0].name}: {counts[0]} mask(s) -> {work.out_dir}")
     return 0

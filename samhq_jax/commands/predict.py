@@ -2,6 +2,11 @@
 
 Every prompt and image is checked before the checkpoint is loaded; :data:`PREDICT_HELP` is the
 ``--help`` text (prompts, the JSON-lines prompts file, the written files, examples).
+
+The images are shared out over every local device (one image per device at a time,
+:class:`~samhq_jax.mesh_predictor.MeshPredictor`) and, with ``--coordinator`` / ``--num-processes`` /
+``--process-id``, over processes: each takes its contiguous share of the prompts file's lines and
+writes their files to its ``--output``; the files are those of a one-device run, bit for bit.
 """
 
 from __future__ import annotations
@@ -9,20 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from samhq_jax.cmdkit.args import CHECKPOINT_HELP, help_layout
+from samhq_jax.cmdkit.args import CHECKPOINT_HELP, SCALE_OUT_HELP, add_distributed_flags, help_layout
 from samhq_jax.cmdkit.guard import doing
 from samhq_jax.cmdkit.images import check_image, read_rgb
 from samhq_jax.cmdkit.overlay import overlay
 from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE, check_prompts, prompt_arrays, read_prompt_lines
-
-if TYPE_CHECKING:
-    from samhq_jax.predictor import SamHQPredictor
+from samhq_jax.commands.launch import launch
 
 PREDICT_HELP = f"""\
 prompts (in the image's pixels):
@@ -47,11 +50,16 @@ written to --output for each image, <stem> being its file name without the exten
                       "masks": [{{"file": "<stem>_mask<i>.png", "box": [x0, y0, x1, y1] or null,
                       "points": [[x, y, label], ...], "iou": the model's predicted IoU}}, ...]}}
 
+{SCALE_OUT_HELP} With --images the images are the
+  prompts file's lines; each process writes the files of its own to its --output.
+
 examples:
   samhq predict --checkpoint sam_hq_vit_b.pth --image dog.jpg --box 100 200 900 1200 --output out/
   samhq predict --checkpoint ckpt/ --image dog.jpg --point 500 600 1 --point 200 100 0 --output out/
   samhq predict --checkpoint syscv-community/sam-hq-vit-base --images photos/ \\
-      --prompts prompts.jsonl --output out/"""
+      --prompts prompts.jsonl --output out/
+  samhq predict --checkpoint ckpt/ --images photos/ --prompts prompts.jsonl --output out/ \\
+      --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0   # --process-id 1 on the second host"""
 
 
 def add_parser(sub: Any) -> None:
@@ -80,6 +88,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--hq-token-only", action="store_true", help="HQ mask alone (best for single objects)")
     p.add_argument("--multimask", action="store_true", help="add the best of SAM's three masks")
     p.add_argument("--output", required=True, help="output folder (created; see below for what is written)")
+    add_distributed_flags(p)
 
 
 def folder_jobs(path: Path, images: Path) -> list[tuple[Path, list, list]]:
@@ -103,22 +112,25 @@ def folder_jobs(path: Path, images: Path) -> list[tuple[Path, list, list]]:
     return jobs
 
 
-def segment_one(
-    predictor: SamHQPredictor, image_path: Path, boxes: list, points: list, out_dir: Path, args: argparse.Namespace
+def write_image(
+    path: Path,
+    image: np.ndarray,
+    boxes: list,
+    points: list,
+    result: tuple[np.ndarray, np.ndarray, np.ndarray],
+    out_dir: Path,
+    args: argparse.Namespace,
 ) -> dict:
-    """Run one image and write its masks, overlay and scores; returns the scores record."""
-    image = read_rgb(image_path)
-    predictor.set_image(image)
-    masks, iou, _ = predictor.predict_batch(
-        **prompt_arrays(boxes, points), multimask_output=args.multimask, hq_token_only=args.hq_token_only
-    )
+    """Write the masks, overlay and scores of one image (``(H, W, 3)`` uint8) from its ``result``
+    (``masks (P, 1, H, W)``, ``iou (P, 1)``, low-res logits); returns the scores record."""
+    masks, iou, _ = result
     masks = masks[:, 0]
-    stem = image_path.stem
+    stem = path.stem
     for i, m in enumerate(masks):
         Image.fromarray((m * 255).astype(np.uint8)).save(out_dir / f"{stem}_mask{i}.png")
     overlay(image, masks, boxes, points).save(out_dir / f"{stem}_overlay.png")
     record = {
-        "image": str(image_path),
+        "image": str(path),
         "size": list(image.shape[:2]),
         "hq_token_only": args.hq_token_only,
         "multimask_output": args.multimask,
@@ -150,19 +162,28 @@ def predict_jobs(args: argparse.Namespace) -> list[tuple[Path, list, list]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``samhq predict``: check every prompt and image, load the checkpoint, segment and write."""
-    from samhq_jax.predictor import SamHQPredictor
-
+    """``samhq predict``: check every prompt and image, load the checkpoint, segment and write this
+    process's share of the images, one per local device at a time."""
     jobs = predict_jobs(args)  # every prompt and image checked before the checkpoint is read
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with doing(f"loading the checkpoint {args.checkpoint}"):
-        predictor = SamHQPredictor.from_pretrained(args.checkpoint)
-    with tqdm(jobs, desc="samhq predict", unit="image", disable=len(jobs) == 1) as bar:
-        for path, boxes, points in bar:
-            with doing(f"segmenting {path}"):
-                record = segment_one(predictor, path, boxes, points, out_dir, args)
+    work = launch("samhq predict", args, jobs)
+    with tqdm(total=len(work.mine), desc=work.label, unit="image", disable=len(jobs) == 1) as bar:
+        for batch in work.batches():
+            with doing(f"segmenting {', '.join(str(path) for path, _, _ in batch)}"):
+                images = [read_rgb(path) for path, _, _ in batch]
+                results = work.predictor.predict_images(
+                    images,
+                    [prompt_arrays(boxes, points) for _, boxes, points in batch],
+                    multimask_output=args.multimask,
+                    hq_token_only=args.hq_token_only,
+                )
+                records = [
+                    write_image(path, image, boxes, points, result, work.out_dir, args)
+                    for (path, boxes, points), image, result in zip(batch, images, results, strict=True)
+                ]
+            bar.update(len(batch))
             if len(jobs) == 1:
-                scores = ", ".join(f"{m['iou']:.3f}" for m in record["masks"])
-                print(f"{path.name}: {len(record['masks'])} mask(s), predicted IoU {scores} -> {out_dir}")
+                scores = ", ".join(f"{m['iou']:.3f}" for m in records[0]["masks"])
+                print(
+                    f"{batch[0][0].name}: {len(records[0]['masks'])} mask(s), predicted IoU {scores} -> {work.out_dir}"
+                )
     return 0
