@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from samhq_jax.cmdkit.args import CHECKPOINT_HELP, SCALE_OUT_HELP, add_distributed_flags, help_layout
 from samhq_jax.cmdkit.guard import doing
-from samhq_jax.cmdkit.images import IMAGE_SUFFIXES, check_image, read_rgb
+from samhq_jax.cmdkit.images import IMAGE_SUFFIXES
 from samhq_jax.cmdkit.overlay import overlay_all
 from samhq_jax.commands.launch import launch
+from samhq_jax.image_io import check_image, read_rgb
 
 # Generator arguments taken from the flags of the same name and recorded in <stem>_masks.json.
 GENERATOR_FLAGS = (

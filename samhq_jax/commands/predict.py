@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 from samhq_jax.cmdkit.args import CHECKPOINT_HELP, SCALE_OUT_HELP, add_distributed_flags, help_layout
 from samhq_jax.cmdkit.guard import doing
-from samhq_jax.cmdkit.images import check_image, read_rgb
 from samhq_jax.cmdkit.overlay import overlay
 from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE, check_prompts, prompt_arrays, read_prompt_lines
 from samhq_jax.commands.launch import launch
+from samhq_jax.image_io import check_image, read_rgb
 
 PREDICT_HELP = f"""\
 prompts (in the image's pixels):
