@@ -78,8 +78,8 @@ class SamHQModel:
         precision: str = LIBRARY.precision,
     ) -> None:
         self.config = config
+        self.policy = Policy(precision, dtype)  # checked before anything is placed
         self.params = jax.device_put(params)  # once: warm calls move no weights
-        self.policy = Policy(precision, dtype)
         self.module, self._embed, self._decode = compiled_model(config, self.policy.dtype, self.policy.precision)
 
     @classmethod

@@ -115,7 +115,7 @@ def test_predictor_encoder_and_decoder(precision: str, dtype: str) -> None:
 
 
 def test_predictor_model_and_generator_carry_the_policy() -> None:
-    params = param_shapes(CONFIG)  # not touched until an image is set
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(CONFIG))  # placed, never run
     assert SamHQPredictor(CONFIG, params).policy == LIBRARY
     predictor = SamHQPredictor(CONFIG, params, dtype=jnp.bfloat16, precision="default")
     assert predictor.policy == Policy("default", "bfloat16")
