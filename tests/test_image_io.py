@@ -9,6 +9,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -175,7 +176,6 @@ def test_reads_every_kind_as_rgb(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", sorted(set(KINDS) - NOT_OPENCV))
 def test_matches_opencv_imread(tmp_path, kind):
-    cv2 = pytest.importorskip("cv2")
     path, _ = KINDS[kind](tmp_path)
     golden = cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
     np.testing.assert_allclose(read_rgb(path), golden, atol=OPENCV_ATOL.get(kind, 0), rtol=0)
