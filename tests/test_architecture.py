@@ -3,10 +3,12 @@
 Every import between the project's own files counts, at the top of a file or inside a function
 (lazy imports), under ``TYPE_CHECKING`` too. The layers, bottom to top:
 
+0. the base, ``samhq_jax.errors``: the exception types every layer raises and the guard reads; it
+   imports nothing of the project;
 1. the core library: everything in ``samhq_jax`` and ``convert`` not named below (configs, model
    parts, weight formats and conversion tables, pre- and post-processing, predictor, generator);
-2. the command kit, ``samhq_jax.cmdkit``: imports nothing of the project outside itself (no model
-   code), and the core does not import it;
+2. the command kit, ``samhq_jax.cmdkit``: imports nothing of the project outside itself and the base
+   (no model code), and the core does not import it;
 3. the features: ``eval`` (evaluation, ``eval.parity``, ``eval.bench``), ``train``, the commands of
    ``samhq_jax.commands`` and ``convert``'s command line;
 4. the dispatcher ``samhq_jax.cli``, which nothing imports.
@@ -25,15 +27,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("samhq_jax", "convert", "eval", "train")
 DISPATCHER = "samhq_jax.cli"
+BASE = ("samhq_jax.errors",)
 KIT = ("samhq_jax.cmdkit",)
 FEATURES = ("eval", "train", "samhq_jax.commands", "convert.cli", "convert.__main__")
-CORE, COMMAND_KIT, FEATURE, TOP = "core", "command kit", "feature", "dispatcher"
+BOTTOM, CORE, COMMAND_KIT, FEATURE, TOP = "base", "core", "command kit", "feature", "dispatcher"
 # What each layer may import (its own layer included).
 ALLOWED = {
-    CORE: {CORE},
-    COMMAND_KIT: {COMMAND_KIT},
-    FEATURE: {CORE, COMMAND_KIT, FEATURE},
-    TOP: {CORE, COMMAND_KIT, FEATURE},
+    BOTTOM: set(),
+    CORE: {BOTTOM, CORE},
+    COMMAND_KIT: {BOTTOM, COMMAND_KIT},
+    FEATURE: {BOTTOM, CORE, COMMAND_KIT, FEATURE},
+    TOP: {BOTTOM, CORE, COMMAND_KIT, FEATURE},
 }
 
 
@@ -64,6 +68,8 @@ def within(module: str, prefixes: tuple[str, ...]) -> bool:
 def layer(module: str) -> str:
     if module == DISPATCHER:
         return TOP
+    if within(module, BASE):
+        return BOTTOM
     if within(module, KIT):
         return COMMAND_KIT
     if within(module, FEATURES):
@@ -119,7 +125,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 def test_the_layers_are_known() -> None:
     """The test sees the project: every package, the dispatcher, the kit and some features exist."""
     assert DISPATCHER in FILES and any(within(m, KIT) for m in FILES)
-    assert {layer(m) for m in FILES} == {CORE, COMMAND_KIT, FEATURE, TOP}
+    assert {layer(m) for m in FILES} == {BOTTOM, CORE, COMMAND_KIT, FEATURE, TOP}
     assert all(any(within(m, (p,)) for m in FILES) for p in PACKAGES)
 
 
@@ -162,10 +168,11 @@ def test_no_private_attribute_of_an_imported_module() -> None:
     assert not bad, "private attributes of other modules:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("kind", [CORE, COMMAND_KIT, FEATURE, TOP])
+@pytest.mark.parametrize("kind", [BOTTOM, CORE, COMMAND_KIT, FEATURE, TOP])
 def test_each_layer_imports_only_downwards(kind: str) -> None:
-    """The core imports no command kit, feature or dispatcher; the kit imports nothing of the project
-    outside itself (no model code); features import no dispatcher; nothing imports the dispatcher."""
+    """The base imports nothing of the project; the core imports no command kit, feature or dispatcher;
+    the kit imports nothing of the project outside itself and the base (no model code); features import
+    no dispatcher; nothing imports the dispatcher."""
     bad = sorted(
         {
             f"{FILES[module].relative_to(ROOT)}:{line} ({kind}) imports {target} ({layer(target)})"
@@ -197,5 +204,6 @@ def test_the_checks_catch_what_they_should() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert layer("samhq_jax.cmdkit.args") == COMMAND_KIT and layer("samhq_jax.predictor") == CORE
+    assert layer("samhq_jax.errors") == BOTTOM
     assert layer("convert.cli") == FEATURE and layer("convert.core") == CORE and layer("eval.parity.cli") == FEATURE
     assert owner("samhq_jax.predictor.SamHQPredictor") == "samhq_jax.predictor" and owner("numpy") is None
