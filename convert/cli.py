@@ -13,21 +13,29 @@ An original SAM checkpoint converts with a warning: its HQ part is freshly initi
 Written: ``--to ours`` a folder with ``config.json`` and ``model.safetensors``; ``--to official`` a
 ``.pth`` / ``.safetensors`` state dict as SysCV's code saves it; ``--to hf`` a folder that
 transformers' ``SamHQModel.from_pretrained`` loads. ``samhq convert SRC DST ...`` is the same command.
+
+DST is written whole or not at all (a hidden temporary file or folder beside it, then a rename); an
+existing DST is refused before anything is read unless ``--overwrite`` is given, and then replaced
+whole (no stale files of the old one are left in a folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import jax
 
 from convert.export import export_hf, export_official
-from samhq_jax.checkpoint import read_weights, save_checkpoint, untrained_hq_message
-from samhq_jax.cmdkit.args import command_parser, docstring_help
-from samhq_jax.cmdkit.guard import run_guarded
+from samhq_jax.atomic import atomic_dir, atomic_file, check_target
+from samhq_jax.checkpoint import FILE_SUFFIXES, read_weights, save_checkpoint, untrained_hq_message
+from samhq_jax.cmdkit.args import add_overwrite_flag, command_parser, docstring_help
+from samhq_jax.cmdkit.guard import doing, run_guarded
+from samhq_jax.errors import InputError
 
 PROG = "samhq-convert"
+OFFICIAL_SUFFIXES = (".pth", ".pt", ".safetensors")  # what export_official writes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,24 +44,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("src", help="official .pth / .safetensors file, our or a Hugging Face folder, a hub id")
     parser.add_argument("dst", help="output: a directory (ours, hf) or a .pth / .safetensors file (official)")
     parser.add_argument("--to", choices=("ours", "official", "hf"), default="ours", help="output format")
+    add_overwrite_flag(parser, "DST")
     return parser
 
 
+def check_destination(dst: Path, to: str, overwrite: bool) -> None:
+    """Refuse, before anything is read, a DST that does not suit ``--to`` (a file name for a folder
+    format, a folder name for ``official``) or that exists without ``overwrite``."""
+    if to == "official" and dst.suffix not in OFFICIAL_SUFFIXES:
+        raise InputError(f"DST {dst}: --to official writes a {' / '.join(OFFICIAL_SUFFIXES)} file; name it so")
+    if to != "official" and dst.suffix.lower() in FILE_SUFFIXES:
+        raise InputError(
+            f"DST {dst}: --to {to} writes a folder, but the name ends in {dst.suffix} "
+            "(for a state dict file: --to official)"
+        )
+    check_target(dst, overwrite, "DST")
+
+
 def convert(args: argparse.Namespace) -> int:
-    """Read ``args.src``, write ``args.dst`` in format ``args.to`` and say what was done."""
-    weights = read_weights(args.src)
+    """Check ``args.dst``, read ``args.src``, write ``args.dst`` in format ``args.to`` (whole, then
+    renamed into place) and say what was done."""
+    dst = Path(args.dst)
+    check_destination(dst, args.to, args.overwrite)
+    with doing(f"reading {args.src}"):
+        weights = read_weights(args.src)
     config, params = weights.config, weights.params
     if not weights.hq_trained:
         print(f"{PROG}: warning: {untrained_hq_message(args.src)}", file=sys.stderr)
-    if args.to == "ours":
-        out = save_checkpoint(args.dst, config, params, source=str(args.src), hq_trained=weights.hq_trained)
-    elif args.to == "official":
-        out = export_official(params, args.dst)
-    else:
-        out = export_hf(config, params, args.dst)
+    with doing(f"writing {dst}"):
+        if args.to == "official":
+            with atomic_file(dst, args.overwrite, "DST") as tmp:
+                export_official(params, tmp)
+        else:
+            with atomic_dir(dst, args.overwrite, "DST") as tmp:
+                if args.to == "ours":
+                    save_checkpoint(tmp, config, params, source=str(args.src), hq_trained=weights.hq_trained)
+                else:
+                    export_hf(config, params, tmp)
     leaves = jax.tree.leaves(params)
     n = sum(v.size for v in leaves)
-    print(f"converted {args.src} -> {out} ({args.to}): {config.name}, {len(leaves)} tensors, {n:,} values")
+    print(f"converted {args.src} -> {dst} ({args.to}): {config.name}, {len(leaves)} tensors, {n:,} values")
     return 0
 
 

@@ -24,14 +24,16 @@ from samhq_jax.config import (
     PromptEncoderConfig,
     SamHQConfig,
 )
+from samhq_jax.errors import InputError
 from samhq_jax.hq_params import is_hq_path
 from samhq_jax.sam_hq import param_shapes
 
 MAX_LISTED = 20  # keys listed per category in an error message
 
 
-class ConversionError(ValueError):
-    """A checkpoint does not fit the model: the message lists every offending key."""
+class ConversionError(InputError):
+    """A checkpoint does not fit the model (bad input: exit status 2 in the commands); the message
+    lists every offending key."""
 
 
 @dataclasses.dataclass(frozen=True)

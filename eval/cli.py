@@ -12,7 +12,10 @@ iou_sam,biou_sam``, IoUs in [0, 1], scored images only), ``summary.json`` (per d
 skipped, mIoU / mBIoU per output in percent, data problems; ``"mean"`` over datasets; ``"run"``: the
 checkpoints, what the SAM row is, the matmul ``precision`` and compute ``dtype``), ``summary.md``
 (the paper's table layout; with ``--paper`` the paper's numbers and the differences) and
-``pictures/`` (the ``--pictures`` images where HQ gains least and most over SAM).
+``pictures/`` (the ``--pictures`` images where HQ gains least and most over SAM). The folder is
+written whole at the end (a temporary folder beside it, then a rename): a killed run leaves no
+half-written report; an existing non-empty ``--output`` is refused at start unless ``--overwrite``,
+and then replaced whole.
 
 ``--precision`` (``highest``, the default: full float32 on every device, so the numbers do not
 depend on it; ``default``: the device's TF32 / bf16 matmul passes) and ``--dtype`` (``float32``,
@@ -48,17 +51,22 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from samhq_jax.atomic import check_target
 from samhq_jax.cmdkit.args import (
     CHECKPOINT_HELP,
+    COUNT,
+    POSITIVE_INT,
     add_distributed_flags,
+    add_overwrite_flag,
     announce_share,
     command_parser,
     distributed_flags,
     docstring_help,
     progress_label,
 )
-from samhq_jax.cmdkit.guard import doing, run_guarded
+from samhq_jax.cmdkit.guard import PATH_ERRORS, doing, run_guarded
 from samhq_jax.datasets import HQSEG_LAYOUT, HQSEG_VAL
+from samhq_jax.errors import InputError
 from samhq_jax.precision import DTYPES, EVALUATION, PRECISIONS
 
 if TYPE_CHECKING:
@@ -68,19 +76,6 @@ if TYPE_CHECKING:
 
 PROG = "samhq-eval"
 RESERVED = ("mean", "run")  # summary.json keys that are not datasets
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    """argparse type: an int >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise ValueError
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -95,13 +90,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", help="a folder DIR/images + DIR/masks (repeatable)")
     p.add_argument("--data-root", help="the official data folder holding DIS5K/ and thin_object_detection/")
     p.add_argument("--datasets", help=f"with --data-root, comma-separated (default {','.join(HQSEG_VAL)})")
-    p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--batch-size", type=_count(1), default=4, help="images encoded per compiled call (default 4)")
-    p.add_argument("--limit", type=_count(1), help="only the first N images of each dataset")
+    p.add_argument("--output", required=True, help="output folder (written whole at the end)")
+    add_overwrite_flag(p, "--output folder")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images encoded per compiled call (default 4)")
+    p.add_argument("--limit", type=POSITIVE_INT, help="only the first N images of each dataset")
     p.add_argument("--paper", choices=("vit_b", "vit_l", "vit_h"), help="add the paper's numbers for this backbone")
-    p.add_argument(
-        "--pictures", type=_count(0), default=5, help="pictures of the N worst and N best images (default 5)"
-    )
+    p.add_argument("--pictures", type=COUNT, default=5, help="pictures of the N worst and N best images (default 5)")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -120,30 +114,30 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _datasets(args: argparse.Namespace) -> tuple[dict[str, list], dict[str, str]]:
-    """``({name: pairs}, {name: listing error})``; raises ValueError / FileNotFoundError for bad flags or folders."""
+    """``({name: pairs}, {name: listing error})``; raises InputError / FileNotFoundError for bad flags or folders."""
     from samhq_jax.datasets import DatasetError, folder_pairs, hqseg_pairs
 
     if (args.data is None) == (args.data_root is None):
-        raise ValueError("give --data DIR (repeatable) or --data-root ROOT, not both")
+        raise InputError("give --data DIR (repeatable) or --data-root ROOT, not both")
     if args.datasets is not None and args.data_root is None:
-        raise ValueError("--datasets needs --data-root")
+        raise InputError("--datasets needs --data-root")
     if args.data is not None:
         sources = {Path(d).name: Path(d) for d in args.data}
         roots = [Path(d) for d in args.data]
         if len(sources) != len(args.data):
-            raise ValueError(f"--data folders must have distinct names: {args.data}")
+            raise InputError(f"--data folders must have distinct names: {args.data}")
     else:
         names = (args.datasets or ",".join(HQSEG_VAL)).split(",")
         unknown = [n for n in names if n not in HQSEG_LAYOUT]
         if unknown or len(set(names)) != len(names):
-            raise ValueError(f"--datasets {args.datasets!r}: choose distinct names from {', '.join(HQSEG_LAYOUT)}")
+            raise InputError(f"--datasets {args.datasets!r}: choose distinct names from {', '.join(HQSEG_LAYOUT)}")
         sources, roots = dict.fromkeys(names), [Path(args.data_root)]
     for folder in roots:
         if not folder.is_dir():
             raise FileNotFoundError(f"no folder {folder}")
     clash = [n for n in sources if n in RESERVED]
     if clash:
-        raise ValueError(f"dataset names {clash} are reserved in summary.json; rename the folder")
+        raise InputError(f"dataset names {clash} are reserved in summary.json; rename the folder")
     pairs, errors = {}, {}
     for name, folder in sources.items():
         try:
@@ -166,8 +160,8 @@ def _read(path: str, what: str) -> LoadedWeights:
     try:
         with doing(f"reading {what} {path}"):
             return read_weights(path)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{what} {path}: {err}") from err
+    except (InputError, *PATH_ERRORS) as err:
+        raise InputError(f"{what} {path}: {err}") from err
 
 
 def _gathered(records: list[ImageRecord], datasets: list[str]) -> list[ImageRecord]:
@@ -220,22 +214,24 @@ def run(args: argparse.Namespace) -> int:
     processes = distributed_flags(args)
     first = processes is None or processes[2] == 0  # process 0 reports and writes
     policy = Policy(args.precision, args.dtype)
+    if first:
+        check_target(Path(args.output), args.overwrite, "--output")  # before any work
     pairs, dataset_errors = _datasets(args)
     for name, message in dataset_errors.items():
         if first:
             print(f"{PROG}: {name}: not evaluated: {message}", file=sys.stderr)
     if not pairs:
-        raise ValueError("no dataset could be listed")
+        raise InputError("no dataset could be listed")
     mesh = setup(processes)  # before anything touches a device
     weights = _read(args.checkpoint, "--checkpoint")
     if not weights.hq_trained and first:
         print(f"{PROG}: warning: {untrained_hq_message(args.checkpoint)}", file=sys.stderr)
     config = weights.config
     if args.paper and config.image_encoder != SamHQConfig.preset(args.paper).image_encoder:
-        raise ValueError(f"--paper {args.paper}: the checkpoint's image encoder is not the {args.paper} structure")
+        raise InputError(f"--paper {args.paper}: the checkpoint's image encoder is not the {args.paper} structure")
     sam = _read(args.sam_checkpoint, "--sam-checkpoint") if args.sam_checkpoint else None
     if sam is not None and sam.config.img_size != config.img_size:
-        raise ValueError(f"--sam-checkpoint has img_size {sam.config.img_size}, the checkpoint {config.img_size}")
+        raise InputError(f"--sam-checkpoint has img_size {sam.config.img_size}, the checkpoint {config.img_size}")
     params = replicate(weights.params, mesh)  # once, for every dataset and the pictures
     sam_kwargs = {} if sam is None else {"sam_params": replicate(sam.params, mesh), "sam_config": sam.config}
     sam_kwargs.update(policy=policy, mesh=mesh)
@@ -276,12 +272,9 @@ def run(args: argparse.Namespace) -> int:
         **policy.as_dict(),
     }
     markdown = report.summary_markdown(summary, args.checkpoint, args.sam_checkpoint, args.paper, policy)
-    report.write_outputs(out, records, summary, run_info, markdown)
-    if picks:
-        (out / "pictures").mkdir(exist_ok=True)
-        for label, r in picks:
-            name = f"{label}_{r.dataset}_{r.image}.png"
-            (out / "pictures" / name).write_bytes(pictures[name])
+    names = [f"{label}_{r.dataset}_{r.image}.png" for label, r in picks]
+    with doing(f"writing {out}"):
+        report.write_outputs(out, records, summary, run_info, markdown, {n: pictures[n] for n in names}, args.overwrite)
     print(markdown)
     print(f"-> {out}")
     return 0

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from eval.metrics import mask_to_boundary
 from eval.protocol import OUTPUTS, ImageRecord
+from samhq_jax.atomic import atomic_dir
 from samhq_jax.cmdkit.overlay import overlay
 from samhq_jax.precision import EVALUATION, Policy
 
@@ -188,10 +189,24 @@ def picture_caption(label: str, record: ImageRecord) -> str:
 
 
 def write_outputs(
-    out_dir: Path, records: Sequence[ImageRecord], summary: Mapping[str, dict], run: Mapping[str, Any], markdown: str
+    out_dir: Path,
+    records: Sequence[ImageRecord],
+    summary: Mapping[str, dict],
+    run: Mapping[str, Any],
+    markdown: str,
+    pictures: Mapping[str, bytes] | None = None,
+    overwrite: bool = False,
 ) -> None:
-    """``per_image.csv``, ``summary.json`` (the summary plus ``"run"``: what was evaluated how) and ``summary.md``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_per_image_csv(out_dir / "per_image.csv", records)
-    (out_dir / "summary.json").write_text(json.dumps({**summary, "run": dict(run)}, indent=2) + "\n")
-    (out_dir / "summary.md").write_text(markdown)
+    """Write ``out_dir`` whole: ``per_image.csv``, ``summary.json`` (the summary plus ``"run"``: what
+    was evaluated how), ``summary.md`` and, when there are any, ``pictures/NAME`` (PNG bytes by
+    name). The files go to a temporary folder beside ``out_dir``, renamed into place at the end
+    (:func:`samhq_jax.atomic.atomic_dir`): a killed run leaves no half-written report, and an
+    existing ``out_dir`` (only with ``overwrite``; else ``InputError``) is replaced, no stale file left."""
+    with atomic_dir(out_dir, overwrite, "--output") as tmp:
+        write_per_image_csv(tmp / "per_image.csv", records)
+        (tmp / "summary.json").write_text(json.dumps({**summary, "run": dict(run)}, indent=2) + "\n")
+        (tmp / "summary.md").write_text(markdown)
+        if pictures:
+            (tmp / "pictures").mkdir()
+            for name, png in pictures.items():
+                (tmp / "pictures" / name).write_bytes(png)

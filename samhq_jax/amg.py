@@ -48,8 +48,10 @@ from samhq_jax.amg_ops import (
     remove_small_regions,
 )
 from samhq_jax.distributed import device_blocks
+from samhq_jax.errors import InputError
 from samhq_jax.mesh_predictor import MeshPredictor
 from samhq_jax.predictor import SamHQPredictor, bucket_size, pad_prompts
+from samhq_jax.prompt_check import check_finite
 from samhq_jax.transforms import to_rgb_uint8
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -86,15 +88,15 @@ def check_settings(
     point_grids: list[np.ndarray] | None,
     output_mode: str,
 ) -> list[np.ndarray]:
-    """Check the generator's grid, batch, crop and output settings (clear ``ValueError`` /
+    """Check the generator's grid, batch, crop and output settings (one-line ``InputError`` /
     ``ImportError``); return the point grid of each crop layer, ``(N_i, 2)`` float64 in ``[0, 1]``.
     ``samhq everything`` calls it before loading a checkpoint."""
     if (points_per_side is None) == (point_grids is None):
-        raise ValueError("give exactly one of points_per_side and point_grids")
+        raise InputError("give exactly one of points_per_side and point_grids")
     if output_mode not in OUTPUT_MODES:
-        raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        raise InputError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
     if points_per_batch < 1 or crop_n_layers < 0 or crop_n_points_downscale_factor < 1:
-        raise ValueError(
+        raise InputError(
             "need points_per_batch >= 1, crop_n_layers >= 0 and crop_n_points_downscale_factor >= 1, got "
             f"{points_per_batch}, {crop_n_layers}, {crop_n_points_downscale_factor}"
         )
@@ -102,17 +104,24 @@ def check_settings(
         coco_encode_rle({"size": [1, 1], "counts": [1]})  # fail now, not after the work
     if points_per_side is not None:
         if points_per_side < 1 or int(points_per_side / crop_n_points_downscale_factor**crop_n_layers) < 1:
-            raise ValueError(
+            raise InputError(
                 f"points_per_side={points_per_side} leaves no points in crop layer {crop_n_layers} "
                 f"(downscale factor {crop_n_points_downscale_factor})"
             )
         return build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
     grids = [np.asarray(g, np.float64) for g in point_grids]
     if len(grids) != crop_n_layers + 1:
-        raise ValueError(f"point_grids needs one grid per layer ({crop_n_layers + 1}), got {len(grids)}")
+        raise InputError(f"point_grids needs one grid per layer ({crop_n_layers + 1}), got {len(grids)}")
     for i, g in enumerate(grids):
-        if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0 or not np.all((g >= 0) & (g <= 1)):
-            raise ValueError(f"point_grids[{i}] must be a non-empty (N, 2) array in [0, 1], got {g.shape}")
+        if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
+            raise InputError(f"point_grids[{i}] must be a non-empty (N, 2) array in [0, 1], got {g.shape}")
+        check_finite(g, f"point_grids[{i}]")
+        outside = np.nonzero(np.any((g < 0) | (g > 1), axis=1))[0]
+        if outside.size:
+            x, y = g[outside[0]]
+            raise InputError(
+                f"point_grids[{i}][{outside[0]}] = [{x:g}, {y:g}]: grid points are in [0, 1] (image fractions)"
+            )
     return grids
 
 

@@ -10,17 +10,20 @@ whose HQ parameters it initialises as PyTorch would. :func:`load_pretrained` (pr
 training entry point both go through it. A path that does not exist is a hub repo id only when it has
 the form ``owner/name`` (:func:`is_hub_id`). Every bad source is an exception with a one-line-able
 message naming the file: ``FileNotFoundError`` (no such path, a hub id not in the cache),
-``ValueError`` (a ``config.json`` that is not JSON or lacks a key or has one of the wrong type) or
-its subclass ``ConversionError`` (unknown format, unreadable file, tensors not fitting the model).
+:class:`~samhq_jax.errors.InputError` (a ``ValueError``: a ``config.json`` that is not JSON or lacks
+a key or has one of the wrong type) or its subclass ``ConversionError`` (unknown format, unreadable
+file, tensors not fitting the model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import save_file
 
 from samhq_jax.config import SamHQConfig, checked_value, read_json_object
+from samhq_jax.errors import InputError
 from samhq_jax.hq_params import init_hq_params, merge_params
 
 FORMAT = "samhq_jax"
@@ -92,6 +96,19 @@ def is_checkpoint_dir(path: Path) -> bool:
     return cfg.is_file() and read_json_object(cfg).get("format") == FORMAT
 
 
+@contextlib.contextmanager
+def reading_checkpoint() -> Iterator[None]:
+    """Inside, a plain ``ValueError`` (the ``config.json`` checks of :mod:`samhq_jax.config`, a
+    Hugging Face shard index) is about the checkpoint being read: it leaves as an
+    :class:`~samhq_jax.errors.InputError` with the same message."""
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from err
+
+
 def _read_ours(path: Path) -> LoadedWeights:
     """Our checkpoint folder ``path``: ``config.json`` checked key by key (a ``ValueError`` naming the
     file and the key), then every tensor of ``model.safetensors`` against that config."""
@@ -99,18 +116,20 @@ def _read_ours(path: Path) -> LoadedWeights:
     from convert.sources import read_safetensors
 
     cfg = path / CONFIG_FILE
-    meta = read_json_object(cfg)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{cfg}: unsupported checkpoint format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})"
-        )
-    if "config" not in meta:
-        raise ValueError(f"{cfg}: missing key config (the model structure)")
-    hq_trained = checked_value(meta.get("hq_trained", True), bool, f"{cfg}: hq_trained")
-    try:
-        config = SamHQConfig.from_dict(meta["config"])
-    except ValueError as err:
-        raise ValueError(f"{cfg}: {err}") from err
+    with reading_checkpoint():
+        meta = read_json_object(cfg)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise InputError(
+                f"{cfg}: unsupported checkpoint format_version {meta.get('format_version')!r} "
+                f"(expected {FORMAT_VERSION})"
+            )
+        if "config" not in meta:
+            raise InputError(f"{cfg}: missing key config (the model structure)")
+        hq_trained = checked_value(meta.get("hq_trained", True), bool, f"{cfg}: hq_trained")
+        try:
+            config = SamHQConfig.from_dict(meta["config"])
+        except ValueError as err:
+            raise InputError(f"{cfg}: {err}") from err
     if not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"{path}: {CONFIG_FILE} is there but not {WEIGHTS_FILE}")
     flat = read_safetensors(path / WEIGHTS_FILE)
@@ -213,9 +232,10 @@ def read_weights(path: str | os.PathLike, hq_seed: int = 0) -> LoadedWeights:
     from convert.sources import load_torch_checkpoint
 
     local = resolve_source(path)
-    if local.is_dir() and is_checkpoint_dir(local):
-        return _read_ours(local)
-    config, params = load_torch_checkpoint(local, allow_plain_sam=True)
+    with reading_checkpoint():
+        if local.is_dir() and is_checkpoint_dir(local):
+            return _read_ours(local)
+        config, params = load_torch_checkpoint(local, allow_plain_sam=True)
     fmt = "hf" if local.is_dir() else "official"
     if "hq_token" in params["mask_decoder"]:
         return LoadedWeights(config, params, True, fmt)

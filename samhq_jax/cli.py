@@ -13,9 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from samhq_jax.cmdkit.args import OneLineParser, command_parser, help_layout
+from samhq_jax.cmdkit.args import COUNT, POSITIVE_INT, OneLineParser, command_parser, help_layout
 from samhq_jax.cmdkit.guard import run_guarded
 from samhq_jax.commands import everything, predict
+from samhq_jax.config import PRESETS
 
 PROG = "samhq"
 SAMHQ_HELP = """\
@@ -70,12 +71,12 @@ def build_parser() -> OneLineParser:
         "demo", help="offline: train a stand-in SAM and its HQ part on synthetic data, evaluate", **help_layout("")
     )
     d.add_argument("--output", required=True, help="output folder (data, runs, evaluation, pictures)")
-    d.add_argument("--preset", default="tiny_b", help="model size (a preset name)")
-    d.add_argument("--train-images", type=int, default=240)
-    d.add_argument("--val-images", type=int, default=24)
-    d.add_argument("--sam-steps", type=int, default=400, help="steps of the stand-in SAM (every parameter)")
-    d.add_argument("--hq-steps", type=int, default=300, help="steps of HQ fine-tuning (SAM frozen)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--preset", default="tiny_b", choices=PRESETS, help="model size (a preset name)")
+    d.add_argument("--train-images", type=POSITIVE_INT, default=240)
+    d.add_argument("--val-images", type=POSITIVE_INT, default=24)
+    d.add_argument("--sam-steps", type=POSITIVE_INT, default=400, help="steps of the stand-in SAM (every parameter)")
+    d.add_argument("--hq-steps", type=POSITIVE_INT, default=300, help="steps of HQ fine-tuning (SAM frozen)")
+    d.add_argument("--seed", type=COUNT, default=0)
     return parser
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from samhq_jax.errors import InputError
 from samhq_jax.image_io import read_rgb
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ MASK_EXT = ".png"
 _MAX_LISTED = 30  # missing files named in one error before "... and N more"
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset that cannot be used: unknown name, missing folder or file, unreadable image."""
 
 

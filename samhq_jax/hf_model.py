@@ -28,9 +28,11 @@ import numpy as np
 
 from samhq_jax.checkpoint import load_pretrained
 from samhq_jax.config import SamHQConfig
-from samhq_jax.hf_processor import HF_LABELS, jax_device
+from samhq_jax.errors import InputError
+from samhq_jax.hf_processor import HF_LABELS, HF_LABELS_TEXT, jax_device
 from samhq_jax.precision import LIBRARY, Policy
 from samhq_jax.predictor import compiled_model
+from samhq_jax.prompt_check import check_boxes, check_finite, check_labels
 from samhq_jax.sam_hq import ImageEmbeddings
 from samhq_jax.transforms import as_numpy, on_device
 
@@ -146,7 +148,7 @@ class SamHQModel:
         """
         del original_sizes, reshaped_input_sizes, labels
         if (pixel_values is None) == (image_embeddings is None):
-            raise ValueError("give exactly one of pixel_values and image_embeddings")
+            raise InputError("give exactly one of pixel_values and image_embeddings")
         if pixel_values is not None:
             emb = self._embed({"params": self.params}, _pixels(pixel_values, self.config.img_size))
         else:
@@ -170,7 +172,7 @@ class SamHQModel:
 
     def _embeddings(self, image_embeddings: Any, intermediate_embeddings: Any) -> ImageEmbeddings:
         if intermediate_embeddings is None:
-            raise ValueError(
+            raise InputError(
                 "image_embeddings need intermediate_embeddings (the HQ decoder fuses the early ViT feature): "
                 "pass both, as returned by get_image_embeddings"
             )
@@ -179,10 +181,10 @@ class SamHQModel:
         emb, early = on_device(image_embeddings, jnp.float32), on_device(early, jnp.float32)
         g, c = self.config.embedding_size, self.config.prompt_encoder.embed_dim
         if emb.ndim != 4 or emb.shape[1:] != (c, g, g):
-            raise ValueError(f"image_embeddings must be (B, {c}, {g}, {g}), got {emb.shape}")
+            raise InputError(f"image_embeddings must be (B, {c}, {g}, {g}), got {emb.shape}")
         vit = self.config.image_encoder.embed_dim
         if early.shape != (emb.shape[0], g, g, vit):
-            raise ValueError(f"intermediate_embeddings[0] must be ({emb.shape[0]}, {g}, {g}, {vit}), got {early.shape}")
+            raise InputError(f"intermediate_embeddings[0] must be ({emb.shape[0]}, {g}, {g}, {vit}), got {early.shape}")
         return ImageEmbeddings(emb.transpose(0, 2, 3, 1), early)
 
     def _prompts(
@@ -193,35 +195,35 @@ class SamHQModel:
         if points is not None:
             points = as_numpy(points).astype(np.float32)
             if points.ndim != 4 or points.shape[-1] != 2:
-                raise ValueError(f"input_points must be (batch, point_batch, points, 2), got {points.shape}")
+                raise InputError(f"input_points must be (batch, point_batch, points, 2), got {points.shape}")
             labels = np.ones(points.shape[:3], np.int32) if labels is None else as_numpy(labels)
             if labels.shape != points.shape[:3]:
-                raise ValueError(f"input_labels must be {points.shape[:3]} to match input_points, got {labels.shape}")
-            bad = sorted(set(np.unique(labels).tolist()) - set(HF_LABELS))
-            if bad:
-                raise ValueError(f"input_labels must be 1, 0, -1 or -10 (padding); got {bad}")
+                raise InputError(f"input_labels must be {points.shape[:3]} to match input_points, got {labels.shape}")
+            check_labels(labels, "input_labels", HF_LABELS, HF_LABELS_TEXT)
             labels = labels.astype(np.int32)
             p = points.shape[1]
         elif labels is not None:
-            raise ValueError("input_labels were given without input_points")
+            raise InputError("input_labels were given without input_points")
         if boxes is not None:
             boxes = as_numpy(boxes).astype(np.float32)
             if boxes.ndim != 3 or boxes.shape[-1] != 4:
-                raise ValueError(f"input_boxes must be (batch, boxes, 4), got {boxes.shape}")
+                raise InputError(f"input_boxes must be (batch, boxes, 4), got {boxes.shape}")
             if p is not None and boxes.shape[1] != p:
-                raise ValueError(f"give as many boxes as point prompts: {boxes.shape[1]} boxes, {p} point prompts")
+                raise InputError(f"give as many boxes as point prompts: {boxes.shape[1]} boxes, {p} point prompts")
             p = boxes.shape[1]
         for name, a in (("input_points", points), ("input_boxes", boxes)):
             if a is not None and a.shape[0] != b:
-                raise ValueError(f"{name} are for {a.shape[0]} images, but {b} were given")
-            if a is not None and not np.isfinite(a).all():
-                raise ValueError(f"{name} contain NaN or inf")
+                raise InputError(f"{name} are for {a.shape[0]} images, but {b} were given")
+            if a is not None:
+                check_finite(a, name)
+        if boxes is not None:
+            check_boxes(boxes, "input_boxes")
         if masks is not None:
             low = self.config.low_res_mask_size
             masks = as_numpy(masks).astype(np.float32)
             masks = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
             if masks.shape != (b, low, low):
-                raise ValueError(f"input_masks must be ({b}, 1, {low}, {low}) low-res logits, got {masks.shape}")
+                raise InputError(f"input_masks must be ({b}, 1, {low}, {low}) low-res logits, got {masks.shape}")
             masks = np.broadcast_to(masks[:, None], (b, p or 1, low, low))
         return jax.device_put((points, labels, boxes, masks))
 
@@ -230,7 +232,7 @@ def _pixels(pixel_values: Any, size: int) -> jax.Array:
     """``(B, 3, S, S)`` NCHW pixels -> ``(B, S, S, 3)`` float32 NHWC."""
     x = on_device(pixel_values, jnp.float32)
     if x.ndim != 4 or x.shape[1:] != (3, size, size):
-        raise ValueError(f"pixel_values must be (B, 3, {size}, {size}) from the processor, got {x.shape}")
+        raise InputError(f"pixel_values must be (B, 3, {size}, {size}) from the processor, got {x.shape}")
     return x.transpose(0, 2, 3, 1)
 
 

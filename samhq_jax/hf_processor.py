@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image
 
 from samhq_jax.config import SamHQConfig
+from samhq_jax.errors import InputError
+from samhq_jax.prompt_check import LABELS_TEXT, VALID_LABELS, check_boxes, check_finite, check_labels
 from samhq_jax.prompt_encoder import LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_PAD, LABEL_POSITIVE
 from samhq_jax.transforms import (
     PIXEL_MEAN,
@@ -44,6 +46,7 @@ from samhq_jax.transforms import (
 )
 
 HF_LABELS = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_PAD)
+HF_LABELS_TEXT = f"{LABELS_TEXT}, or {LABEL_PAD} (padding)"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 RETURN_TENSORS = ("np", "jax")
 DEFAULT_IMG_SIZE = 1024  # every released SAM / SAM-HQ checkpoint
@@ -78,7 +81,7 @@ def jax_device(device: Any) -> Any:
     try:
         return jax.devices(platform)[index]
     except RuntimeError as err:
-        raise ValueError(f"no JAX {platform!r} device for {device!r}: {err}") from err
+        raise InputError(f"no JAX {platform!r} device for {device!r}: {err}") from err
 
 
 class SamHQImageProcessor:
@@ -103,7 +106,7 @@ class SamHQImageProcessor:
         self.mask_size = longest_edge // LOW_RES_FACTOR if mask_size is None else mask_size
         self.mask_pad_size = self.mask_size if mask_pad_size is None else mask_pad_size
         if self.pad_size != self.longest_edge:
-            raise ValueError(f"pad_size {self.pad_size} must equal longest_edge {self.longest_edge} (square input)")
+            raise InputError(f"pad_size {self.pad_size} must equal longest_edge {self.longest_edge} (square input)")
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> SamHQImageProcessor:
@@ -131,7 +134,7 @@ class SamHQImageProcessor:
         kind = _check_return_tensors(return_tensors)
         images = _as_list(images)
         if not images:
-            raise ValueError("no images given")
+            raise InputError("no images given")
         pixels, original, reshaped = [], [], []
         for image in images:
             net_input, input_size, original_size = preprocess(_as_hwc(image), self.longest_edge)
@@ -146,7 +149,7 @@ class SamHQImageProcessor:
         if segmentation_maps is not None:
             maps = _as_list(segmentation_maps)
             if len(maps) != len(images):
-                raise ValueError(f"got {len(maps)} segmentation maps for {len(images)} images")
+                raise InputError(f"got {len(maps)} segmentation maps for {len(images)} images")
             out["labels"] = np.stack([self._preprocess_mask(m) for m in maps])
         return _convert(out, kind)
 
@@ -156,11 +159,11 @@ class SamHQImageProcessor:
         if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
             arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:-1])
         if arr.ndim != 2:
-            raise ValueError(f"segmentation maps must be (H, W), got {arr.shape}")
+            raise InputError(f"segmentation maps must be (H, W), got {arr.shape}")
         if arr.dtype == bool:
             arr = arr.astype(np.uint8)
         if not np.issubdtype(arr.dtype, np.integer) or arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
-            raise ValueError(f"segmentation maps must hold integers in [0, 255] (or bool), got dtype {arr.dtype}")
+            raise InputError(f"segmentation maps must hold integers in [0, 255] (or bool), got dtype {arr.dtype}")
         h, w = preprocess_shape(*arr.shape, self.mask_size)
         resized = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize((w, h), Image.NEAREST))
         out = np.zeros((self.mask_pad_size, self.mask_pad_size), np.int64)
@@ -191,12 +194,12 @@ class SamHQImageProcessor:
         side = self.pad_size if pad_size is None else pad_size
         if isinstance(side, dict):
             if side.get("height") != side.get("width"):
-                raise ValueError(f"pad_size must be square, got {side}")
+                raise InputError(f"pad_size must be square, got {side}")
             side = side["height"]
         original = np.asarray(original_sizes).reshape(-1, 2).tolist()
         reshaped = np.asarray(reshaped_input_sizes).reshape(-1, 2).tolist()
         if len(original) != len(reshaped) or len(masks) < len(original):
-            raise ValueError(
+            raise InputError(
                 f"got masks for {len(masks)} images, {len(original)} original sizes and {len(reshaped)} reshaped sizes"
             )
         out = []
@@ -205,7 +208,7 @@ class SamHQImageProcessor:
         for i, (item, orig, resh) in enumerate(zip(masks, original, reshaped, strict=False)):
             low = on_device(item)
             if low.ndim != 4:
-                raise ValueError(f"masks[{i}] must be (P, K, H, W) low-res logits, got {low.shape}")
+                raise InputError(f"masks[{i}] must be (P, K, H, W) low-res logits, got {low.shape}")
             full = postprocess_masks(low, tuple(resh), tuple(orig), side)
             full = full > threshold if binarize else full
             out.append(full if kind == "jax" else jax.device_get(full))
@@ -257,7 +260,7 @@ class SamHQProcessor:
         """
         kind = _check_return_tensors(return_tensors)
         if images is None:
-            raise ValueError("images are required")
+            raise InputError("images are required")
         encoding = self.image_processor(images, segmentation_maps=segmentation_maps, return_tensors="np")
         sizes = [tuple(s) for s in encoding["original_sizes"].tolist()]
         points = _per_image(input_points, "input_points", sizes, (2,))
@@ -271,13 +274,16 @@ class SamHQProcessor:
             encoding["input_points"] = _stack(points, "input_points", 4)
         if labels is not None:
             if points is None:
-                raise ValueError("input_labels were given without input_points")
+                raise InputError("input_labels were given without input_points")
             encoding["input_labels"] = _stack(labels, "input_labels", 3).astype(np.int64)
-            bad = sorted(set(np.unique(encoding["input_labels"]).tolist()) - {*HF_LABELS, point_pad_value})
-            if bad:
-                raise ValueError(f"input_labels must be 1, 0, -1 (or the pad value {point_pad_value}); got {bad}")
+            check_labels(
+                encoding["input_labels"],
+                "input_labels",
+                (*VALID_LABELS, point_pad_value),
+                f"{LABELS_TEXT}, or the pad value {point_pad_value}",
+            )
             if encoding["input_labels"].shape != encoding["input_points"].shape[:-1]:
-                raise ValueError(
+                raise InputError(
                     f"input_labels {encoding['input_labels'].shape} do not match input_points "
                     f"{encoding['input_points'].shape}"
                 )
@@ -306,7 +312,7 @@ class SamHQProcessor:
 def _check_return_tensors(kind: str | None) -> str:
     kind = "np" if kind is None else kind
     if kind not in RETURN_TENSORS:
-        raise ValueError(f"return_tensors must be 'np' or 'jax' (samhq-jax has no torch tensors), got {kind!r}")
+        raise InputError(f"return_tensors must be 'np' or 'jax' (samhq-jax has no torch tensors), got {kind!r}")
     return kind
 
 
@@ -340,18 +346,19 @@ def _per_image(x: Any, name: str, sizes: list[tuple[int, int]], tail: tuple[int,
         return None
     items = list(x) if isinstance(x, (list, tuple)) else list(as_numpy(x))
     if len(items) != len(sizes):
-        raise ValueError(f"{name} has entries for {len(items)} images, but {len(sizes)} image(s) were given")
+        raise InputError(f"{name} has entries for {len(items)} images, but {len(sizes)} image(s) were given")
     out = []
     for i, item in enumerate(items):
         try:
             arr = as_numpy(item).astype(np.float64)
         except ValueError as err:
-            raise ValueError(f"{name}[{i}] is ragged inside one image: {err}") from err
+            raise InputError(f"{name}[{i}] is ragged inside one image: {err}") from err
         if arr.ndim < 1 + len(tail) or arr.shape[arr.ndim - len(tail) :] != tail:
             want = "[point][x, y]" if tail == (2,) else "[box][x0, y0, x1, y1]" if tail == (4,) else "[point]"
-            raise ValueError(f"{name}[{i}] must be nested as {want} (optionally with a prompt level), got {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{name}[{i}] contains NaN or inf")
+            raise InputError(f"{name}[{i}] must be nested as {want} (optionally with a prompt level), got {arr.shape}")
+        check_finite(arr, f"{name}[{i}]", row=tail != ())
+        if tail == (4,):
+            check_boxes(arr, f"{name}[{i}]")
         out.append(arr)
     return out
 
@@ -362,7 +369,7 @@ def _pad_points(
     """Pad each image's point axis to the longest, with coordinate and label ``pad``."""
     for i, (p, lab) in enumerate(zip(points, labels, strict=True)):
         if lab.shape != p.shape[:-1]:
-            raise ValueError(f"input_labels[{i}] has shape {lab.shape}, input_points[{i}] {p.shape}")
+            raise InputError(f"input_labels[{i}] has shape {lab.shape}, input_points[{i}] {p.shape}")
     n = max(p.shape[-2] for p in points)
     out_p, out_l = [], []
     for p, lab in zip(points, labels, strict=True):
@@ -376,7 +383,7 @@ def _stack(items: list[np.ndarray], name: str, ndim: int) -> np.ndarray:
     """Stack per-image arrays and add the prompt axis (axis 1) when it was left out."""
     shapes = {a.shape for a in items}
     if len(shapes) > 1:
-        raise ValueError(f"{name} differ in shape between images: {sorted(shapes)} (only point counts are padded)")
+        raise InputError(f"{name} differ in shape between images: {sorted(shapes)} (only point counts are padded)")
     out = np.stack(items)
     return out[:, None] if out.ndim == ndim - 1 else out
 
@@ -392,7 +399,7 @@ def _processor_sizes(path: str | os.PathLike) -> dict[str, int]:
         mean = np.asarray(cfg.get("image_mean", PIXEL_MEAN / 255))
         std = np.asarray(cfg.get("image_std", PIXEL_STD / 255))
         if not (np.allclose(mean * 255, PIXEL_MEAN) and np.allclose(std * 255, PIXEL_STD)):
-            raise ValueError(f"{pre}: only SAM's normalisation is supported, got mean {mean}, std {std}")
+            raise InputError(f"{pre}: only SAM's normalisation is supported, got mean {mean}, std {std}")
         side = cfg.get("size", {}).get("longest_edge", DEFAULT_IMG_SIZE)
         return {
             "longest_edge": side,

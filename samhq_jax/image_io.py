@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from samhq_jax.errors import InputError
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")  # uint16 grey, as PIL names it
 UINT16_MAX = 65535
 
@@ -52,13 +54,13 @@ def _open(path: Path, where: str) -> Image.Image:
             problem = f"{err} (raise PIL.Image.MAX_IMAGE_PIXELS to read it)"
         except (OSError, ValueError, SyntaxError) as err:
             problem = str(err)
-    raise ValueError(f"{where}cannot read image {path}: {problem}")
+    raise InputError(f"{where}cannot read image {path}: {problem}")
 
 
 def _check_mode(mode: str) -> None:
     """``ValueError`` for PIL modes that have no 0-255 scale to read them at."""
     if mode == "F":
-        raise ValueError("32-bit float images (PIL mode F) have no 0-255 scale; save the image as 8- or 16-bit")
+        raise InputError("32-bit float images (PIL mode F) have no 0-255 scale; save the image as 8- or 16-bit")
 
 
 def pil_to_rgb(image: Image.Image) -> np.ndarray:
@@ -71,7 +73,7 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
         values = np.asarray(image)
         if values.min() < 0 or values.max() > UINT16_MAX:
-            raise ValueError(
+            raise InputError(
                 f"32-bit integer image (PIL mode I) with values {values.min()}..{values.max()}, "
                 "outside 16-bit 0-65535; save the image as 8- or 16-bit"
             )
@@ -95,7 +97,7 @@ def check_image(path: Path | str, where: str = "") -> None:
             _check_mode(image.mode)
             image.verify()
         except (OSError, ValueError, SyntaxError) as err:
-            raise ValueError(f"{where}cannot read image {path}: {err}") from err
+            raise InputError(f"{where}cannot read image {path}: {err}") from err
 
 
 def read_rgb(path: Path | str, *, exif: bool = True) -> np.ndarray:
@@ -113,4 +115,4 @@ def read_rgb(path: Path | str, *, exif: bool = True) -> np.ndarray:
                 ImageOps.exif_transpose(image, in_place=True)  # a no-op without an orientation tag
             return pil_to_rgb(image)
         except (OSError, ValueError, SyntaxError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
+            raise InputError(f"cannot read image {path}: {err}") from err

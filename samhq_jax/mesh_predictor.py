@@ -33,6 +33,7 @@ from jax.sharding import Mesh, PartitionSpec
 from samhq_jax.checkpoint import load_pretrained
 from samhq_jax.config import SamHQConfig
 from samhq_jax.distributed import DATA_AXIS, data_mesh, device_blocks, replicate, shard_rows
+from samhq_jax.errors import InputError
 from samhq_jax.precision import LIBRARY, Policy
 from samhq_jax.predictor import bucket_size, compiled_model, full_masks, pad_prompts, prepare_prompts
 from samhq_jax.prompt_encoder import LABEL_POSITIVE
@@ -123,7 +124,7 @@ class MeshPredictor:
         image ``i`` on device ``i``, and keep their embeddings (``(lanes, G, G, C)``, split over the
         mesh) and sizes."""
         if not 1 <= len(images) <= self.lanes:
-            raise ValueError(f"need 1 to {self.lanes} images (one per device), got {len(images)}")
+            raise InputError(f"need 1 to {self.lanes} images (one per device), got {len(images)}")
         prepared = [preprocess(image, self.config.img_size) for image in images]
         inputs = [p[0] for p in prepared]
         inputs += [inputs[-1]] * (self.lanes - len(inputs))
@@ -173,14 +174,20 @@ class MeshPredictor:
         low_res (P_i, K, 4G, 4G))`` as :meth:`SamHQPredictor.predict_batch` does.
         """
         if len(images) != len(prompts):
-            raise ValueError(f"need one prompt dict per image, got {len(images)} images and {len(prompts)}")
-        self.set_images(images)
-        checked = [
+            raise InputError(f"need one prompt dict per image, got {len(images)} images and {len(prompts)}")
+        checked = [  # every prompt checked before any image is encoded
             prepare_prompts(
-                self.config, p.get("point_coords"), p.get("point_labels"), p.get("boxes"), p.get("mask_input"), size
+                self.config,
+                p.get("point_coords"),
+                p.get("point_labels"),
+                p.get("boxes"),
+                p.get("mask_input"),
+                tuple(np.shape(image)[:2]),
+                where=f"prompts[{i}]: ",
             )
-            for p, size in zip(prompts, self.original_sizes, strict=True)
+            for i, (image, p) in enumerate(zip(images, prompts, strict=True))
         ]
+        self.set_images(images)
         counts = [next(a.shape[0] for a in c if a is not None) for c in checked]
         groups: dict[tuple, list[int]] = {}
         for lane, (c, count) in enumerate(zip(checked, counts, strict=True)):
@@ -209,7 +216,7 @@ class MeshPredictor:
 
     def _require_images(self, count: int) -> None:
         if self.embeddings is None or count != len(self.input_sizes):
-            raise ValueError(f"prompts for {count} image(s), but {len(self.input_sizes)} set with set_images")
+            raise InputError(f"prompts for {count} image(s), but {len(self.input_sizes)} set with set_images")
 
     def _decode(
         self, prompts: tuple[np.ndarray | None, ...], multimask_output: bool, hq_token_only: bool

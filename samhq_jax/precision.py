@@ -36,6 +36,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from samhq_jax.errors import InputError
+
 PRECISIONS = ("highest", "default")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -43,7 +45,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`, else a one-line ``ValueError``."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return precision
 
 
@@ -55,7 +57,7 @@ def dtype_name(dtype: Any) -> str:
     except TypeError:
         name = None
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     return name
 
 

@@ -35,8 +35,11 @@ import numpy as np
 
 from samhq_jax.checkpoint import load_pretrained
 from samhq_jax.config import SamHQConfig
+from samhq_jax.errors import InputError
 from samhq_jax.precision import LIBRARY, Policy, at_precision, check_dtype, check_precision
-from samhq_jax.prompt_encoder import LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_POSITIVE
+from samhq_jax.prompt_check import VALID_LABELS as VALID_LABELS  # the labels a prompt may have (re-exported)
+from samhq_jax.prompt_check import check_boxes, check_labels, finite_array
+from samhq_jax.prompt_encoder import LABEL_POSITIVE
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
 from samhq_jax.transforms import (
     MASK_THRESHOLD,
@@ -50,8 +53,6 @@ from samhq_jax.transforms import (
     preprocess,
     upscale_padded,
 )
-
-VALID_LABELS = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_NOT_A_POINT)
 
 
 def bucket_size(n: int) -> int:
@@ -174,7 +175,7 @@ class SamHQPredictor:
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Encode ``image`` (``(H, W, 3)`` uint8, grayscale / RGBA converted) and cache its embeddings."""
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         if image_format == "BGR":
             image = np.asarray(image)[..., ::-1]
         net_input, input_size, original_size = preprocess(image, self.config.img_size)
@@ -192,9 +193,9 @@ class SamHQPredictor:
         image = as_numpy(transformed_image)
         s = self.config.img_size
         if image.ndim != 4 or image.shape[:2] != (1, 3) or max(image.shape[2:]) != s or min(image.shape[2:]) < 1:
-            raise ValueError(f"set_torch_image input must be (1, 3, h, w) with long side {s}, got {image.shape}")
+            raise InputError(f"set_torch_image input must be (1, 3, h, w) with long side {s}, got {image.shape}")
         if len(original_image_size) != 2:
-            raise ValueError(f"original_image_size must be (H, W), got {original_image_size}")
+            raise InputError(f"original_image_size must be (H, W), got {original_image_size}")
         net_input = normalize_and_pad(image[0].transpose(1, 2, 0), s)
         self._set_embeddings(net_input, image.shape[2:], original_image_size)
 
@@ -278,10 +279,10 @@ class SamHQPredictor:
         Args:
           point_coords: ``(N, 2)`` xy pixels in the original image.
           point_labels: ``(N,)`` 1 foreground, 0 background, -1 ignore (ints, or floats such as the
-            official demo's ``np.ones(N)``). Other values raise ``ValueError`` (the official
+            official demo's ``np.ones(N)``). Other values raise ``InputError`` (the official
             truncates fractions and gives 2 / 3 no label embedding).
           box: one xyxy box in pixels of the original image: ``(4,)`` or ``(1, 4)`` (as the official,
-            any array of exactly 4 numbers). Several boxes raise ``ValueError``: use
+            any array of exactly 4 numbers). Several boxes raise ``InputError``: use
             :meth:`predict_batch` (the official silently returns the first box's mask).
           mask_input: ``(1, 256, 256)`` low-res logits from an earlier call.
           multimask_output: add the best of SAM's three multimask outputs (else SAM's single mask).
@@ -297,19 +298,23 @@ class SamHQPredictor:
         """
         self._require_image()
         if point_coords is not None:
-            point_coords = _as_array(point_coords, "point_coords", (None, 2))[None]
+            point_coords = finite_array(point_coords, "point_coords", (None, 2))[None]
         if point_labels is not None:
-            point_labels = np.asarray(point_labels)[None]
+            point_labels = np.asarray(point_labels)
+            check_labels(point_labels, "point_labels")
+            point_labels = point_labels[None]
         if box is not None:
             box = as_numpy(box)
             if box.size != 4:
-                raise ValueError(
+                raise InputError(
                     f"box must be one x0 y0 x1 y1 box, shape (4,) or (1, 4), got {box.shape}; "
                     "several boxes go to predict_batch"
                 )
-            box = box.reshape(1, 4)
+            box = box.reshape(4).astype(np.float32)
+            check_boxes(box, "box")
+            box = box[None]
         if mask_input is not None:
-            mask_input = _as_array(mask_input, "mask_input", (1, None, None))[None]
+            mask_input = finite_array(mask_input, "mask_input", (1, None, None), row=False)[None]
         masks, iou, low_res = self.predict_batch(
             point_coords, point_labels, box, mask_input, multimask_output, return_logits, hq_token_only, sam_only
         )
@@ -414,12 +419,12 @@ class SamHQPredictor:
         Returns, per image, ``(masks (P_i, 1, H_i, W_i), iou (P_i, 1), low_res (P_i, 1, 4G, 4G))``.
         """
         if len(images) != len(prompts) or not images:
-            raise ValueError(f"need one prompt dict per image, got {len(images)} images and {len(prompts)}")
+            raise InputError(f"need one prompt dict per image, got {len(images)} images and {len(prompts)}")
         keys = {frozenset(k for k, v in pr.items() if v is not None) for pr in prompts}
         if len(keys) != 1:
-            raise ValueError(f"every image must use the same prompt kinds, got {sorted(map(sorted, keys))}")
+            raise InputError(f"every image must use the same prompt kinds, got {sorted(map(sorted, keys))}")
         inputs, sizes, checked = [], [], []
-        for image, pr in zip(images, prompts, strict=True):
+        for i, (image, pr) in enumerate(zip(images, prompts, strict=True)):
             net_input, input_size, original_size = preprocess(image, self.config.img_size)
             inputs.append(net_input)
             sizes.append((input_size, original_size))
@@ -431,11 +436,12 @@ class SamHQPredictor:
                     pr.get("boxes"),
                     pr.get("mask_input"),
                     original_size,
+                    where=f"prompts[{i}]: ",
                 )
             )
         n_points = {c[0].shape[1] for c in checked if c[0] is not None}
         if len(n_points) > 1:
-            raise ValueError(f"point prompts must have the same number of points in every image, got {n_points}")
+            raise InputError(f"point prompts must have the same number of points in every image, got {n_points}")
         embeddings = self._embed({"params": self.params}, jax.device_put(np.stack(inputs)))
         return self._decode_padded(embeddings, checked, sizes, multimask_output, return_logits, hq_token_only, sam_only)
 
@@ -508,6 +514,7 @@ def prepare_prompts(
     boxes: np.ndarray | None,
     mask_input: np.ndarray | None,
     original_size: tuple[int, int] | None,
+    where: str = "",
 ) -> tuple[np.ndarray | None, ...]:
     """Check batched prompts for a model of ``config`` and map their coordinates from an image of
     ``original_size`` into the resized input frame (None: they are in that frame already, as
@@ -516,52 +523,36 @@ def prepare_prompts(
     Shapes as :meth:`SamHQPredictor.predict_batch` takes them: ``point_coords (P, N, 2)``,
     ``point_labels (P, N)``, ``boxes (P, 4)``, ``mask_input (P, 1, 4G, 4G)``, each optional, at least
     one given, the same P. Returns ``(points (P, N, 2) float32, labels (P, N) int32, boxes (P, 4)
-    float32, masks (P, 4G, 4G) float32)``, None where not given; a one-line ``ValueError`` for a bad
-    shape, a NaN / inf, a label not in {1, 0, -1} or a box with x1 < x0 or y1 < y0.
+    float32, masks (P, 4G, 4G) float32)``, None where not given; a one-line
+    :class:`~samhq_jax.errors.InputError` (a ``ValueError``) naming the prompt, after ``where``, for
+    a bad shape, a NaN / inf, a label not in {1, 0, -1} or a box with x1 < x0 or y1 < y0.
     """
     s, low = config.img_size, config.low_res_mask_size
     counts = {}
     points = labels = masks = None
     if (point_coords is None) != (point_labels is None):
-        raise ValueError("point_coords and point_labels must be given together")
+        raise InputError(f"{where}point_coords and point_labels must be given together")
     if point_coords is not None:
-        coords = _as_array(point_coords, "point_coords", (None, None, 2))
+        coords = finite_array(point_coords, f"{where}point_coords", (None, None, 2))
         labels = np.asarray(point_labels)
         if labels.shape != coords.shape[:2]:
-            raise ValueError(
-                f"point_labels must have shape {coords.shape[:2]} to match point_coords, got {labels.shape}"
+            raise InputError(
+                f"{where}point_labels must have shape {coords.shape[:2]} to match point_coords, got {labels.shape}"
             )
-        bad = sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))
-        if bad:
-            raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad}")
+        check_labels(labels, f"{where}point_labels")
         points = coords if original_size is None else apply_coords(coords, original_size, s)
         labels = labels.astype(np.int32)
         counts["point_coords"] = coords.shape[0]
     if boxes is not None:
-        raw = _as_array(boxes, "boxes", (None, 4))
-        flipped = np.nonzero((raw[:, 2] < raw[:, 0]) | (raw[:, 3] < raw[:, 1]))[0]
-        if flipped.size:
-            raise ValueError(f"boxes must be x0 y0 x1 y1 with x1 >= x0 and y1 >= y0; bad rows {flipped.tolist()}")
+        raw = finite_array(boxes, f"{where}boxes", (None, 4))
+        check_boxes(raw, f"{where}boxes")
         boxes = raw if original_size is None else apply_boxes(raw, original_size, s)
         counts["boxes"] = raw.shape[0]
     if mask_input is not None:
-        masks = _as_array(mask_input, "mask_input", (None, 1, low, low))[:, 0]
+        masks = finite_array(mask_input, f"{where}mask_input", (None, 1, low, low), row=False)[:, 0]
         counts["mask_input"] = masks.shape[0]
     if not counts:
-        raise ValueError("give at least one prompt: point_coords, boxes or mask_input")
+        raise InputError(f"{where}give at least one prompt: point_coords, boxes or mask_input")
     if len(set(counts.values())) > 1:
-        raise ValueError(f"prompt counts disagree: {counts}")
+        raise InputError(f"{where}prompt counts disagree: {counts}")
     return points, labels, boxes, masks
-
-
-def _as_array(a: np.ndarray, name: str, shape: tuple[int | None, ...]) -> np.ndarray:
-    """Float32 array of the given shape (None = any size), finite; clear ``ValueError`` otherwise."""
-    arr = np.asarray(a, dtype=np.float32)
-    if arr.ndim != len(shape) or any(
-        want is not None and got != want for got, want in zip(arr.shape, shape, strict=True)
-    ):
-        want = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
-        raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    return arr

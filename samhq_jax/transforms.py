@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from samhq_jax.errors import InputError
 from samhq_jax.image_io import pil_to_rgb
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # RGB, 0-255 scale
@@ -56,13 +57,13 @@ def to_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
         image = pil_to_rgb(image)
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 in [0, 255], got dtype {image.dtype}")
+        raise InputError(f"images must be uint8 in [0, 255], got dtype {image.dtype}")
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"images must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
+        raise InputError(f"images must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: {image.shape}")
+        raise InputError(f"image is empty: {image.shape}")
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
     return np.ascontiguousarray(image[..., :3])
@@ -175,7 +176,7 @@ class ResizeLongestSide:
         antialias=True)``; as there, not exactly :meth:`apply_image`, which the model expects)."""
         image = as_numpy(image).astype(np.float32)
         if image.ndim != 4:
-            raise ValueError(f"apply_image_torch expects (B, C, H, W) images, got {image.shape}")
+            raise InputError(f"apply_image_torch expects (B, C, H, W) images, got {image.shape}")
         size = self.get_preprocess_shape(image.shape[2], image.shape[3], self.target_length)
         return np.asarray(_resize_antialiased(jnp.asarray(image), size))
 
@@ -231,7 +232,7 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     h, w = size
     if x.ndim < 2 or min(x.shape[:2]) < 1 or h < 1 or w < 1:
-        raise ValueError(f"cannot resize an array of shape {x.shape} to {size}")
+        raise InputError(f"cannot resize an array of shape {x.shape} to {size}")
     return bilinear(x, size, 0, np)
 
 
@@ -266,7 +267,7 @@ def bucket_side(n: int) -> int:
     2048; 2 buckets up to 768, 7 up to 2048, 4 more per doubling after. The upscaling costs what
     the padded size does (a 50 x 70 image what a 512 x 512 one does: a few ms a mask on a CPU)."""
     if n < 1:
-        raise ValueError(f"a side must be at least 1 pixel, got {n}")
+        raise InputError(f"a side must be at least 1 pixel, got {n}")
     step = max(SIDE_STEP, 1 << max(0, (n - 1).bit_length() - 3))
     return max(MIN_SIDE, -(-n // step) * step)
 

@@ -22,6 +22,7 @@ from samhq_jax.cmdkit.args import package_version
 from samhq_jax.cmdkit.guard import DEBUG_ENV
 from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE
 from samhq_jax.config import SamHQConfig
+from samhq_jax.errors import RunError
 from samhq_jax.mesh_predictor import MeshPredictor
 from train.cli import main as train_main
 
@@ -199,14 +200,19 @@ def test_xla_runtime_error_is_one_line_exit_1(tmp_path: Path, image: Path, monke
     "err,code,texts",
     [
         (KeyboardInterrupt(), 130, (": interrupted",)),
-        (RuntimeError("loss is nan at step 3"), 1, (": error: ", "loss is nan at step 3")),
-        (TypeError("unsupported operand"), 1, (": error: unexpected TypeError", "unsupported operand", DEBUG_ENV)),
+        (RunError("loss is nan at step 3"), 1, (": error: ", "loss is nan at step 3")),
+        (TypeError("unsupported operand"), 1, (": error: internal error", "TypeError: unsupported operand", DEBUG_ENV)),
+        # Our own ValueError / KeyError / RuntimeError is a bug, not bad input: exit 1, never 2.
+        (ValueError("operands could not be broadcast"), 1, (": error: internal error", "ValueError", DEBUG_ENV)),
+        (KeyError("hq_token"), 1, (": error: internal error", "KeyError: 'hq_token'", DEBUG_ENV)),
+        (RuntimeError("bad state"), 1, (": error: internal error", "RuntimeError: bad state", DEBUG_ENV)),
         (MemoryError(), 1, (": error: out of host memory",)),
     ],
 )
 def test_other_failures_one_line(tmp_path: Path, image: Path, monkeypatch, capsys, err, code: int, texts) -> None:
     for prog, (main, argv) in _patch_each(monkeypatch, tmp_path, image, err).items():
-        _fails(main, argv, capsys, code, prog + texts[0], *texts[1:])
+        line = _fails(main, argv, capsys, code, prog + texts[0], *texts[1:])
+        assert ("internal error" in line) == (DEBUG_ENV in texts), line
 
 
 # ---- samhq predict: every prompt and image checked before the checkpoint is loaded ---------------

@@ -11,6 +11,7 @@ from PIL import Image
 
 from eval.parity.samples import IMAGES_DIR
 from eval.parity.stages import mask_agreement
+from samhq_jax.errors import InputError
 from samhq_jax.predictor import SamHQPredictor
 from samhq_jax.transforms import preprocess_shape, resize_longest_side
 from tests.conftest import MASK_AGREEMENT, assert_close, official_model_and_params
@@ -121,7 +122,7 @@ def test_input_errors(predictors: tuple) -> None:
     ours.set_image(np.zeros((20, 30), np.uint8))  # grayscale is converted
     with pytest.raises(ValueError, match=r"point_coords must have shape \(N, 2\)"):
         ours.predict(point_coords=np.zeros((3,)), point_labels=np.ones(3))
-    with pytest.raises(ValueError, match="point_labels must"):
+    with pytest.raises(InputError, match=r"point_labels\[1\] = 2: a point label must be 1 \(foreground\)"):
         ours.predict(point_coords=np.zeros((2, 2)), point_labels=np.array([1, 2]))
     with pytest.raises(ValueError, match="point_labels must have shape"):
         ours.predict(point_coords=np.zeros((2, 2)), point_labels=np.array([1]))
@@ -131,8 +132,26 @@ def test_input_errors(predictors: tuple) -> None:
         ours.predict(box=np.array([10, 0, 5, 5]))
     with pytest.raises(ValueError, match="mask_input must have shape"):
         ours.predict(box=np.array([0, 0, 5, 5]), mask_input=np.zeros((1, 64, 64)))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(InputError, match=r"box = \[0, 0, nan, 5\]: every number must be finite"):
         ours.predict(box=np.array([0, 0, np.nan, 5]))
+    # Every entry point names the bad prompt and its value (issue 19): NaN / inf, unknown labels, flipped boxes.
+    boxes = np.array([[0, 0, 5, 5], [1, 2, np.inf, 4]])
+    with pytest.raises(InputError, match=r"boxes\[1\] = \[1, 2, inf, 4\]: every number must be finite"):
+        ours.predict_batch(boxes=boxes)
+    with pytest.raises(InputError, match=r"boxes\[1\] = \[9, 2, 3, 4\]: a box is x0, y0, x1, y1 with x1 >= x0"):
+        ours.predict_torch(None, None, boxes=np.array([[0, 0, 5, 5], [9, 2, 3, 4]]))
+    coords, labels = np.zeros((2, 3, 2)), np.ones((2, 3))
+    coords[1, 2, 0] = np.nan
+    with pytest.raises(InputError, match=r"point_coords\[1, 2\] = \[nan, 0\]"):
+        ours.predict_batch(point_coords=coords, point_labels=labels)
+    labels[0, 1] = 7
+    with pytest.raises(InputError, match=r"point_labels\[0, 1\] = 7: a point label must be"):
+        ours.predict_batch(point_coords=np.zeros((2, 3, 2)), point_labels=labels)
+    with pytest.raises(InputError, match=r"point_labels\[0\] = nan"):
+        ours.predict(point_coords=np.zeros((1, 2)), point_labels=np.array([np.nan]))
+    image = np.zeros((20, 30, 3), np.uint8)
+    with pytest.raises(InputError, match=r"prompts\[1\]: boxes\[0\] = \[3, 1, 2, 4\]: a box is"):
+        ours.predict_images([image, image], [{"boxes": np.array([[0, 0, 4, 4]])}, {"boxes": np.array([[3, 1, 2, 4]])}])
     with pytest.raises(ValueError, match="at least one prompt"):
         ours.predict()
     # The official argument shapes: one box as (4,), (1, 4) (the official demo's) or any 4 numbers,

@@ -1,5 +1,7 @@
 """``python -m eval.parity`` (same as ``samhq parity``)."""
 
+import sys
+
 from eval.parity.cli import main
 
-raise SystemExit(main())
+sys.exit(main())

@@ -21,7 +21,7 @@ from eval.parity.scenarios import photo_scenarios, read_scenarios
 from eval.parity.stages import MIN_MASK_AGREEMENT, PARITY_RTOL
 from samhq_jax.cmdkit.guard import UsageError, one_line
 from samhq_jax.config import HF_TRANSFORMER_LN_EPS, SamHQConfig
-from samhq_jax.transforms import to_rgb_uint8
+from samhq_jax.errors import InputError
 
 if TYPE_CHECKING:
     from samhq_jax.checkpoint import LoadedWeights
@@ -111,19 +111,10 @@ def build_reference(path: Path, kind: str, weights: LoadedWeights) -> Reference:
     return OfficialReference(model.eval())
 
 
-def _read_photo(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return to_rgb_uint8(im)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot read image {path}: {one_line(err)}") from err
-
-
 def run_checkpoint(args: Any) -> ParityReport:
     """Checkpoint mode: validate the inputs, load both models, compare on every photo."""
     from samhq_jax.checkpoint import read_weights
+    from samhq_jax.image_io import read_rgb
     from samhq_jax.transforms import preprocess
 
     path = Path(args.checkpoint)
@@ -140,10 +131,10 @@ def run_checkpoint(args: Any) -> ParityReport:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(f"cannot read checkpoint {path}: {one_line(err)}") from err
     require_reference(kind)
-    photos = {image: _read_photo(Path(image)) for image in args.image}
+    photos = {image: read_rgb(image) for image in args.image}  # a bad file: InputError naming it
     try:
         weights = read_weights(path)
-    except Exception as err:  # any unreadable or ill-fitting file: one line, never a traceback
+    except (InputError, OSError) as err:  # an unreadable or ill-fitting file (anything else is a bug of ours)
         raise UsageError(f"cannot read checkpoint {path}: {one_line(err)}") from err
     if not weights.hq_trained and weights.source_format != "samhq_jax":
         raise UsageError(

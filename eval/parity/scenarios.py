@@ -95,8 +95,6 @@ def read_scenarios(path: Path, image_names: list[str]) -> dict[str, list[Scenari
                 per_image[name].append(scenario)
     except OSError as err:
         raise UsageError(f"cannot read prompts file {path}: {err}") from err
-    except ValueError as err:
-        raise UsageError(str(err)) from err
     missing = [name for name, scenarios in per_image.items() if not scenarios]
     if missing:
         raise UsageError(

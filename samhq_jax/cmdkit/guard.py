@@ -1,14 +1,25 @@
 """The top-level guard of every command: one line ``PROG: error: message`` on stderr and an exit
-status (2 bad input, 1 runtime failure, 130 interrupted), never a traceback, unless
-``SAMHQ_DEBUG=1``; and the commands' persistent compilation cache."""
+status (2 bad input, 1 our own failure, 130 interrupted), never a traceback, unless
+``SAMHQ_DEBUG=1``; and the commands' persistent compilation cache.
+
+Bad input is :class:`~samhq_jax.errors.InputError` (raised by the core, the kit and the features
+for a bad file, prompt, flag, checkpoint or config.json), an argparse error, or an ``OSError`` about
+a path the user gave (missing, a folder, not a folder, no permission, already there). Every other
+exception is ours: exit 1, "internal error", and the ``SAMHQ_DEBUG=1`` hint, except the failures of
+the machine (XLA runtime errors such as out of device memory, ``MemoryError``) and a missing
+dependency (``ImportError``), which say what happened instead.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from samhq_jax.errors import InputError, RunError
 
 DEBUG_ENV = "SAMHQ_DEBUG"  # set (not "0"): exceptions are re-raised, with their traceback
 CACHE_ENV = "SAMHQ_JAX_CACHE"  # the commands' compilation cache folder; "0" or "off" disables it
@@ -19,8 +30,9 @@ MAX_MESSAGE_LINES = 6  # lines of a multi-line message (a list of bad tensors) k
 _STAGE = "_samhq_stage"  # attribute naming the step an exception escaped from (see doing())
 
 
-class UsageError(Exception):
-    """A problem with what the user gave (files, prompts, installation): one line, exit status 2."""
+UsageError = InputError  # the kit's name for the one bad-input type (files, prompts, flags): exit status 2
+# OSErrors about a path the user named (the file is missing, a folder, ...): bad input, exit 2.
+PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 
 
 def enable_compilation_cache() -> str | None:
@@ -80,7 +92,7 @@ def _failure(err: BaseException) -> tuple[int, str]:
     """Exit status and one-line message (after ``PROG: ``) for an exception escaping a command."""
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
-    if isinstance(err, (ValueError, OSError, UsageError)):  # bad flags, files, prompts, checkpoints, config.json
+    if isinstance(err, (InputError, *PATH_ERRORS)):  # bad flags, files, prompts, checkpoints, config.json
         return EXIT_USAGE, f"error: {one_line(err)}"
     stage = getattr(err, _STAGE, None)
     during = f" while {stage}" if stage else ""
@@ -91,22 +103,31 @@ def _failure(err: BaseException) -> tuple[int, str]:
         return EXIT_RUNTIME, f"error: XLA runtime error{during}: {first}{hint}"
     if isinstance(err, MemoryError):
         return EXIT_RUNTIME, f"error: out of host memory{during}"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EXIT_RUNTIME, f"error: out of disk space{during}: {one_line(err)}"
     if isinstance(err, ImportError):
         return EXIT_RUNTIME, f"error: missing dependency{during}: {one_line(err)}"
-    if isinstance(err, RuntimeError):  # e.g. the training loss became NaN
+    if isinstance(err, RunError):  # e.g. the training loss became NaN
         return EXIT_RUNTIME, f"error: {stage} failed: {one_line(err)}" if stage else f"error: {one_line(err)}"
-    return EXIT_RUNTIME, f"error: unexpected {type(err).__name__}{during}: {one_line(err)} ({DEBUG_ENV}=1 for details)"
+    return (
+        EXIT_RUNTIME,
+        f"error: internal error{during}: {type(err).__name__}: {one_line(err)} "
+        f"(a bug in samhq-jax; {DEBUG_ENV}=1 shows the traceback)",
+    )
 
 
 def run_guarded(prog: str, body: Callable[[], int]) -> int:
     """Run a command's ``body`` and return its exit status; the top-level guard of every command.
 
     An exception escaping ``body`` is printed as one line ``PROG: error: message`` on stderr:
-    ``ValueError`` / ``OSError`` / :class:`UsageError` (bad input: flags, files, prompts,
-    checkpoints, config.json) exit 2; XLA runtime errors (``jax.errors.JaxRuntimeError``: out of
-    memory, ...), ``MemoryError``, ``ImportError``, other ``RuntimeError`` and anything unexpected
-    exit 1, naming the step (:func:`doing`) that failed; ``KeyboardInterrupt`` is ``PROG:
-    interrupted``, exit 130. ``SystemExit`` (argparse, ``--help``) passes through. With
+    :class:`~samhq_jax.errors.InputError` and the ``OSError`` s of :data:`PATH_ERRORS` (bad input:
+    flags, files, prompts, checkpoints, config.json) exit 2; XLA runtime errors
+    (``jax.errors.JaxRuntimeError``: out of memory, ...), ``MemoryError``, a full disk,
+    ``ImportError`` and :class:`~samhq_jax.errors.RunError` (a NaN loss) exit 1 saying so; anything
+    else (a plain ``ValueError``, ``KeyError``, ``RuntimeError``...) is an internal error, exit 1
+    with the ``SAMHQ_DEBUG=1`` hint; each names the step (:func:`doing`) that failed.
+    ``KeyboardInterrupt`` is ``PROG: interrupted``, exit 130. ``SystemExit`` (argparse, ``--help``)
+    passes through. With
     ``SAMHQ_DEBUG`` set (not ``0``) the exception is re-raised, traceback and all. Compiled
     functions persist on disk between runs (:func:`enable_compilation_cache`).
     """

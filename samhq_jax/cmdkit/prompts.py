@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from samhq_jax.errors import InputError
+
 PROMPT_KEYS = ("image", "boxes", "points")
 PROMPTS_EXAMPLE = '{"image": "dog.jpg", "boxes": [[100, 200, 900, 1200]], "points": [[500, 600, 1], [200, 100, 0]]}'
 # Point labels a user may give: 1 foreground, 0 background, -1 ignore (a padding point); the
-# model's LABEL_POSITIVE, LABEL_NEGATIVE and LABEL_NOT_A_POINT.
+# core's samhq_jax.prompt_check.VALID_LABELS (tests/test_architecture.py keeps them equal).
 PROMPT_LABELS = (1, 0, -1)
 
 
@@ -46,10 +48,10 @@ def _number_rows(rows: Any, fields: str, name: str) -> list[list[float]]:
         for r in rows
     ):
         shown = json.dumps(rows)
-        raise ValueError(f"{name}: expected a list of [{fields.replace(' ', ', ')}] rows, got {shown[:80]}")
+        raise InputError(f"{name}: expected a list of [{fields.replace(' ', ', ')}] rows, got {shown[:80]}")
     for r in rows:
         if not all(math.isfinite(v) for v in r):
-            raise ValueError(f"{name} {_shown(r)}: every number must be finite")
+            raise InputError(f"{name} {_shown(r)}: every number must be finite")
     return [[float(v) for v in r] for r in rows]
 
 
@@ -61,7 +63,7 @@ def check_prompts(boxes: Any, points: Any, where: str | None = None) -> tuple[li
     """The prompts of one image, checked: ``(boxes, points)``, rows ``[x0, y0, x1, y1]`` and ``[x, y, label]``.
 
     Numbers finite, boxes with ``x1 >= x0`` and ``y1 >= y0``, labels 1 (foreground), 0 (background)
-    or -1 (ignore; returned as ints), at least one box or point; otherwise a ``ValueError`` starting
+    or -1 (ignore; returned as ints), at least one box or point; otherwise an ``InputError`` starting
     with ``where`` (``FILE:LINE`` of a prompts file; None: the ``--box`` / ``--point`` flags).
     """
     prefix = "" if where is None else f"{where}: "
@@ -70,14 +72,14 @@ def check_prompts(boxes: Any, points: Any, where: str | None = None) -> tuple[li
     points = _number_rows(points, "x y label", prefix + point)
     for b in boxes:
         if b[2] < b[0] or b[3] < b[1]:
-            raise ValueError(f"{prefix}{box} {_shown(b)}: need x1 >= x0 and y1 >= y0 (x0 y0 x1 y1)")
+            raise InputError(f"{prefix}{box} {_shown(b)}: need x1 >= x0 and y1 >= y0 (x0 y0 x1 y1)")
     for p in points:
         if p[2] not in PROMPT_LABELS:
-            raise ValueError(
+            raise InputError(
                 f"{prefix}{point} {_shown(p)}: the label must be 1 (foreground), 0 (background) or -1 (ignore)"
             )
     if not boxes and not points:
-        raise ValueError(f"{prefix}give at least one {box} or {point}")
+        raise InputError(f"{prefix}give at least one {box} or {point}")
     return boxes, [[x, y, int(label)] for x, y, label in points]
 
 
@@ -87,13 +89,13 @@ def read_prompt_lines(path: Path, images: Path | None = None) -> Iterator[Prompt
 
     ``images``: the folder the lines' ``"image"`` names are in, which makes ``"image"`` required;
     None: ``"image"`` is optional (the command says what a line without one applies to). Raises
-    ``ValueError`` starting with ``FILE:LINE`` for a bad line, and naming ``FILE`` for a file without
-    any prompts; ``OSError`` when the file cannot be read.
+    ``InputError`` starting with ``FILE:LINE`` for a bad line, and naming ``FILE`` for a file without
+    any prompts (or one that is not text); ``OSError`` when the file cannot be read.
     """
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a JSON-lines text file ({err})") from err
+        raise InputError(f"{path}: not a JSON-lines text file ({err})") from err
     count = 0
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -102,26 +104,26 @@ def read_prompt_lines(path: Path, images: Path | None = None) -> Iterator[Prompt
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(
+            raise InputError(
                 f"{where}: not valid JSON ({err.msg}, column {err.colno}); e.g. {PROMPTS_EXAMPLE}"
             ) from err
         image = record.get("image") if isinstance(record, dict) else None
         if images is not None and (not isinstance(image, str) or not image):
-            raise ValueError(
+            raise InputError(
                 f'{where}: expected an object with "image": a file name in {images}; e.g. {PROMPTS_EXAMPLE}'
             )
         if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object; e.g. {PROMPTS_EXAMPLE}")
+            raise InputError(f"{where}: expected a JSON object; e.g. {PROMPTS_EXAMPLE}")
         if image is not None and (not isinstance(image, str) or not image):
-            raise ValueError(f'{where}: "image" must be a file name')
+            raise InputError(f'{where}: "image" must be a file name')
         unknown = sorted(set(record) - set(PROMPT_KEYS))
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(PROMPT_KEYS)}")
+            raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(PROMPT_KEYS)}")
         boxes, points = check_prompts(record.get("boxes", []), record.get("points", []), where)
         count += 1
         yield PromptLine(n, image, boxes, points)
     if not count:
-        raise ValueError(f"{path}: no prompts; one JSON object per line, e.g. {PROMPTS_EXAMPLE}")
+        raise InputError(f"{path}: no prompts; one JSON object per line, e.g. {PROMPTS_EXAMPLE}")
 
 
 def prompt_arrays(boxes: list, points: list) -> dict[str, np.ndarray]:
@@ -135,5 +137,5 @@ def prompt_arrays(boxes: list, points: list) -> dict[str, np.ndarray]:
         out["point_coords"] = np.repeat(pts[None, :, :2], p, axis=0)
         out["point_labels"] = np.repeat(pts[None, :, 2].astype(np.int32), p, axis=0)
     if not out:
-        raise ValueError("give at least one --box or --point")
+        raise InputError("give at least one --box or --point")
     return out

@@ -22,11 +22,20 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from samhq_jax.cmdkit.args import CHECKPOINT_HELP, SCALE_OUT_HELP, add_distributed_flags, help_layout
+from samhq_jax.cmdkit.args import (
+    CHECKPOINT_HELP,
+    COUNT,
+    POSITIVE_INT,
+    PROBABILITY,
+    SCALE_OUT_HELP,
+    add_distributed_flags,
+    help_layout,
+)
 from samhq_jax.cmdkit.guard import doing
 from samhq_jax.cmdkit.images import IMAGE_SUFFIXES
 from samhq_jax.cmdkit.overlay import overlay_all
 from samhq_jax.commands.launch import launch
+from samhq_jax.errors import InputError
 from samhq_jax.image_io import check_image, read_rgb
 
 # Generator arguments taken from the flags of the same name and recorded in <stem>_masks.json.
@@ -79,14 +88,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--images", help="a folder of images (" + ", ".join(IMAGE_SUFFIXES) + ")")
     p.add_argument("--output", required=True, help="output folder (created; see below for what is written)")
     p.add_argument("--format", choices=("png", "rle"), default="png", help="mask PNGs, or RLE in the JSON")
-    p.add_argument("--points-per-side", type=int, default=32, help="grid points a side (default 32)")
-    p.add_argument("--points-per-batch", type=int, default=64, help="points per compiled call (default 64)")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="default 0.88; 0 keeps all")
-    p.add_argument("--stability-score-thresh", type=float, default=0.95, help="default 0.95; 0 keeps all")
-    p.add_argument("--box-nms-thresh", type=float, default=0.7, help="default 0.7")
-    p.add_argument("--crop-n-layers", type=int, default=0, help="extra layers of image crops (default 0)")
+    p.add_argument("--points-per-side", type=POSITIVE_INT, default=32, help="grid points a side (default 32)")
+    p.add_argument("--points-per-batch", type=POSITIVE_INT, default=64, help="points per compiled call (default 64)")
+    p.add_argument("--pred-iou-thresh", type=PROBABILITY, default=0.88, help="default 0.88; 0 keeps all")
+    p.add_argument("--stability-score-thresh", type=PROBABILITY, default=0.95, help="default 0.95; 0 keeps all")
+    p.add_argument("--box-nms-thresh", type=PROBABILITY, default=0.7, help="default 0.7")
+    p.add_argument("--crop-n-layers", type=COUNT, default=0, help="extra layers of image crops (default 0)")
     p.add_argument(
-        "--min-mask-region-area", type=int, default=0, help="fill holes / drop islands below this (default 0)"
+        "--min-mask-region-area", type=COUNT, default=0, help="fill holes / drop islands below this (default 0)"
     )
     p.add_argument("--hq-token-only", action="store_true", help="the HQ mask alone for each point")
     p.add_argument("--single-mask", action="store_true", help="SAM's single-mask output (no multimask choice)")
@@ -99,7 +108,7 @@ def _jobs(args: argparse.Namespace) -> list[Path]:
     from samhq_jax.amg import check_settings
 
     if (args.image is None) == (args.images is None):
-        raise ValueError("give exactly one of --image or --images")
+        raise InputError("give exactly one of --image or --images")
     if args.image is not None:
         paths = [Path(args.image)]
     else:
@@ -108,11 +117,11 @@ def _jobs(args: argparse.Namespace) -> list[Path]:
             raise FileNotFoundError(f"--images {folder}: no such folder")
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
-            raise ValueError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise InputError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         stems = [p.stem for p in paths]
         clash = sorted({s for s in stems if stems.count(s) > 1})
         if clash:
-            raise ValueError(f"--images {folder}: several files share the stem(s) {clash}; outputs would collide")
+            raise InputError(f"--images {folder}: several files share the stem(s) {clash}; outputs would collide")
     for p in paths:
         check_image(p, "--image: " if args.image is not None else "--images: ")
     check_settings(args.points_per_side, args.points_per_batch, args.crop_n_layers, 1, None, "binary_mask")

@@ -25,6 +25,7 @@ from samhq_jax.cmdkit.guard import doing
 from samhq_jax.cmdkit.overlay import overlay
 from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE, check_prompts, prompt_arrays, read_prompt_lines
 from samhq_jax.commands.launch import launch
+from samhq_jax.errors import InputError
 from samhq_jax.image_io import check_image, read_rgb
 
 PREDICT_HELP = f"""\
@@ -103,7 +104,7 @@ def folder_jobs(path: Path, images: Path) -> list[tuple[Path, list, list]]:
         image = images / record.image
         check_image(image, f"{where}: ")
         if image.stem in stems:
-            raise ValueError(
+            raise InputError(
                 f"{where}: {record.image} would overwrite the outputs of line {stems[image.stem]} (same stem "
                 f"{image.stem!r}); give each image one line"
             )
@@ -147,15 +148,15 @@ def predict_jobs(args: argparse.Namespace) -> list[tuple[Path, list, list]]:
     """``(image, boxes, points)`` of every image of a ``samhq predict`` run, flags, prompts and images
     all checked: run before anything is loaded."""
     if (args.image is None) == (args.images is None):
-        raise ValueError("give exactly one of --image or --images")
+        raise InputError("give exactly one of --image or --images")
     if args.images is not None:
         if args.prompts is None:
-            raise ValueError("--images needs --prompts (a JSON-lines file; see samhq predict --help)")
+            raise InputError("--images needs --prompts (a JSON-lines file; see samhq predict --help)")
         if args.box or args.point:
-            raise ValueError("--box / --point go with --image; for --images put the prompts in the --prompts file")
+            raise InputError("--box / --point go with --image; for --images put the prompts in the --prompts file")
         return folder_jobs(Path(args.prompts), Path(args.images))
     if args.prompts is not None:
-        raise ValueError("--prompts goes with --images (a folder); for --image give --box / --point")
+        raise InputError("--prompts goes with --images (a folder); for --image give --box / --point")
     boxes, points = check_prompts(args.box or [], args.point or [])
     check_image(Path(args.image), "--image: ")
     return [(Path(args.image), boxes, points)]
