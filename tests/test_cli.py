@@ -125,3 +125,37 @@ def test_bad_arguments_exit_with_one_line(checkpoint: str, tmp_path, capsys, arg
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("samhq: error: ") and match in lines[0]
+
+
+def test_predict_masks_are_the_predictors_masks(checkpoint: str, tmp_path, capsys) -> None:
+    """The written mask PNGs hold the predictor's masks for the same prompts (content, not only names):
+    two boxes sharing a foreground and a background point, in-process. The reference is the
+    predictor the command runs on (``MeshPredictor``, one device; its equality to
+    ``SamHQPredictor`` is tests/test_scale_out.py's), given the prompts as arrays by hand."""
+    from samhq_jax.distributed import data_mesh
+    from samhq_jax.mesh_predictor import MeshPredictor
+
+    image = IMAGES_DIR / "example7.png"
+    boxes = [[40.0, 60.0, 420.0, 400.0], [300.0, 20.0, 630.0, 300.0]]
+    points = [[200.0, 220.0, 1], [600.0, 450.0, 0]]
+    argv = ["predict", "--checkpoint", checkpoint, "--image", str(image), "--output", str(tmp_path / "o")]
+    for b in boxes:
+        argv += ["--box", *map(str, b)]
+    for p in points:
+        argv += ["--point", *map(str, p)]
+    assert main(argv) == 0, capsys.readouterr().err
+    predictor = MeshPredictor.from_pretrained(checkpoint, data_mesh())  # the mesh the command ran on
+    coords = np.array([[[200.0, 220.0], [600.0, 450.0]]] * 2, np.float32)
+    labels = np.array([[1, 0], [1, 0]], np.int32)
+    prompt = {"boxes": np.array(boxes, np.float32), "point_coords": coords, "point_labels": labels}
+    rgb = np.asarray(Image.open(image).convert("RGB"))
+    ((masks, iou, _),) = predictor.predict_images([rgb], [prompt], multimask_output=False)
+    scores = json.loads((tmp_path / "o" / "example7_scores.json").read_text())
+    for i in range(2):
+        png = np.asarray(Image.open(tmp_path / "o" / f"example7_mask{i}.png"))
+        assert png.shape == rgb.shape[:2] and set(np.unique(png)) <= {0, 255}
+        np.testing.assert_array_equal(png == 255, masks[i, 0])
+        assert 0 < masks[i, 0].sum() < masks[i, 0].size  # a real mask, neither empty nor everything
+        assert scores["masks"][i]["box"] == boxes[i] and scores["masks"][i]["points"] == points
+        assert scores["masks"][i]["iou"] == float(iou[i, 0])
+    assert not np.array_equal(masks[0, 0], masks[1, 0])  # each file is its own box's mask
