@@ -72,8 +72,11 @@ def test_other_sizes_stay_in_bounds(size: int) -> None:
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main([str(tmp_path / "out"), "--count", "2", "--size", "64", "--seed", "5"])
+    assert main([str(tmp_path / "out"), "--count", "2", "--size", "64", "--seed", "5"]) == 0
     assert "wrote 2" in capsys.readouterr().out
     assert files(tmp_path / "out") == files(write_synthetic_dataset(tmp_path / "ref", 2, 64, 5))
-    with pytest.raises(SystemExit):
-        main([str(tmp_path / "bad"), "--size", "8"])
+    for bad in (["--size", "8"], ["--count", "0"], ["--seed", "-1"]):  # one line, exit 2, nothing written
+        assert main([str(tmp_path / "bad"), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("train.synthetic: error:") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()

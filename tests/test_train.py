@@ -8,8 +8,10 @@ structure), as the official recipe does, and train on the synthetic thin-structu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import jax
 import numpy as np
@@ -29,11 +32,25 @@ from safetensors.numpy import load_file
 from eval.reference import build_official
 from samhq_jax.checkpoint import load_pretrained, read_weights
 from samhq_jax.config import SamHQConfig
+from samhq_jax.datasets import folder_pairs
+from samhq_jax.errors import InputError
 from samhq_jax.hq_params import is_hq_path
 from samhq_jax.sam_hq import SamHQ, init_params
 from train.cli import build_parser
 from train.cli import main as train_main
-from train.loop import NonFiniteLossError, TrainConfig, train, write_run_record
+from train.loop import (
+    FREE_SETTINGS,
+    RECIPE_SETTINGS,
+    TENSORBOARD_PACKAGE,
+    NonFiniteLossError,
+    TrainConfig,
+    cut_metrics,
+    export_final,
+    tensorboard_wanted,
+    train,
+    validate,
+)
+from train.run_record import weights_fingerprint
 from train.step import decode_batch, normalize
 from train.synthetic import write_synthetic_dataset
 from train.trainable import partition
@@ -185,7 +202,9 @@ def test_training_moves_only_the_trainable_subtree(setup, tmp_path) -> None:
     run = json.loads((out / "run.json").read_text())  # the settings, numerics at their defaults
     numerics = {"precision": "default", "dtype": "float32"}
     assert run["numerics"] == {**numerics, "validation": numerics}
-    assert run["settings"]["trainable"] == "hq" and run["start_step"] == 0
+    assert run["recipe"]["settings"]["trainable"] == "hq" and [s["step"] for s in run["starts"]] == [0]
+    assert run["recipe"]["data"]["records"] == 24 and run["recipe"]["schedule"]["total_steps"] == 4
+    assert run["recipe"]["start_weights"] == weights_fingerprint(read_weights(setup["sam"], hq_seed=3).params)
     config, params = load_pretrained(out / "final")  # no warning: the HQ part is trained now
     assert config == SamHQConfig.preset(PRESET)
     np.testing.assert_array_equal(params["mask_decoder"]["hq_token"], end["mask_decoder/hq_token"])
@@ -194,51 +213,144 @@ def test_training_moves_only_the_trainable_subtree(setup, tmp_path) -> None:
     np.testing.assert_array_equal(hq["mask_decoder.hf_token.weight"], end["mask_decoder/hq_token"])
 
 
-def test_non_finite_loss_stops_before_saving(setup, tmp_path) -> None:
-    """A NaN in a frozen weight makes the first loss NaN: the run stops there and saves nothing."""
-    state = torch.load(setup["sam"], weights_only=True)
-    state["image_encoder.neck.3.bias"][0] = float("nan")
-    torch.save(state, tmp_path / "poisoned.pth")
-    out = tmp_path / "nan"
+def test_non_finite_loss_on_a_later_step_stops_there(setup, tmp_path) -> None:
+    """lr 1e30: the first step is finite and saved, its Adam update (about +-lr on every HQ weight)
+    overflows the next forward pass, which stops the run there, unsaved and without a final model.
+    The run starts with --overwrite over an older run and a file of the user's: the old run's files
+    go, the user's stays."""
+    out = tmp_path / "nan-later"
+    (out / "checkpoints" / "99").mkdir(parents=True)
+    (out / "final").mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 99, "loss": 1.0}) + "\n")
+    (out / "notes.txt").write_text("mine")
     cfg = TrainConfig(
         output=out,
-        checkpoint=str(tmp_path / "poisoned.pth"),
+        checkpoint=str(setup["sam"]),
         data=(str(setup["data"]),),
         steps=4,
         batch_size=BATCH,
-        save_every=2,
+        lr=1e30,
+        save_every=1,
+        log_every=1,
         seed=3,
+        overwrite=True,
     )
-    with pytest.raises(NonFiniteLossError, match="step 1"):
+    with pytest.raises(NonFiniteLossError, match="step 2"):
         train(cfg)
-    assert not [p for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
-    assert not (out / "final").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+    assert not (out / "final").exists() and (out / "notes.txt").read_text() == "mine"
+    logged = [json.loads(s)["step"] for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1] and json.loads((out / "run.json").read_text())["recipe"]["settings"]["lr"] == 1e30
 
 
 def test_cli_errors_exit_2(setup, tmp_path, capsys) -> None:
+    """Bad flags, impossible combinations and bad files: one line naming the problem, exit 2, nothing
+    written; every flag problem before any weights or data are read (a missing --data folder included)."""
     base = ["--output", str(tmp_path / "o"), "--steps", "1", "--batch-size", "4"]
-    cases = [
-        ["--preset", PRESET, "--data", str(tmp_path / "missing"), *base],
-        ["--checkpoint", str(tmp_path / "nope.pth"), "--data", str(setup["data"]), *base],
-        ["--preset", "vit_z", "--data", str(setup["data"]), *base],
-        ["--preset", PRESET, *base],
-        ["--preset", PRESET, "--data", str(setup["data"]), *base, "--trainable", "("],
-        ["--preset", PRESET, "--data", str(setup["data"]), "--lr", "-1", *base],
-        ["--preset", PRESET, "--data", str(setup["data"]), "--batch-size", "100", "--output", str(tmp_path / "o")],
-        ["--preset", PRESET, "--bogus"],
-    ]
-    for argv in cases:
+    tiny = ["--preset", PRESET, "--data", str(setup["data"]), *base]
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "notes.txt").write_text("someone's")
+    cases = {
+        "missing": ["--preset", PRESET, "--data", str(tmp_path / "missing"), *base],
+        "nope.pth": ["--checkpoint", str(tmp_path / "nope.pth"), "--data", str(setup["data"]), *base],
+        "--preset 'vit_z'": ["--preset", "vit_z", "--data", str(setup["data"]), *base],
+        "training data": ["--preset", PRESET, *base],
+        "--trainable '('": [*tiny, "--trainable", "("],
+        "--lr": [*tiny, "--lr", "-1"],
+        "--lr ": [*tiny, "--lr", "nan"],
+        "global batch of 100": [
+            "--preset",
+            PRESET,
+            "--data",
+            str(setup["data"]),
+            "--batch-size",
+            "100",
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        "--bogus": ["--preset", PRESET, *base, "--bogus"],
+        "--val-datasets COIFT needs --data-root": [*tiny, "--val-datasets", "COIFT"],
+        "--datasets DIS5K-TR needs --data-root": [*tiny, "--datasets", "DIS5K-TR"],
+        "--val-limit: '0'": [*tiny, "--val-data", str(setup["val"]), "--val-limit", "0"],
+        "--val-limit: '-2'": [*tiny, "--val-data", str(setup["val"]), "--val-limit", "-2"],
+        "--val-limit needs validation data": [*tiny, "--val-limit", "2"],
+        "--val-every needs validation data": [*tiny, "--val-every", "5"],
+        "--val-every: '-1'": [*tiny, "--val-data", str(setup["val"]), "--val-every", "-1"],
+        "--epochs: '0'": [*tiny, "--epochs", "0"],
+        "--steps: '0'": [*tiny, "--steps", "0"],
+        "--lr-drop-epoch: '0'": [*tiny, "--lr-drop-epoch", "0"],
+        "--save-every: '0'": [*tiny, "--save-every", "0"],
+        "--keep: '0'": [*tiny, "--keep", "0"],
+        "--log-every: '0'": [*tiny, "--log-every", "0"],
+        "--workers: '-1'": [*tiny, "--workers", "-1"],
+        "--seed: '-1'": [*tiny, "--seed", "-1"],
+        "--seed: '4294967296'": [*tiny, "--seed", str(2**32)],
+        "give one of them": [*tiny, "--resume", "--overwrite"],
+        "--output-mask sam trains SAM's output": [*tiny, "--output-mask", "sam"],
+        "--overwrite": ["--preset", PRESET, "--data", str(setup["data"]), "--output", str(held)],
+    }
+    for fragment, argv in cases.items():
         assert train_main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("samhq-train: error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
+        assert fragment.strip() in err, (fragment, err)
+    assert not (tmp_path / "o").exists() and sorted(p.name for p in held.iterdir()) == ["notes.txt"]
+    # The Python API checks the same (InputError, a ValueError naming the flag).
+    for bad, flag in (
+        ({"val_limit": 0, "val_data": ("v",)}, "--val-limit"),
+        ({"val_datasets": ("COIFT",)}, "--val-datasets"),
+    ):
+        with pytest.raises(InputError, match=flag):
+            TrainConfig(output=tmp_path / "o", preset=PRESET, data=("d",), **bad)
 
 
-def test_remat_flag_is_recorded_in_run_json(tmp_path) -> None:
-    """``--remat`` (off by default) is a :class:`TrainConfig` field, so ``run.json`` records it."""
+def test_tensorboard_asked_but_missing(setup, tmp_path, capsys) -> None:
+    """--tensorboard without tensorboardX: one line naming the package and the pip command; without
+    the flag the run goes on with metrics.jsonl only."""
+    argv = ["--preset", PRESET, "--data", str(setup["data"]), "--output", str(tmp_path / "o"), "--tensorboard"]
+    missing = {TENSORBOARD_PACKAGE: None}
+    with mock.patch("importlib.util.find_spec", side_effect=lambda name, *a: missing.get(name, mock.DEFAULT)):
+        assert train_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "pip install tensorboardX" in err, err
+        assert not tensorboard_wanted(TrainConfig(output=tmp_path, preset=PRESET, data=("d",)))
+    assert not (tmp_path / "o").exists()
+
+
+def test_cut_metrics_keeps_records_up_to_the_step(tmp_path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": s, "loss": 1.0} for s in (1, 2, 3, 4)] + [{"step": 3, "val/x/hq_miou": 50.0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 5, "lo')  # cut off by a kill
+    assert cut_metrics(path, 3) == 2  # step 4 and the cut line
+    assert [json.loads(s) for s in path.read_text().splitlines()] == [lines[0], lines[1], lines[2], lines[4]]
+    assert cut_metrics(path, 3) == 0 and cut_metrics(tmp_path / "absent.jsonl", 3) == 0
+
+
+def test_final_model_is_replaced_whole(tmp_path) -> None:
+    """export_final writes a temporary folder and renames it: a stale file of an older final/ is gone,
+    and no temporary is left next to it."""
+    config = SamHQConfig.preset(PRESET)
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    final = tmp_path / "final"
+    final.mkdir()
+    (final / "stale.bin").write_bytes(b"old")
+    export_final(final, config, params, source="test")
+    assert sorted(p.name for p in final.iterdir()) == ["config.json", "hq_only.safetensors", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_every_setting_is_recipe_or_free(tmp_path) -> None:
+    """Each :class:`TrainConfig` field is either a recipe setting (run.json's recipe: a resume must
+    repeat it; ``--remat`` among them) or free (cannot change the trained parameters), never both."""
     argv = ["--preset", PRESET, "--data", "d", "--output", str(tmp_path)]
     assert not build_parser().parse_args(argv).remat and build_parser().parse_args([*argv, "--remat"]).remat
-    write_run_record(tmp_path, TrainConfig(output=tmp_path, preset=PRESET, data=("d",), remat=True), 0)
-    assert json.loads((tmp_path / "run.json").read_text())["settings"]["remat"] is True
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(RECIPE_SETTINGS) | set(FREE_SETTINGS) == fields and not set(RECIPE_SETTINGS) & set(FREE_SETTINGS)
+    assert {"remat", "lr", "lr_drop_epoch", "steps", "epochs", "batch_size", "seed", "trainable"} <= set(
+        RECIPE_SETTINGS
+    )
 
 
 def test_same_loss_curve_on_1_and_4_devices_and_2_processes(setup, one_device_run, tmp_path) -> None:
@@ -250,9 +362,11 @@ def test_same_loss_curve_on_1_and_4_devices_and_2_processes(setup, one_device_ru
         port = s.getsockname()[1]
     two = tmp_path / "two"
     distributed = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    # ... validating at the end on 3 images (validation cannot change the training): 2 + 1 per process
+    validation = ["--val-data", str(setup["val"]), "--val-every", str(STEPS), "--val-limit", "3"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "train", *_args(setup, two), *distributed, "--process-id", str(i)],
+            [sys.executable, "-m", "train", *_args(setup, two), *distributed, *validation, "--process-id", str(i)],
             env=_env(2),
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -273,6 +387,14 @@ def test_same_loss_curve_on_1_and_4_devices_and_2_processes(setup, one_device_ru
     for other in (four, two):  # Adam normalises tiny reduction-order differences of near-zero gradients
         b = load_file(str(other / "final" / "model.safetensors"))
         assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-4
+    # The two processes' validation (each scored its share, rows gathered) = one process scoring all 3.
+    val = [r for r in map(json.loads, (two / "metrics.jsonl").read_text().splitlines()) if "val/val/hq_miou" in r]
+    assert [r.pop("step") for r in val] == [STEPS]
+    config, params = load_pretrained(two / "final")
+    cfg = TrainConfig(output=two, checkpoint="unused", data=("d",), val_data=(str(setup["val"]),), val_limit=3)
+    expected = validate(config, params, {"val": folder_pairs(setup["val"])[:3]}, 4, cfg.validation_policy)
+    assert val[0].keys() == expected.keys() and len(expected) == 4
+    np.testing.assert_allclose([val[0][k] for k in expected], list(expected.values()), rtol=1e-6)
 
 
 def test_sigkill_then_resume_equals_uninterrupted(setup, one_device_run, tmp_path) -> None:
@@ -292,10 +414,55 @@ def test_sigkill_then_resume_equals_uninterrupted(setup, one_device_run, tmp_pat
     assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (cut / "final").exists()
     assert _run(_args(setup, cut)).returncode == 2  # refuses to overwrite without --resume
-    proc = _run(_args(setup, cut, "--resume"))
+    proc = _run(_args(setup, cut, "--resume", "--keep", "4"))  # a free setting may change
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_file(str(ref / "final" / "model.safetensors"))
     b = load_file(str(cut / "final" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # metrics.jsonl was cut back to the restored step: every step once, and the same losses
+    np.testing.assert_array_equal(_losses(cut), _losses(ref))
+    starts = json.loads((cut / "run.json").read_text())["starts"]
+    assert len(starts) == 2 and starts[0]["step"] == 0 and starts[1]["step"] >= 6 and starts[1]["settings"]["keep"] == 4
+
+
+def test_resume_refuses_any_recipe_change(setup, one_device_run, tmp_path, capsys) -> None:
+    """--resume of a run with another recipe setting, other start weights or other data: one line
+    naming the field, exit 2, the run untouched."""
+    other_sam = tmp_path / "other_sam.pth"
+    torch.save(build_official(SamHQConfig.preset(PRESET), seed=8, plain_sam=True).state_dict(), other_sam)
+    renamed = tmp_path / "copy" / setup["data"].name  # the same folder name, one file renamed: another file list
+    shutil.copytree(setup["data"], renamed)
+    first = sorted((renamed / "images").iterdir())[0]
+    first.rename(first.with_name("x" + first.name))
+    mask = renamed / "masks" / (first.stem + ".png")
+    mask.rename(mask.with_name("x" + mask.name))
+    fewer = write_synthetic_dataset(tmp_path / "fewer", 20, size=160, seed=0)
+    before = {p: p.stat().st_mtime_ns for p in one_device_run.rglob("*")}
+    changes = {
+        "settings.lr=0.001, this start says 0.002": ["--lr", "0.002"],
+        "settings.lr_drop_epoch=10, this start says 5": ["--lr-drop-epoch", "5"],
+        "settings.steps=30, this start says 33": ["--steps", "33"],
+        "settings.epochs=12, this start says 20": ["--epochs", "20"],
+        "settings.batch_size=8, this start says 4": ["--batch-size", "4"],
+        "settings.seed=3, this start says 4": ["--seed", "4"],
+        "settings.trainable=hq, this start says decoder": ["--trainable", "decoder"],
+        "settings.remat=False, this start says True": ["--remat"],
+        "settings.dtype=float32, this start says bfloat16": ["--dtype", "bfloat16"],
+        "settings.precision=default, this start says highest": ["--precision", "highest"],
+        "start_weights=sha256:": ["--checkpoint", str(other_sam)],
+        "data.records=24, this start says 20": ["--data", str(fewer)],
+        "data.files_sha256=": ["--data", str(renamed)],
+    }
+    for fragment, change in changes.items():
+        argv = _args(setup, one_device_run, "--resume", *change)
+        if change[0] == "--data":  # --data adds a folder: this start reads the other one only
+            argv[argv.index(str(setup["data"]))] = change[1]
+            argv = argv[:-2]
+        assert train_main(argv) == 2, change
+        err = capsys.readouterr().err.strip()  # (after the start weights' log line, where they were read)
+        last = err.splitlines()[-1]
+        assert "Traceback" not in err and last.startswith("samhq-train: error: --resume: run.json says "), err
+        assert fragment in last, (fragment, err)
+    assert {p: p.stat().st_mtime_ns for p in one_device_run.rglob("*")} == before

@@ -50,8 +50,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from eval.bench.env import analyse_compiled, blocking, jax_device_peak, load_average, time_interleaved
 from eval.bench.report import mib
-from samhq_jax.cmdkit.args import OneLineParser
+from samhq_jax.cmdkit.args import COUNT, POSITIVE_INT, OneLineParser
+from samhq_jax.cmdkit.guard import run_guarded
 from samhq_jax.config import PRESETS, SamHQConfig
+from samhq_jax.errors import InputError
 from samhq_jax.sam_hq import init_params
 from train.prompts import BOX, NOISE_MASK, POINTS, sample_prompts
 from train.step import (
@@ -67,6 +69,7 @@ from train.step import (
 )
 from train.trainable import count, partition
 
+PROG = "train.bench"  # python -m train.bench
 DEFAULT_PRESETS = ("tiny_b", "vit_b")
 
 
@@ -141,7 +144,7 @@ def bench_preset(name: str, *, batch_size: int, steps: int, encoder_dtype: str, 
     """Compile, then time ``steps`` warm train steps and ``steps`` encoder calls of preset ``name``."""
     config = SamHQConfig.preset(name)
     if batch_size % jax.device_count():
-        raise ValueError(f"batch size {batch_size} is not a multiple of the {jax.device_count()} devices")
+        raise InputError(f"--batch-size {batch_size} is not a multiple of the {jax.device_count()} devices")
     dtype = ENCODER_DTYPES[encoder_dtype]
     progress(f"{name}: initialising parameters and a batch of {batch_size}")
     # jitted: the forward pass init traces is dead code for the returned parameters and is dropped
@@ -285,28 +288,31 @@ def run(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="train.bench", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help=f"comma-separated, of {', '.join(PRESETS)}")
-    p.add_argument("--batch-size", type=int, help="global batch (default: 2 real presets, 8 tiny)")
-    p.add_argument("--steps", type=int, help="timed warm steps (default: 3 real presets, 20 tiny)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, help="global batch (default: 2 real presets, 8 tiny)")
+    p.add_argument("--steps", type=POSITIVE_INT, help="timed warm steps (default: 3 real presets, 20 tiny)")
     p.add_argument("--encoder-dtype", default="float32", choices=tuple(ENCODER_DTYPES))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=COUNT, default=0)
     p.add_argument("--json", type=Path, help="also write the environment and the numbers here")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    presets = [n.strip() for n in args.presets.split(",") if n.strip()]
-    unknown = [n for n in presets if n not in PRESETS]
-    if not presets or unknown:
-        parser.error(f"--presets: unknown {unknown or '(none given)'}; choose from {', '.join(PRESETS)}")
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
-    if args.batch_size is not None and (args.batch_size < 1 or args.batch_size % jax.device_count()):
-        parser.error(f"--batch-size {args.batch_size} is not a positive multiple of the {jax.device_count()} devices")
+    """``python -m train.bench``; errors are one line on stderr (:func:`samhq_jax.cmdkit.guard.run_guarded`):
+    bad flags exit 2 before any work, a failure while measuring exit 1."""
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # bad flags: one line already printed, exit code 2 (0 for --help)
+        return int(exit_.code or 0)
+
+    def body() -> int:
+        presets = [n.strip() for n in args.presets.split(",") if n.strip()]
+        unknown = [n for n in presets if n not in PRESETS]
+        if not presets or unknown:
+            raise InputError(f"--presets: unknown {unknown or '(none given)'}; choose from {', '.join(PRESETS)}")
+        if args.batch_size is not None and args.batch_size % jax.device_count():
+            raise InputError(f"--batch-size {args.batch_size} is not a multiple of the {jax.device_count()} devices")
         run(
             presets,
             batch_size=args.batch_size,
@@ -315,9 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             json_path=args.json,
         )
-    except ValueError as err:
-        parser.error(str(err))
-    return 0
+        return 0
+
+    return run_guarded(PROG, body)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import numpy as np
 from absl import flags
 
 from samhq_jax.datasets import DatasetError, Pair, read_image, read_mask
+from samhq_jax.errors import InputError
 from train.augment import train_augment
 from train.prompts import BOX, NOISE_MASK, NUM_POINTS, POINTS, sample_prompts
 
@@ -54,9 +55,9 @@ _PERMUTATION_STREAM, _EXAMPLE_STREAM = 0, 1  # first seed word, keeps the two ki
 
 
 def steps_per_epoch(num_pairs: int, global_batch: int) -> int:
-    """Full global batches per epoch, ``num_pairs // global_batch``; raises if that is 0."""
+    """Full global batches per epoch, ``num_pairs // global_batch``; an ``InputError`` if that is 0."""
     if global_batch < 1 or num_pairs < global_batch:
-        raise ValueError(f"{num_pairs} examples do not fill one global batch of {global_batch}")
+        raise InputError(f"{num_pairs} training examples do not fill one global batch of {global_batch} (--batch-size)")
     return num_pairs // global_batch
 
 
@@ -240,12 +241,14 @@ class TrainLoader:
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from ``get_state()``'s output (also across process / worker counts).
 
-        Raises ``ValueError`` when the seed, global batch or number of records differ: the data order
-        would not replay.
+        Raises :class:`~samhq_jax.errors.InputError` when the seed, global batch or number of records
+        differ: the data order would not replay.
         """
         for key in ("seed", "global_batch", "num_records"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"loader state has {key}={state[key]}, this loader {getattr(self, key)}")
+                raise InputError(
+                    f"--resume: the saved data position has {key}={state[key]}, this run {getattr(self, key)}"
+                )
         self.close()
         self.step, self.invalid_count = int(state["step"]), int(state["invalid_count"])
 

@@ -5,8 +5,16 @@
 Resumable: every ``save_every`` steps orbax writes (atomically, keeping the last ``keep``) the step,
 the trainable parameters, the optimiser state and the data iterator's state; ``resume=True``
 continues from the latest, and because the input pipeline is a pure function of ``(seed, step)``
-(:mod:`train.data`) the run ends with the parameters of an uninterrupted one. A non-finite loss
-stops the run with its step number before anything is saved after it.
+(:mod:`train.data`) the run ends with the parameters of an uninterrupted one. The first start
+writes ``OUTPUT/run.json`` (:mod:`train.run_record`: model, starting weights' fingerprint, data,
+every recipe setting); a resume that differs in any of them is refused, naming the field, before
+anything is loaded or written, and ``metrics.jsonl`` (and TensorBoard) is cut back to the restored
+step. An output that already holds something is refused unless ``resume`` or ``overwrite`` (which
+deletes the old run's files first). A non-finite loss stops the run with its step number before
+anything is saved after it. ``final/`` appears whole or not at all (a temporary folder, renamed).
+
+Learning rate: the official ``StepLR(optimizer, lr_drop_epoch)``, x0.1 every ``lr_drop_epoch``
+epochs (with ``steps`` instead of ``epochs``: every ``round(steps * lr_drop_epoch / epochs)`` steps).
 
 Numerics (:mod:`samhq_jax.precision`): ``precision`` (default ``"default"``, the numerics the step
 always had; ``"highest"``: full float32 on GPUs / TPUs too) applies to every dot of the step and of
@@ -17,15 +25,17 @@ without them the encoder runs outside the gradient and it changes nothing. ``OUT
 records every setting, these included.
 
 Only process 0 writes logs, ``run.json`` and the final model; every process takes part in the
-checkpoint saves.
+checkpoint saves and the validation (each scores its share of every set).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,14 +48,22 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from convert.core import OFFICIAL, params_to_state_dict
+from samhq_jax.atomic import atomic_dir, atomic_file
 from samhq_jax.checkpoint import read_weights, save_checkpoint
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import PRESETS, SamHQConfig
 from samhq_jax.datasets import HQSEG_TRAIN, Pair, folder_pairs, hqseg_pairs
+from samhq_jax.distributed import allgather_bytes, data_mesh, share
+from samhq_jax.errors import InputError, RunError
 from samhq_jax.hq_params import is_hq_path, merge_params
 from samhq_jax.precision import TRAINING, Policy
 from samhq_jax.sam_hq import init_params
+from train import augment, loss, prompts, run_record
 from train import data as train_data
 from train.step import (
+    ADAM_B1,
+    ADAM_B2,
+    ADAM_EPS,
+    LR_GAMMA,
     global_batch,
     init_state,
     jit_train_step,
@@ -60,17 +78,25 @@ from train.trainable import count, partition, touches_encoder, trainable_regex
 logger = logging.getLogger("samhq.train")
 
 OUTPUT_MASKS = ("hq", "sam")  # the trained output: the HQ mask, or SAM's (a stand-in SAM)
+MAX_SEED = 2**32 - 1  # seeds are NumPy / JAX PRNG seeds
+METRICS_FILE, TB_DIR, FINAL_DIR, CHECKPOINTS_DIR = "metrics.jsonl", "tb", "final", "checkpoints"
+# What a run writes in its output folder; --overwrite deletes these (and final/'s hidden temporaries).
+RUN_ENTRIES = (run_record.RUN_JSON, METRICS_FILE, TB_DIR, FINAL_DIR, CHECKPOINTS_DIR)
+TENSORBOARD_PACKAGE = "tensorboardX"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """The loss became NaN or inf; the run stopped and wrote nothing after that step."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs; defaults are the official recipe (``../shared/reference`` §3)."""
+    """Everything a run needs; defaults are the official recipe (``../shared/reference`` §3).
 
-    output: Path  # run folder: checkpoints/, metrics.jsonl, tb/, final/
+    Checked when made (:class:`~samhq_jax.errors.InputError` naming the flag): ranges, and
+    combinations that cannot work."""
+
+    output: Path  # run folder: checkpoints/, metrics.jsonl, tb/, final/, run.json
     checkpoint: str | None = None  # anything read_weights takes (SAM-HQ or an original SAM checkpoint)
     preset: str | None = None  # or: random weights of this preset (tests, demo)
     data: tuple[str, ...] = ()  # generic folders DIR/images + DIR/masks
@@ -79,8 +105,8 @@ class TrainConfig:
     val_data: tuple[str, ...] = ()  # generic validation folders
     val_datasets: tuple[str, ...] = ()  # HQSeg validation sets under data_root (official: HQSEG_VAL)
     epochs: int = 12
-    lr_drop_epoch: int = 10  # lr x 0.1 from this epoch on (StepLR step 10, gamma 0.1)
-    steps: int | None = None  # instead of epochs: total optimiser steps (lr drop at the same fraction)
+    lr_drop_epoch: int = 10  # lr x 0.1 every lr_drop_epoch epochs (official StepLR(step_size=10, gamma=0.1))
+    steps: int | None = None  # instead of epochs: total optimiser steps (an lr "epoch" is steps / epochs steps)
     batch_size: int = 32  # global batch (official: 4 per GPU x 8 GPUs)
     lr: float = 1e-3
     seed: int = 42
@@ -91,32 +117,62 @@ class TrainConfig:
     remat: bool = False  # rematerialise each image-encoder block in the backward pass (memory for time)
     save_every: int | None = None  # steps between checkpoints (default: one epoch)
     keep: int = 3  # checkpoints kept
-    resume: bool = False
+    resume: bool = False  # continue the run in output (nothing there: a new run)
+    overwrite: bool = False  # replace the run in output (its files deleted first)
     log_every: int = 10
     val_every: int | None = None  # steps between validations (default: one epoch); 0 = never
     val_limit: int | None = None  # validate on the first N pairs of each validation set
-    val_batch_size: int = 4
+    val_batch_size: int = 4  # validation images per device and call
     workers: int = 0  # grain worker processes for loading (0: threads in this process)
+    tensorboard: bool | None = None  # TensorBoard events: None when tensorboardX is installed, True required
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.preset is None):
-            raise ValueError("give exactly one of --checkpoint or --preset")
+            raise InputError("give exactly one of --checkpoint or --preset")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InputError(f"--preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         if not self.data and self.data_root is None:
-            raise ValueError("give training data: --data DIR (repeatable) or --data-root ROOT")
+            raise InputError("give training data: --data DIR (repeatable) or --data-root ROOT")
+        if self.data_root is not None and not self.datasets and not self.val_datasets:
+            raise InputError(f"--data-root {self.data_root}: no --datasets or --val-datasets to read from it")
+        if self.val_datasets and self.data_root is None:
+            raise InputError(f"--val-datasets {','.join(self.val_datasets)} needs --data-root (the HQSeg-44K root)")
         if self.output_mask not in OUTPUT_MASKS:
-            raise ValueError(f"output_mask must be one of {OUTPUT_MASKS}, got {self.output_mask!r}")
+            raise InputError(f"--output-mask must be one of {', '.join(OUTPUT_MASKS)}, got {self.output_mask!r}")
         try:
             policy = Policy(self.precision, self.dtype)
         except ValueError as err:
-            raise ValueError(f"--{err}") from None  # "--precision must be one of highest, default; got .."
+            raise InputError(f"--{err}") from None  # "--precision must be one of highest, default; got .."
         object.__setattr__(self, "dtype", policy.dtype)  # by name (jnp.bfloat16 -> "bfloat16")
-        for name in ("epochs", "batch_size", "log_every", "keep"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        self._check_ranges()
+        if self.resume and self.overwrite:
+            raise InputError("--resume continues the run in --output, --overwrite replaces it: give one of them")
+        validating = bool(self.val_data or self.val_datasets)
+        for name in ("val_limit", "val_every"):
+            if getattr(self, name) and not validating:
+                raise InputError(
+                    f"--{name.replace('_', '-')} needs validation data: --val-data DIR, or --val-datasets and "
+                    "--data-root"
+                )
+        trainable_regex(self.trainable)  # a bad regex is refused before anything is loaded
+        if self.output_mask == "sam" and self.trainable == "hq":
+            raise InputError(
+                "--output-mask sam trains SAM's output, which the HQ parameters (--trainable hq) do not reach: "
+                "give --trainable decoder or all"
+            )
+
+    def _check_ranges(self) -> None:
+        """Every number in its range: an ``InputError`` naming the flag."""
+        at_least = {"epochs": 1, "lr_drop_epoch": 1, "batch_size": 1, "log_every": 1, "keep": 1, "workers": 0}
+        at_least.update(val_batch_size=1, steps=1, save_every=1, val_limit=1, val_every=0)  # None: not given
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
+            raise InputError(f"--seed must be an integer in 0 .. {MAX_SEED}, got {self.seed!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
 
     @property
     def policy(self) -> Policy:
@@ -129,6 +185,71 @@ class TrainConfig:
         """Validation: the run's precision, the whole model in float32 (the numbers ``samhq-eval
         --precision P`` gives for the checkpoint, whatever the encoder's training dtype)."""
         return Policy(self.precision, "float32")
+
+
+# TrainConfig fields that decide the trained parameters: a resume must repeat them (run.json "recipe").
+RECIPE_SETTINGS = (
+    "preset",
+    "datasets",
+    "epochs",
+    "lr_drop_epoch",
+    "steps",
+    "batch_size",
+    "lr",
+    "seed",
+    "trainable",
+    "output_mask",
+    "precision",
+    "dtype",
+    "remat",
+)
+# Fields that cannot change them: where the data and the start weights lie (compared by content:
+# run.json's "data" and "start_weights"), logging, saving, validation, loading; free on a resume.
+FREE_SETTINGS = (
+    "output",
+    "checkpoint",
+    "data",
+    "data_root",
+    "val_data",
+    "val_datasets",
+    "save_every",
+    "keep",
+    "resume",
+    "overwrite",
+    "log_every",
+    "val_every",
+    "val_limit",
+    "val_batch_size",
+    "workers",
+    "tensorboard",
+)
+
+
+def recipe_constants() -> dict[str, Any]:
+    """The recipe's fixed parts (augmentation, prompts, loss, optimiser), recorded so that a resume
+    under code that changed them is refused."""
+    return {
+        "augmentation": {
+            "flip_prob": augment.FLIP_PROB,
+            "scale": [augment.AUG_SCALE_MIN, augment.AUG_SCALE_MAX],
+            "pad": [augment.IMAGE_PAD, augment.LABEL_PAD],
+        },
+        "prompts": {
+            "kinds": {"box": prompts.BOX, "points": prompts.POINTS, "noise_mask": prompts.NOISE_MASK},
+            "points": prompts.NUM_POINTS,
+            "incoherent": [prompts.INCOHERENT_FACTOR, prompts.INCOHERENT_THRESHOLD],
+        },
+        "loss": {
+            "points": loss.NUM_POINTS,
+            "oversample_ratio": loss.OVERSAMPLE_RATIO,
+            "importance_sample_ratio": loss.IMPORTANCE_SAMPLE_RATIO,
+        },
+        "optimizer": {"adam": [ADAM_B1, ADAM_B2, ADAM_EPS], "weight_decay": 0.0, "lr_gamma": LR_GAMMA},
+    }
+
+
+def _settings(cfg: TrainConfig, names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k in names for v in (getattr(cfg, k),)}
 
 
 @dataclasses.dataclass
@@ -170,28 +291,49 @@ def load_start(cfg: TrainConfig) -> tuple[SamHQConfig, dict]:
 
 
 def schedule_steps(cfg: TrainConfig, num_pairs: int) -> tuple[int, int, int]:
-    """``(total steps, lr drop step, steps per epoch)``."""
+    """``(total steps, steps between lr drops, steps per epoch)``: the lr drops x0.1 every
+    ``lr_drop_epoch`` epochs (with ``steps``: every ``round(steps * lr_drop_epoch / epochs)`` steps)."""
     per_epoch = train_data.steps_per_epoch(num_pairs, cfg.batch_size)
     if cfg.steps is None:
         return cfg.epochs * per_epoch, cfg.lr_drop_epoch * per_epoch, per_epoch
     return cfg.steps, max(1, round(cfg.steps * cfg.lr_drop_epoch / cfg.epochs)), per_epoch
 
 
-class _Log:
-    """metrics.jsonl (+ TensorBoard when tensorboardX is installed), process 0 only."""
+def tensorboard_wanted(cfg: TrainConfig) -> bool:
+    """Whether to write TensorBoard events: ``cfg.tensorboard`` True needs tensorboardX (an
+    ``InputError`` naming it and the pip command when missing), None uses it when installed."""
+    if cfg.tensorboard is False:
+        return False
+    installed = importlib.util.find_spec(TENSORBOARD_PACKAGE) is not None
+    if cfg.tensorboard and not installed:
+        raise InputError(
+            f"--tensorboard needs the {TENSORBOARD_PACKAGE} package, which is not installed: "
+            f"pip install {TENSORBOARD_PACKAGE} (or leave out --tensorboard: metrics.jsonl only)"
+        )
+    if not installed:
+        logger.info(
+            "%s is not installed: metrics.jsonl only (pip install %s)", TENSORBOARD_PACKAGE, TENSORBOARD_PACKAGE
+        )
+    return installed
 
-    def __init__(self, output: Path, enabled: bool) -> None:
+
+class _Log:
+    """metrics.jsonl (+ TensorBoard events with ``tensorboard``), process 0 only; a resume from step
+    ``start`` first drops what was logged after it."""
+
+    def __init__(self, output: Path, enabled: bool, tensorboard: bool, start: int | None) -> None:
         self.enabled = enabled
         self.file = None
         self.tb = None
         if enabled:
-            self.file = (output / "metrics.jsonl").open("a")
-            try:
+            if start is not None:
+                cut_metrics(output / METRICS_FILE, start)
+            self.file = (output / METRICS_FILE).open("a")
+            if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self.tb = SummaryWriter(str(output / "tb"))
-            except ImportError:
-                pass
+                # purge_step: TensorBoard hides the events of steps >= start + 1 written before
+                self.tb = SummaryWriter(str(output / TB_DIR), purge_step=None if start is None else start + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -210,6 +352,28 @@ class _Log:
             self.tb.close()
 
 
+def cut_metrics(path: Path, step: int) -> int:
+    """Keep the records of ``metrics.jsonl`` up to ``step`` (a resume continues after it), written
+    whole (temporary file, rename); a line cut off by a kill is dropped too. Returns how many went."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        with atomic_file(path, overwrite=True) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+        logger.info("%s: %d record(s) after step %d dropped", path.name, dropped, step)
+    return dropped
+
+
 def validate(
     config: SamHQConfig,
     params: Any,
@@ -219,33 +383,27 @@ def validate(
 ) -> dict[str, float]:
     """mIoU / mBIoU (percent) of the HQ and SAM outputs per validation set, with the benchmark's
     protocol and metrics (:func:`eval.protocol.evaluate_pairs`), under ``policy`` (precision and
-    dtype; default :data:`~samhq_jax.precision.TRAINING`; a run passes its ``validation_policy``)."""
-    from eval.protocol import evaluate_pairs, summarize
+    dtype; default :data:`~samhq_jax.precision.TRAINING`; a run passes its ``validation_policy``).
 
+    Every process scores its contiguous share of each set on its own devices (``batch_size``
+    images per device and call) and the per-image rows are gathered (a collective: every process
+    calls it), so each process returns the numbers of one process scoring everything."""
+    from eval.protocol import ImageRecord, evaluate_pairs, summarize
+
+    if jax.process_count() > 1:  # replicated global arrays -> this process's copy, placed on its own devices
+        params = jax.tree.map(np.asarray, params)
+    mesh = data_mesh()
     out: dict[str, float] = {}
     for name, pairs in sets.items():
-        summary = summarize(evaluate_pairs(config, params, pairs, batch_size=batch_size, policy=policy))[name]
+        mine = evaluate_pairs(config, params, share(pairs), batch_size=batch_size, policy=policy, mesh=mesh)
+        rows = json.dumps([dataclasses.asdict(r) for r in mine]).encode()
+        records = [ImageRecord(**row) for blob in allgather_bytes(rows) for row in json.loads(blob)]
+        summary = summarize(records)[name]
         for o in ("hq", "sam"):
             for metric in ("miou", "mbiou"):
                 if summary[o][metric] is not None:
                     out[f"val/{name}/{o}_{metric}"] = summary[o][metric]
     return out
-
-
-def write_run_record(output: Path, cfg: TrainConfig, start_step: int) -> None:
-    """``OUTPUT/run.json``: the run's settings (every :class:`TrainConfig` field, ``remat`` included),
-    its numerics (``precision``, ``dtype``, and the validation's) and the step it (re)started at;
-    rewritten on every start, so after ``--resume`` it holds the settings of the latest start."""
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
-    record = {
-        "settings": settings,
-        "numerics": {**cfg.policy.as_dict(), "validation": cfg.validation_policy.as_dict()},
-        "start_step": start_step,
-        "jax": jax.__version__,
-        "devices": jax.device_count(),
-        "backend": jax.default_backend(),
-    }
-    (output / "run.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _check_finite(metrics: dict[str, jax.Array], step: int) -> dict[str, float]:
@@ -255,27 +413,110 @@ def _check_finite(metrics: dict[str, jax.Array], step: int) -> dict[str, float]:
     return values
 
 
+def _sync(name: str) -> None:
+    """Wait until every process got here (several processes only)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _saved_steps(output: Path) -> list[int]:
+    return sorted(int(p.name) for p in (output / CHECKPOINTS_DIR).glob("*") if p.name.isdigit())
+
+
+def check_output(cfg: TrainConfig) -> dict[str, Any] | None:
+    """Before any work: the run already in ``cfg.output`` and what this start may do with it.
+
+    Returns the saved ``run.json`` to continue (``resume``), else None. An output that holds
+    anything is refused unless ``resume`` (which then needs its ``run.json`` whenever there is a
+    checkpoint) or ``overwrite``; a resume that changes a recipe setting is refused, naming it."""
+    output = Path(cfg.output)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output}: is a file, not a folder")
+    held = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    if not cfg.resume:
+        if held and not cfg.overwrite:
+            raise InputError(
+                f"--output {output}: already holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''}; "
+                "give --resume to continue the run there or --overwrite to replace it"
+            )
+        return None
+    saved = run_record.read_record(output)
+    if saved is None:
+        if _saved_steps(output):
+            raise InputError(
+                f"--resume: {output} holds checkpoints but no {run_record.RUN_JSON}, so this start cannot be "
+                "checked against the run; start a new run with another --output, or --overwrite"
+            )
+        logger.info("--resume: no run in %s yet; starting one", output)
+        return None
+    run_record.check_same_run(saved, {"settings": _settings(cfg, RECIPE_SETTINGS)}, keys=("settings",))
+    run_record.check_same_run(saved, {"constants": recipe_constants()}, keys=("constants",))
+    return saved
+
+
+def _clear_run(output: Path) -> None:
+    """Delete the files of the run in ``output`` (``--overwrite``); other files stay."""
+    for name in RUN_ENTRIES:
+        path = output / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for path in output.glob(f".{FINAL_DIR}.*"):  # temporaries of a killed export
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) training as configured; see the module docstring."""
     output = Path(cfg.output)
     primary = jax.process_index() == 0
-    trainable_regex(cfg.trainable)  # every input is checked before anything is loaded or written
+    if cfg.batch_size % jax.device_count():
+        raise InputError(f"--batch-size {cfg.batch_size} is not a multiple of the {jax.device_count()} devices")
+    tensorboard = tensorboard_wanted(cfg)
+    saved = check_output(cfg)  # every input is checked before anything is loaded or written
     pairs = _pairs(cfg.data, cfg.data_root, cfg.datasets)
     val_sets = _val_sets(cfg)
     total, drop_step, per_epoch = schedule_steps(cfg, len(pairs))
+    recipe: dict[str, Any] = {
+        "settings": _settings(cfg, RECIPE_SETTINGS),
+        "constants": recipe_constants(),
+        "data": run_record.data_identity(pairs),
+        "schedule": {"total_steps": total, "steps_per_epoch": per_epoch, "lr_drop_every_steps": drop_step},
+    }
+    if saved is not None:
+        run_record.check_same_run(saved, recipe, keys=("data", "schedule"))
+    config, params = load_start(cfg)
+    recipe["model"] = config.to_dict()
+    recipe["start_weights"] = run_record.weights_fingerprint(params)
+    if saved is not None:
+        run_record.check_same_run(saved, recipe)
+    trainable, frozen = partition(params, cfg.trainable)
+    if cfg.output_mask == "sam" and all(is_hq_path(k) for k in flatten_dict(trainable, sep="/")):
+        raise InputError(
+            f"--output-mask sam: --trainable {cfg.trainable} selects only HQ parameters, which SAM's output "
+            "does not use"
+        )
     save_every = cfg.save_every or per_epoch
     val_every = per_epoch if cfg.val_every is None else cfg.val_every
-    if cfg.batch_size % jax.device_count():
-        raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of the {jax.device_count()} devices")
-    saved = sorted(int(p.name) for p in (output / "checkpoints").glob("*") if p.name.isdigit())
-    if saved and not cfg.resume:
-        raise ValueError(
-            f"{output} already holds checkpoints (latest step {saved[-1]}); pass --resume or a new --output"
-        )
-    config, params = load_start(cfg)
-    output.mkdir(parents=True, exist_ok=True)
+    _sync("samhq-train: checked")  # no process writes before every process has checked the output
+    start_info = {
+        "settings": _settings(cfg, FREE_SETTINGS),
+        "source": str(cfg.checkpoint or cfg.preset),
+        "validation": {name: len(pairs) for name, pairs in val_sets.items()},
+        **run_record.process_info(),
+    }
+    if primary:
+        if cfg.overwrite:
+            _clear_run(output)
+        output.mkdir(parents=True, exist_ok=True)
+        if saved is None:
+            record = run_record.new_record(recipe, {"step": 0, **start_info})
+            record["numerics"] = {**cfg.policy.as_dict(), "validation": cfg.validation_policy.as_dict()}
+            run_record.write_record(output, record)
+    _sync("samhq-train: output ready")
 
-    trainable, frozen = partition(params, cfg.trainable)
     logger.info("trainable %s parameters (%s), frozen %s", f"{count(trainable):,}", cfg.trainable, f"{count(frozen):,}")
     tx = make_optimizer(cfg.lr, drop_step)
     mesh = make_mesh()
@@ -297,7 +538,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
 
     manager = ocp.CheckpointManager(
-        (output / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True)
+        (output / CHECKPOINTS_DIR).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True),
     )
     start, data_state = 0, None
     latest = manager.latest_step()
@@ -308,6 +550,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
         state, data_state, start = restored.state, restored.data, latest
         logger.info("resumed from step %d", latest)
+    if primary and saved is not None:
+        saved["starts"].append({"step": start, **start_info})
+        run_record.write_record(output, saved)
 
     loader = train_data.make_train_loader(
         pairs,
@@ -323,8 +568,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     if data_state is not None:
         loader.set_state(data_state)
 
-    if primary:
-        write_run_record(output, cfg, start)
     logger.info("step: %s; validation: %s", cfg.policy.describe(), cfg.validation_policy.describe())
     if cfg.remat:
         logger.info(
@@ -333,7 +576,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             if touches_encoder(trainable)
             else f" (no effect: --trainable {cfg.trainable} leaves the encoder frozen)",
         )
-    log = _Log(output, primary)
+    log = _Log(output, primary, tensorboard, start if cfg.resume else None)
     schedule = lr_schedule(cfg.lr, drop_step)
     last: dict[str, float] = {}
     pending: tuple[int, dict[str, jax.Array]] | None = None
@@ -377,7 +620,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if pending is not None:
         last = _check_finite(pending[1], pending[0])
     final = jax.tree.map(np.asarray, merge_params(frozen_dev, state.params))
-    final_dir = output / "final"
+    final_dir = output / FINAL_DIR
     if primary:
         export_final(final_dir, config, final, source=str(cfg.checkpoint or cfg.preset))
     return TrainResult(config, final, final_dir, last, int(state.step))
@@ -386,11 +629,25 @@ def train(cfg: TrainConfig) -> TrainResult:
 def export_final(final_dir: Path, config: SamHQConfig, params: dict, source: str) -> None:
     """``final_dir``: one of our model directories, plus ``hq_only.safetensors`` holding the 25 HQ
     tensors under their official PyTorch names and layouts (``mask_decoder.hf_token.weight``, ...),
-    loadable into the official model with ``load_state_dict(..., strict=False)``."""
-    save_checkpoint(final_dir, config, params, source=f"samhq-train from {source}")
+    loadable into the official model with ``load_state_dict(..., strict=False)``. Written whole or
+    not at all: into a temporary folder next to it, then renamed over the old one (if any)."""
     hq = {k: v for k, v in flatten_dict(params, sep="/").items() if is_hq_path(k)}
     state = params_to_state_dict(unflatten_dict(hq, sep="/"), OFFICIAL)
-    save_file(state, str(final_dir / "hq_only.safetensors"), metadata={"format": "official", "part": "hq"})
+    with atomic_dir(final_dir, overwrite=True, what="final model") as tmp:
+        save_checkpoint(tmp, config, params, source=f"samhq-train from {source}")
+        save_file(state, str(tmp / "hq_only.safetensors"), metadata={"format": "official", "part": "hq"})
 
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "export_final", "train", "validate", "write_run_record"]
+__all__ = [
+    "FREE_SETTINGS",
+    "RECIPE_SETTINGS",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "check_output",
+    "cut_metrics",
+    "export_final",
+    "recipe_constants",
+    "train",
+    "validate",
+]

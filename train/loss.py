@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 NUM_POINTS = 112 * 112  # points per mask the official recipe trains on
 IMPORTANCE_SAMPLE_RATIO = 0.75  # fraction of those picked by uncertainty, the rest uniform
+OVERSAMPLE_RATIO = 3.0  # candidates drawn per point picked
 
 
 def point_sample(input: jax.Array, point_coords: jax.Array) -> jax.Array:
@@ -185,7 +186,7 @@ def loss_masks(
     src_masks: jax.Array,
     target_masks: jax.Array,
     num_masks: float | jax.Array,
-    oversample_ratio: float = 3.0,
+    oversample_ratio: float = OVERSAMPLE_RATIO,
     *,
     key: jax.Array,
     valid: jax.Array | None = None,

@@ -55,14 +55,23 @@ class TrainState:
     opt_state: Any
 
 
-def make_optimizer(lr: float, drop_step: int, drop_factor: float = 0.1) -> optax.GradientTransformation:
-    """Adam (betas 0.9 / 0.999, eps 1e-8, no weight decay) with one step decay, as the official
-    ``StepLR(step_size=10 epochs, gamma=0.1)`` over 12 epochs (``drop_step`` in optimiser steps)."""
-    return optax.adam(lr_schedule(lr, drop_step, drop_factor), b1=0.9, b2=0.999, eps=1e-8)
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # the official optim.Adam (weight_decay 0)
+LR_GAMMA = 0.1  # the official StepLR's gamma
 
 
-def lr_schedule(lr: float, drop_step: int, drop_factor: float = 0.1) -> optax.Schedule:
-    return optax.piecewise_constant_schedule(lr, {drop_step: drop_factor})
+def make_optimizer(lr: float, drop_step: int, gamma: float = LR_GAMMA) -> optax.GradientTransformation:
+    """Adam (betas 0.9 / 0.999, eps 1e-8, no weight decay) under :func:`lr_schedule`: the official
+    ``optim.Adam`` with ``StepLR(step_size=lr_drop_epoch, gamma=0.1)`` (``drop_step``: the steps of
+    ``lr_drop_epoch`` epochs)."""
+    return optax.adam(lr_schedule(lr, drop_step, gamma), b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS)
+
+
+def lr_schedule(lr: float, drop_step: int, gamma: float = LR_GAMMA) -> optax.Schedule:
+    """The official ``StepLR``: ``lr * gamma ** (step // drop_step)``, a drop every ``drop_step``
+    optimiser steps (every ``lr_drop_epoch`` epochs of the run, not just the first time)."""
+    if drop_step < 1:
+        raise ValueError(f"drop_step must be >= 1, got {drop_step}")
+    return optax.exponential_decay(lr, transition_steps=drop_step, decay_rate=gamma, staircase=True)
 
 
 def init_state(trainable: Any, tx: optax.GradientTransformation) -> TrainState:

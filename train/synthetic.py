@@ -15,19 +15,24 @@ Written in the generic folder layout that ``--data`` reads: ``OUT/images/<stem>.
 
 from __future__ import annotations
 
-import argparse
 import itertools
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from samhq_jax.cmdkit.args import COUNT, POSITIVE_INT, OneLineParser, int_at_least
+from samhq_jax.cmdkit.guard import run_guarded
+from samhq_jax.errors import InputError
+
 KINDS = ("wire", "mesh", "ring", "tree", "stroke")
 BACKGROUNDS = ("noise", "gradient", "stripes")
 # Foreground bounds every mask satisfies: a fraction of the image and an absolute pixel count.
 MIN_FRACTION, MAX_FRACTION, MIN_PIXELS = 0.005, 0.5, 10
 MIN_SIZE = 32
+PROG = "train.synthetic"  # python -m train.synthetic
 _MAX_ATTEMPTS = 100  # redraws of an object whose mask misses the bounds (rare; deterministic)
 
 Points = list[tuple[float, float]]
@@ -229,9 +234,9 @@ def synthetic_example(index: int, size: int = 256, seed: int = 0) -> tuple[np.nd
       foreground is at least ``MIN_FRACTION`` of the image and ``MIN_PIXELS``, at most ``MAX_FRACTION``.
     """
     if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
+        raise InputError(f"--size must be >= {MIN_SIZE}, got {size}")
     if index < 0:
-        raise ValueError(f"index must be >= 0, got {index}")
+        raise InputError(f"index must be >= 0, got {index}")
     rng = np.random.default_rng([seed, index])
     kind = KINDS[index % len(KINDS)]
     min_pixels = max(MIN_PIXELS, MIN_FRACTION * size * size)
@@ -269,7 +274,7 @@ def write_synthetic_dataset(out_dir: Path, count: int, size: int = 256, seed: in
       ``out_dir`` (the folder to pass as ``--data``).
     """
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise InputError(f"--count must be >= 1, got {count}")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
@@ -281,20 +286,26 @@ def write_synthetic_dataset(out_dir: Path, count: int, size: int = 256, seed: in
     return out_dir
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m train.synthetic OUT --count N --size S --seed K``."""
-    parser = argparse.ArgumentParser(prog="python -m train.synthetic", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m train.synthetic OUT --count N --size S --seed K``; errors are one line on stderr
+    (:func:`samhq_jax.cmdkit.guard.run_guarded`): bad flags exit 2."""
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output folder (gets images/ and masks/)")
-    parser.add_argument("--count", type=int, default=100, help="number of examples")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed")
-    args = parser.parse_args(argv)
+    parser.add_argument("--count", type=POSITIVE_INT, default=100, help="number of examples")
+    parser.add_argument("--size", type=int_at_least(MIN_SIZE), default=256, help="image side in pixels")
+    parser.add_argument("--seed", type=COUNT, default=0, help="dataset seed")
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # bad flags: one line already printed, exit code 2 (0 for --help)
+        return int(exit_.code or 0)
+
+    def body() -> int:
         out = write_synthetic_dataset(args.out, args.count, args.size, args.seed)
-    except ValueError as e:
-        parser.error(str(e))
-    print(f"wrote {args.count} synthetic examples ({args.size}x{args.size}, seed {args.seed}) to {out}")
+        print(f"wrote {args.count} synthetic examples ({args.size}x{args.size}, seed {args.seed}) to {out}")
+        return 0
+
+    return run_guarded(PROG, body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,6 +15,7 @@ from typing import Any
 
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from samhq_jax.errors import InputError
 from samhq_jax.hq_params import HQ_PARAM_REGEX
 
 TRAINABLE_PRESETS = {
@@ -31,7 +32,7 @@ def trainable_regex(spec: str) -> re.Pattern[str]:
     try:
         return re.compile(TRAINABLE_PRESETS.get(spec, spec))
     except re.error as err:
-        raise ValueError(
+        raise InputError(
             f"--trainable {spec!r} is neither {', '.join(TRAINABLE_PRESETS)} nor a valid regex: {err}"
         ) from err
 
@@ -39,8 +40,8 @@ def trainable_regex(spec: str) -> re.Pattern[str]:
 def partition(params: Any, spec: str) -> tuple[dict, dict]:
     """Split ``params`` into ``(trainable, frozen)`` trees by path.
 
-    Raises ``ValueError`` when the rule selects nothing, or when a parameter is matched neither by
-    the trainable rule nor by a frozen rule.
+    Raises :class:`~samhq_jax.errors.InputError` when the rule selects nothing (or is no regex), and
+    ``ValueError`` (our bug) when a parameter is matched neither by the trainable rule nor by a frozen rule.
     """
     pattern = trainable_regex(spec)
     flat = flatten_dict(params, sep="/")
@@ -50,7 +51,7 @@ def partition(params: Any, spec: str) -> tuple[dict, dict]:
     if uncovered:
         raise ValueError(f"parameters matched by no trainable or frozen rule: {uncovered[:10]}")
     if not trainable:
-        raise ValueError(f"--trainable {spec!r} selects no parameter")
+        raise InputError(f"--trainable {spec!r} selects no parameter")
     return unflatten_dict(trainable, sep="/"), unflatten_dict(frozen, sep="/")
 
 
