@@ -29,7 +29,7 @@ PACKAGES = ("samhq_jax", "convert", "eval", "train")
 DISPATCHER = "samhq_jax.cli"
 BASE = ("samhq_jax.errors",)
 KIT = ("samhq_jax.cmdkit",)
-FEATURES = ("eval", "train", "samhq_jax.commands", "convert.cli", "convert.__main__")
+FEATURES = ("eval", "train", "samhq_jax.commands", "convert.cli", "convert.__main__", "convert.deploy")
 BOTTOM, CORE, COMMAND_KIT, FEATURE, TOP = "base", "core", "command kit", "feature", "dispatcher"
 # What each layer may import (its own layer included).
 ALLOWED = {
