@@ -11,6 +11,17 @@ from samhq_jax.config import (
 )
 from samhq_jax.hf_model import SamHQImageSegmentationOutput, SamHQModel
 from samhq_jax.hf_processor import SamHQImageProcessor, SamHQProcessor
+from samhq_jax.official_api import (
+    Sam,
+    SamAutomaticMaskGenerator,
+    SamPredictor,
+    build_sam,
+    build_sam_vit_b,
+    build_sam_vit_h,
+    build_sam_vit_l,
+    build_sam_vit_t,
+    sam_model_registry,
+)
 from samhq_jax.predictor import SamHQPredictor, TensorLikeArray
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ, init_params, param_shapes
 from samhq_jax.transforms import ResizeLongestSide
@@ -22,6 +33,8 @@ __all__ = [
     "MaskDecoderConfig",
     "PromptEncoderConfig",
     "ResizeLongestSide",
+    "Sam",
+    "SamAutomaticMaskGenerator",
     "SamHQ",
     "SamHQAutomaticMaskGenerator",
     "SamHQConfig",
@@ -30,10 +43,17 @@ __all__ = [
     "SamHQModel",
     "SamHQPredictor",
     "SamHQProcessor",
+    "SamPredictor",
     "TensorLikeArray",
+    "build_sam",
+    "build_sam_vit_b",
+    "build_sam_vit_h",
+    "build_sam_vit_l",
+    "build_sam_vit_t",
     "init_params",
     "load_checkpoint",
     "load_pretrained",
     "param_shapes",
+    "sam_model_registry",
     "save_checkpoint",
 ]

@@ -1,9 +1,16 @@
-"""The official SysCV demo (``demo/demo_hqsam.py``) runs on ``SamHQPredictor`` with changed imports
-and equals the official ``segment_anything_hq.SamPredictor``; the official-API surface it needs
-(``transform``, ``predict_torch``, ``set_torch_image``, ``features`` / ``interm_features``,
-``device``) against the official one. Tiny preset, seeded random weights shared by both sides."""
+"""The official SysCV demos against the official ``segment_anything_hq`` on the same seeded random
+tiny weights: the demo scripts themselves (``demo/demo_hqsam.py``, ``demo_hqsam_pip_example.py``,
+verbatim in ``tests/official_demos/``) run with only the import line changed, printing the same
+scores and saving the same pictures; the demo's loop on ``SamHQPredictor``; and the official-API
+surface it needs (``transform``, ``predict_torch``, ``set_torch_image``, ``features`` /
+``interm_features``, ``device``)."""
 
 from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +19,8 @@ from PIL import Image
 
 from eval.parity.samples import IMAGES_DIR
 from eval.parity.stages import mask_agreement
+from eval.reference import build_official
+from samhq_jax.config import SamHQConfig
 from samhq_jax.predictor import SamHQPredictor, TensorLikeArray
 from samhq_jax.transforms import ResizeLongestSide
 from tests.conftest import MASK_AGREEMENT, assert_close, official_model_and_params
@@ -192,3 +201,102 @@ def test_features_and_set_torch_image_equal_official(predictors: tuple) -> None:
         ours.set_torch_image(tensor[..., :-1, :-1], image.shape[:2])
     with pytest.raises(ValueError, match=r"\(1, 3, h, w\)"):
         ours.set_torch_image(tensor[0], image.shape[:2])
+
+
+# ---- the official demo scripts themselves, run with only their import line changed --------------------
+
+DEMOS = Path(__file__).parent / "official_demos"
+OURS = "from samhq_jax import sam_model_registry, SamPredictor"
+OFFICIAL = "from segment_anything_hq import sam_model_registry, SamPredictor"
+# Lines the tests change besides the import: the model, for a tiny one (its checkpoint sits at the
+# demo's path), and the device, for a machine without a GPU.
+TINY_LINES = {'model_type = "vit_l"': f'model_type = "{PRESET}"', 'device = "cuda"': 'device = "cpu"'}
+PICTURE_AGREEMENT = 0.999  # pixels of a saved picture equal on both sides (the masks agree to 0.9999)
+PICTURE_DPI = 32  # the demo's 10 x 10 inch figures saved at 320 x 320 pixels, not 1000 x 1000 (time)
+
+
+def _demo_source(name: str, import_line: str) -> str:
+    """The demo's text with its import line (``segment_anything`` / ``segment_anything_hq``) set to
+    ``import_line`` and the :data:`TINY_LINES` swapped, each found exactly once."""
+    source = (DEMOS / f"{name}.py.txt").read_text()
+    imports = [line for line in source.splitlines() if line.startswith("from segment_anything")]
+    assert len(imports) == 1, imports
+    source = source.replace(imports[0], import_line)
+    for old, new in TINY_LINES.items():
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    return source
+
+
+@pytest.fixture(scope="module")
+def demo_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's folders: ``demo/input_imgs/example{0..7}.png`` (the shared photos: dog.jpg's bytes
+    for the unshipped 0-5, which ``cv2.imread`` reads by content) and the tiny model's official
+    checkpoint at ``pretrained_checkpoint/sam_hq_vit_l.pth``."""
+    root = tmp_path_factory.mktemp("demo_inputs")
+    images = root / "demo" / "input_imgs"
+    images.mkdir(parents=True)
+    for i in range(8):
+        shutil.copy(IMAGES_DIR / (f"example{i}.png" if i >= 6 else "dog.jpg"), images / f"example{i}.png")
+    (root / "pretrained_checkpoint").mkdir()
+    model = official_model_and_params(PRESET)[0]
+    torch.save(model.state_dict(), root / "pretrained_checkpoint" / "sam_hq_vit_l.pth")
+    return root
+
+
+def _run_demo(source: str, inputs: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict]:
+    """Run ``source`` as ``__main__`` in ``workdir`` (inputs linked in), random colours seeded.
+    Returns its printed lines and its saved pictures ``{name: (H, W, 4) uint8}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    (workdir / "demo").mkdir(parents=True)
+    (workdir / "demo" / "input_imgs").symlink_to(inputs / "demo" / "input_imgs")
+    (workdir / "pretrained_checkpoint").symlink_to(inputs / "pretrained_checkpoint")
+    monkeypatch.chdir(workdir)
+    np.random.seed(0)  # show_res_multi draws random mask colours
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), matplotlib.rc_context({"figure.dpi": PICTURE_DPI}):
+        exec(compile(source, "demo.py", "exec"), {"__name__": "__main__"})
+    pictures = {p.name: np.asarray(Image.open(p)) for p in sorted((workdir / "demo").glob("*_result/*.png"))}
+    return printed.getvalue().splitlines(), pictures
+
+
+def _official_tiny(checkpoint: str | None = None) -> torch.nn.Module:
+    """The official builder for the tiny preset: ``_build_sam``'s steps (build, load the state dict, eval)."""
+    model = build_official(SamHQConfig.preset(PRESET))
+    model.load_state_dict(torch.load(checkpoint))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def official_demo_run(demo_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict]:
+    import segment_anything_hq
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(segment_anything_hq.sam_model_registry, PRESET, _official_tiny)
+        return _run_demo(
+            _demo_source("demo_hqsam_pip_example", OFFICIAL), demo_inputs, tmp_path_factory.mktemp("official"), mp
+        )
+
+
+@pytest.mark.parametrize("demo", ["demo_hqsam", "demo_hqsam_pip_example"])
+def test_official_demo_script_runs_with_only_the_import_changed(
+    demo: str, demo_inputs: Path, official_demo_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's own text, ``sam_model_registry[...](checkpoint=...)``, ``sam.to(device=...)``,
+    ``SamPredictor(sam)``, ``torch.tensor(..., device=predictor.device)`` and the plotting included:
+    the same printed lines (scores to their 3 printed decimals) and the same pictures."""
+    ref_lines, ref_pictures = official_demo_run
+    lines, pictures = _run_demo(_demo_source(demo, OURS), demo_inputs, tmp_path, monkeypatch)
+    assert len(lines) == len(ref_lines) and sum(line.startswith("Score:") for line in ref_lines) == 9
+    for ours, ref in zip(lines, ref_lines, strict=True):
+        if ref.startswith("Score:"):
+            assert abs(float(ours.split()[1]) - float(ref.split()[1])) <= 1.5e-3, (ours, ref)
+        else:
+            assert ours == ref
+    assert sorted(pictures) == sorted(ref_pictures) and len(pictures) == 8
+    for name, ref in ref_pictures.items():
+        assert pictures[name].shape == ref.shape, name
+        agreement = np.mean(np.all(pictures[name] == ref, axis=-1))
+        assert agreement >= PICTURE_AGREEMENT, f"{name}: {agreement:.5f} of the pixels agree"
