@@ -8,6 +8,9 @@ shapes alone (the number of attention heads of the encoder comes from the rel-po
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -23,12 +26,14 @@ from samhq_jax.config import (
     MaskDecoderConfig,
     PromptEncoderConfig,
     SamHQConfig,
+    TinyViTConfig,
 )
 from samhq_jax.errors import InputError
 from samhq_jax.hq_params import is_hq_path
 from samhq_jax.sam_hq import param_shapes
 
 MAX_LISTED = 20  # keys listed per category in an error message
+log = logging.getLogger(__name__)
 
 
 class ConversionError(InputError):
@@ -45,10 +50,17 @@ class SourceFormat:
     ignored_keys: frozenset[str]
     transformer_layer_norm_eps: float
     marker_prefix: str  # every state dict of this format has keys starting with it
+    # (what, key regex): tensors the files carry but no model uses, skipped on import and logged
+    unused_keys: tuple[tuple[str, str], ...] = ()
 
 
 OFFICIAL = SourceFormat(
-    "official", official.RULES, official.IGNORED_KEYS, OFFICIAL_TRANSFORMER_LN_EPS, "image_encoder."
+    "official",
+    official.RULES,
+    official.IGNORED_KEYS,
+    OFFICIAL_TRANSFORMER_LN_EPS,
+    "image_encoder.",
+    official.UNUSED_KEYS,
 )
 HF = SourceFormat("hf", hf.RULES, hf.IGNORED_KEYS, HF_TRANSFORMER_LN_EPS, "vision_encoder.")
 FORMATS = {f.name: f for f in (OFFICIAL, HF)}
@@ -75,13 +87,27 @@ def _listing(title: str, items: list[str]) -> str:
     return f"  {title} ({len(items)}):\n    {shown}{more}"
 
 
+def unused_kind(key: str, fmt: SourceFormat) -> str | None:
+    """What an unused tensor of ``fmt`` is ("classifier head", ...), or None for any other key."""
+    return next((what for what, pattern in fmt.unused_keys if re.search(pattern, key)), None)
+
+
 def rename_to_ours(state_dict: StateDict, fmt: SourceFormat) -> tuple[FlatParams, list[str]]:
-    """Map every tensor to our path and layout. Returns ``(flat params, problems)``."""
+    """Map every tensor to our path and layout. Returns ``(flat params, problems)``.
+
+    Tensors matching ``fmt.unused_keys`` (TinyViT's classifier head, BatchNorm batch counters) are
+    skipped and their count per kind logged (``logging``, INFO, logger ``convert.core``).
+    """
     flat: FlatParams = {}
     source_of: dict[str, str] = {}
     unexpected, problems = [], []
+    skipped = {what: 0 for what, _ in fmt.unused_keys}
     for key, value in state_dict.items():
         if key in fmt.ignored_keys:
+            continue
+        unused = unused_kind(key, fmt)
+        if unused is not None:
+            skipped[unused] += 1
             continue
         hits = [(rule, path) for rule in fmt.rules if (path := rule.match_torch(key))]
         if not hits:
@@ -98,6 +124,9 @@ def rename_to_ours(state_dict: StateDict, fmt: SourceFormat) -> tuple[FlatParams
         flat[path], source_of[path] = array, key
     if unexpected:
         problems.insert(0, _listing("unexpected keys", sorted(unexpected)))
+    counts = ", ".join(f"{n} {what}" for what, n in skipped.items() if n)
+    if counts:
+        log.info("skipped %d tensor(s) no model uses: %s", sum(skipped.values()), counts)
     return flat, problems
 
 
@@ -115,14 +144,23 @@ def infer_config(
     """Read the model structure off our flat parameter shapes.
 
     ``decoder_heads`` (8 in every released SAM) is the only structural number not visible in the
-    weights; ``transformer_eps`` defaults to the format's two-way LayerNorm eps. Raises
-    :class:`ConversionError` naming the tensor it needed when one is absent.
+    weights; ``transformer_eps`` defaults to the format's two-way LayerNorm eps. A TinyViT encoder
+    (``patch_embed/seq_0``) is read by :func:`infer_tiny_vit`. Raises :class:`ConversionError`
+    naming the tensor it needed when one is absent.
     """
+    tiny = TINY_VIT_MARKER in flat
+    encoder_needed = (
+        [TINY_VIT_MARKER, f"{_LAYERS}0/blocks_0/conv1/c/kernel"]
+        if tiny
+        else [
+            "image_encoder/patch_embed/kernel",
+            "image_encoder/pos_embed",
+            "image_encoder/blocks_0/attn/rel_pos_h",
+            "image_encoder/blocks_0/mlp/layers_0/kernel",
+        ]
+    )
     needed = [
-        "image_encoder/patch_embed/kernel",
-        "image_encoder/pos_embed",
-        "image_encoder/blocks_0/attn/rel_pos_h",
-        "image_encoder/blocks_0/mlp/layers_0/kernel",
+        *encoder_needed,
         "image_encoder/neck/conv1/kernel",
         "prompt_encoder/mask_downscaling/conv2/kernel",
         "mask_decoder/mask_tokens",
@@ -134,28 +172,8 @@ def infer_config(
     if absent:
         names = [_torch_name(k, fmt) for k in absent]
         raise ConversionError("cannot infer the model size; tensors missing:\n" + _listing("missing", names))
-    p, _, in_chans, width = flat["image_encoder/patch_embed/kernel"].shape
-    grid = flat["image_encoder/pos_embed"].shape[1]
-    depth = _count(flat, "image_encoder/blocks_", "/attn/rel_pos_h")
-    rel_lengths = [flat[f"image_encoder/blocks_{i}/attn/rel_pos_h"].shape[0] for i in range(depth)]
-    global_blocks = tuple(i for i, n in enumerate(rel_lengths) if n == 2 * grid - 1)
-    windowed = {(n + 1) // 2 for n in rel_lengths if n != 2 * grid - 1}
-    if len(windowed) > 1:
-        raise ConversionError(f"blocks disagree on the attention window size: rel_pos lengths {rel_lengths}")
-    head_dim = flat["image_encoder/blocks_0/attn/rel_pos_h"].shape[1]
     try:
-        encoder = ImageEncoderConfig(
-            embed_dim=width,
-            depth=depth,
-            num_heads=width // head_dim,
-            global_attn_indexes=global_blocks,
-            img_size=grid * p,
-            patch_size=p,
-            in_chans=in_chans,
-            mlp_ratio=flat["image_encoder/blocks_0/mlp/layers_0/kernel"].shape[1] / width,
-            out_chans=flat["image_encoder/neck/conv1/kernel"].shape[-1],
-            window_size=windowed.pop() if windowed else 14,
-        )
+        encoder = infer_tiny_vit(flat, fmt) if tiny else _infer_vit(flat)
         dim = flat["mask_decoder/mask_tokens"].shape[1]
         cross = flat["mask_decoder/transformer/layers_0/cross_attn_token_to_image/q_proj/kernel"].shape[1]
         decoder = MaskDecoderConfig(
@@ -177,6 +195,79 @@ def infer_config(
     except ValueError as err:
         raise ConversionError(f"the tensor shapes do not describe a valid SAM-HQ model: {err}") from err
     return _name_preset(config)
+
+
+TINY_VIT_MARKER = "image_encoder/patch_embed/seq_0/c/kernel"  # only a TinyViT encoder has it
+_LAYERS = "image_encoder/layers_"
+
+
+def _infer_vit(flat: FlatParams) -> ImageEncoderConfig:
+    """The ViT encoder's structure from its tensor shapes."""
+    p, _, in_chans, width = flat["image_encoder/patch_embed/kernel"].shape
+    grid = flat["image_encoder/pos_embed"].shape[1]
+    depth = _count(flat, "image_encoder/blocks_", "/attn/rel_pos_h")
+    rel_lengths = [flat[f"image_encoder/blocks_{i}/attn/rel_pos_h"].shape[0] for i in range(depth)]
+    global_blocks = tuple(i for i, n in enumerate(rel_lengths) if n == 2 * grid - 1)
+    windowed = {(n + 1) // 2 for n in rel_lengths if n != 2 * grid - 1}
+    if len(windowed) > 1:
+        raise ConversionError(f"blocks disagree on the attention window size: rel_pos lengths {rel_lengths}")
+    head_dim = flat["image_encoder/blocks_0/attn/rel_pos_h"].shape[1]
+    return ImageEncoderConfig(
+        embed_dim=width,
+        depth=depth,
+        num_heads=width // head_dim,
+        global_attn_indexes=global_blocks,
+        img_size=grid * p,
+        patch_size=p,
+        in_chans=in_chans,
+        mlp_ratio=flat["image_encoder/blocks_0/mlp/layers_0/kernel"].shape[1] / width,
+        out_chans=flat["image_encoder/neck/conv1/kernel"].shape[-1],
+        window_size=windowed.pop() if windowed else 14,
+    )
+
+
+def infer_tiny_vit(flat: FlatParams, fmt: SourceFormat | None = None) -> TinyViTConfig:
+    """A TinyViT encoder's structure from its tensor shapes (our flat paths).
+
+    Widths from the stage-0 blocks and the patch mergings, depths by counting blocks, heads and
+    windows from ``attention_biases`` ``(heads, window**2)``, the MLP / MBConv ratios and the local
+    conv size from their kernels. Two numbers are not in the weights and follow the official code:
+    the merge strides (:data:`convert.official.STRIDE_ONE_MERGE_DIMS`) and the 1024 px input.
+    Raises :class:`ConversionError` naming (as ``fmt`` does) a tensor it needs that is absent.
+    """
+
+    def shape(path: str) -> tuple[int, ...]:
+        if path not in flat:
+            raise ConversionError(
+                "cannot infer the TinyViT size; tensors missing:\n" + _listing("missing", [_torch_name(path, fmt)])
+            )
+        return flat[path].shape
+
+    stages = 0
+    while any(k.startswith(f"{_LAYERS}{stages}/") for k in flat):
+        stages += 1
+    dims = [shape(f"{_LAYERS}0/blocks_0/conv1/c/kernel")[2]]
+    dims += [shape(f"{_LAYERS}{i}/downsample/conv1/c/kernel")[-1] for i in range(stages - 1)]
+    depths = [len({k.split("/")[2] for k in flat if k.startswith(f"{_LAYERS}{i}/blocks_")}) for i in range(stages)]
+    heads, windows = [1], [1]  # stage 0 (MBConv) has neither
+    for i in range(1, stages):
+        n, offsets = shape(f"{_LAYERS}{i}/blocks_0/attn/attention_biases")
+        heads.append(n)
+        windows.append(math.isqrt(offsets))
+    first = f"{_LAYERS}1/blocks_0"
+    return TinyViTConfig(
+        embed_dims=tuple(dims),
+        depths=tuple(depths),
+        num_heads=tuple(heads),
+        window_sizes=tuple(windows),
+        merge_strides=tuple(1 if d in official.STRIDE_ONE_MERGE_DIMS else 2 for d in dims[1:]),
+        img_size=official.TINY_VIT_IMG_SIZE,
+        in_chans=shape(TINY_VIT_MARKER)[2],
+        mlp_ratio=shape(f"{first}/mlp/fc1/kernel")[1] / dims[1],
+        mbconv_expand_ratio=shape(f"{_LAYERS}0/blocks_0/conv1/c/kernel")[-1] / dims[0],
+        local_conv_size=shape(f"{first}/local_conv/c/kernel")[0],
+        out_chans=shape("image_encoder/neck/conv1/kernel")[-1],
+    )
 
 
 def _name_preset(config: SamHQConfig) -> SamHQConfig:
@@ -224,7 +315,7 @@ def _closest_preset(inferred: SamHQConfig) -> SamHQConfig:
     for name in PRESETS:
         preset = SamHQConfig.preset(name, transformer_layer_norm_eps=eps)
         enc, got = preset.image_encoder, inferred.image_encoder
-        if (enc.embed_dim, enc.img_size) == (got.embed_dim, got.img_size):
+        if (type(enc), enc.early_dim, enc.img_size) == (type(got), got.early_dim, got.img_size):
             return preset
     raise ConversionError(
         "the weights describe a SAM-HQ structure that matches no preset "

@@ -33,7 +33,8 @@ def export_official(params: dict, dst: str | Path) -> Path:
 def export_hf(config: SamHQConfig, params: dict, dst: str | Path) -> Path:
     """Write a folder ``SamHQModel.from_pretrained`` loads: ``config.json`` + ``model.safetensors``."""
     dst = Path(dst)
+    hf_config = hf_config_dict(config)  # refuses a model transformers cannot hold before anything is written
     dst.mkdir(parents=True, exist_ok=True)
     save_file(params_to_state_dict(params, HF), str(dst / HF_WEIGHTS), metadata={"format": "pt"})
-    (dst / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
+    (dst / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return dst

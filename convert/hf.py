@@ -9,7 +9,8 @@ section 2. The random-Fourier matrix is stored twice (tied): both keys map to ou
 from __future__ import annotations
 
 from convert.rules import Rule, conv, conv_transpose, flatten, linear, norm, tensor
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import SamHQConfig, TinyViTConfig
+from samhq_jax.errors import InputError
 
 _ENC, _PE, _DEC = "vision_encoder", "prompt_encoder", "mask_decoder"
 _OE = "image_encoder"
@@ -96,7 +97,14 @@ def hf_config_dict(config: SamHQConfig) -> dict:
 
     ``mask_decoder_config.layer_norm_eps`` only sets the two-way LayerNorms 1-4 in transformers, so
     carrying ``transformer_layer_norm_eps`` over keeps the numbers of official weights exactly.
+    transformers' ``SamHQModel`` has only the ViT encoder: a TinyViT model (``vit_tiny``, Light
+    HQ-SAM) is an :class:`~samhq_jax.errors.InputError`.
     """
+    if isinstance(config.image_encoder, TinyViTConfig):
+        raise InputError(
+            f"no Hugging Face format exists for {config.name} (Light HQ-SAM's TinyViT encoder): transformers' "
+            "SamHQModel has only the ViT encoder; use --to ours or --to official"
+        )
     enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
     return dict(
         model_type="sam_hq",

@@ -1,15 +1,18 @@
-"""Mapping table for the official SysCV/sam-hq state dict (``sam_hq_vit_{b,l,h}.pth``).
+"""Mapping table for the official SysCV/sam-hq state dict (``sam_hq_vit_{b,l,h,tiny}.pth``).
 
 Keys as written by ``segment_anything_hq.build_sam`` models (``Sam.state_dict()``); see
-``../shared/reference/samhq_official.md`` section 2.1. Sequential indices: ``neck.0..3``,
+``../shared/reference/samhq_official.md`` sections 1.3 and 2.1. Sequential indices: ``neck.0..3``,
 ``mask_downscaling.0/1/3/4/6``, ``output_upscaling.0/1/3`` and the HQ fusion stacks ``0/1/3``.
+The TinyViT encoder of ``vit_tiny`` (and of MobileSAM's ``mobile_sam.pt``) has its own rules
+(``image_encoder.patch_embed.seq.*``, ``image_encoder.layers.*``); the neck's are shared.
 """
 
 from __future__ import annotations
 
-from convert.rules import Rule, conv, conv_transpose, flatten, linear, norm, tensor
+from convert.rules import Rule, conv, conv_bn, conv_transpose, flatten, linear, norm, tensor
 
 _ENC, _PE, _DEC = "image_encoder", "prompt_encoder", "mask_decoder"
+_L, _LO = f"{_ENC}.layers.{{i}}", f"{_ENC}/layers_{{i}}"  # TinyViT stages
 _T = f"{_DEC}.transformer"
 _TO = f"{_DEC}/transformer"
 _ATTENTIONS = ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token")
@@ -27,6 +30,17 @@ RULES: tuple[Rule, ...] = flatten(
         norm(f"{_ENC}.blocks.{{i}}.norm2", f"{_ENC}/blocks_{{i}}/norm2"),
         linear(f"{_ENC}.blocks.{{i}}.mlp.lin1", f"{_ENC}/blocks_{{i}}/mlp/layers_0"),
         linear(f"{_ENC}.blocks.{{i}}.mlp.lin2", f"{_ENC}/blocks_{{i}}/mlp/layers_1"),
+        conv_bn(f"{_ENC}.patch_embed.seq.{{i}}", f"{_ENC}/patch_embed/seq_{{i}}"),
+        conv_bn(f"{_L}.blocks.{{j}}.conv{{n}}", f"{_LO}/blocks_{{j}}/conv{{n}}"),
+        conv_bn(f"{_L}.downsample.conv{{n}}", f"{_LO}/downsample/conv{{n}}"),
+        norm(f"{_L}.blocks.{{j}}.attn.norm", f"{_LO}/blocks_{{j}}/attn/norm"),
+        linear(f"{_L}.blocks.{{j}}.attn.qkv", f"{_LO}/blocks_{{j}}/attn/qkv"),
+        linear(f"{_L}.blocks.{{j}}.attn.proj", f"{_LO}/blocks_{{j}}/attn/proj"),
+        tensor(f"{_L}.blocks.{{j}}.attn.attention_biases", f"{_LO}/blocks_{{j}}/attn/attention_biases"),
+        conv_bn(f"{_L}.blocks.{{j}}.local_conv", f"{_LO}/blocks_{{j}}/local_conv"),
+        norm(f"{_L}.blocks.{{j}}.mlp.norm", f"{_LO}/blocks_{{j}}/mlp/norm"),
+        linear(f"{_L}.blocks.{{j}}.mlp.fc1", f"{_LO}/blocks_{{j}}/mlp/fc1"),
+        linear(f"{_L}.blocks.{{j}}.mlp.fc2", f"{_LO}/blocks_{{j}}/mlp/fc2"),
         conv(f"{_ENC}.neck.0", f"{_ENC}/neck/conv1", bias=False),
         norm(f"{_ENC}.neck.1", f"{_ENC}/neck/norm1"),
         conv(f"{_ENC}.neck.2", f"{_ENC}/neck/conv2", bias=False),
@@ -79,3 +93,16 @@ RULES: tuple[Rule, ...] = flatten(
 
 # Non-persistent buffers some re-saved checkpoints carry; they are constants, not weights.
 IGNORED_KEYS = frozenset({"pixel_mean", "pixel_std"})
+
+# Tensors the released files carry but no model uses: skipped by name on import, counted in the log.
+UNUSED_KEYS = (
+    # TinyViT's ImageNet classifier (sam_hq_vit_tiny.pth, mobile_sam.pt): built, never called
+    ("classifier head", r"^image_encoder\.(norm_head|head)\.(weight|bias)$"),
+    # BatchNorm's batch counter (training-time bookkeeping; inference uses the running statistics)
+    ("BatchNorm num_batches_tracked", r"\.bn\.num_batches_tracked$"),
+)
+
+# The official PatchMerging strides 1 (not 2) when its output width is one of these (tiny_vit_sam.py);
+# the weights do not show the stride, so an imported TinyViT gets it by this rule.
+STRIDE_ONE_MERGE_DIMS = (320, 448, 576)
+TINY_VIT_IMG_SIZE = 1024  # the official builds TinyViT for 1024 px only (its forward hard-codes the 64x64 grid)

@@ -85,6 +85,14 @@ def norm(torch: str, ours: str) -> list[Rule]:
     return [Rule(f"{torch}.weight", f"{ours}/scale"), Rule(f"{torch}.bias", f"{ours}/bias")]
 
 
+def conv_bn(torch: str, ours: str) -> list[Rule]:
+    """TinyViT's ``Conv2d_BN`` (bias-free ``c`` + ``BatchNorm2d`` ``bn``) -> :class:`samhq_jax.tiny_vit.Conv2dBN`;
+    the running statistics keep their names (``num_batches_tracked`` is not a weight: see the formats'
+    unused keys)."""
+    stats = [Rule(f"{torch}.bn.{name}", f"{ours}/bn/{name}") for name in ("running_mean", "running_var")]
+    return conv(f"{torch}.c", f"{ours}/c", bias=False) + norm(f"{torch}.bn", f"{ours}/bn") + stats
+
+
 def tensor(torch: str, ours: str) -> list[Rule]:
     """A bare tensor (embedding weight, position table) copied as is."""
     return [Rule(torch, ours)]

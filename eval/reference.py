@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from convert.hf import hf_config_dict
-from samhq_jax.config import HF_TRANSFORMER_LN_EPS, SamHQConfig
+from convert.official import STRIDE_ONE_MERGE_DIMS
+from samhq_jax.config import HF_TRANSFORMER_LN_EPS, ImageEncoderConfig, SamHQConfig, TinyViTConfig
 
 _MATRIX_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 
@@ -25,9 +26,11 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
     """Overwrite every parameter and persistent buffer of ``module`` with seeded random values.
 
     By the kind of layer that owns the tensor: Linear / Conv / ConvTranspose weights
-    ~ N / sqrt(fan_in) and biases ~ 0.1 N; LayerNorm weights ~ 1 + 0.1 N and biases
-    ~ 0.1 N; embeddings (output tokens, point / no-mask embeddings) and the random-Fourier matrix
-    ~ N(0, 1); ``pos_embed`` and ``rel_pos_*`` ~ 0.2 N.
+    ~ N / sqrt(fan_in) and biases ~ 0.1 N; LayerNorm / BatchNorm weights ~ 1 + 0.1 N and biases
+    ~ 0.1 N; BatchNorm ``running_mean`` ~ 0.1 N and ``running_var`` ~ exp(0.2 N) (positive);
+    embeddings (output tokens, point / no-mask embeddings) and the random-Fourier matrix ~ N(0, 1);
+    ``pos_embed``, ``rel_pos_*`` and TinyViT's ``attention_biases`` ~ 0.2 N. Call ``eval()`` after it:
+    TinyViT's attention caches its gathered biases (``ab``) when switched to eval mode.
     """
     owner = {}
     for mod_name, mod in module.named_modules():
@@ -43,11 +46,13 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
             if isinstance(mod, _MATRIX_LAYERS) and leaf == "weight":
                 fan_in = t.shape[0] if isinstance(mod, torch.nn.ConvTranspose2d) else int(np.prod(t.shape[1:]))
                 value = r / np.sqrt(fan_in)
-            elif leaf == "bias":
+            elif leaf in ("bias", "running_mean"):
                 value = 0.1 * r
+            elif leaf == "running_var":
+                value = torch.exp(0.2 * r)
             elif leaf == "weight" and t.ndim == 1:  # LayerNorm / LayerNorm2d scale
                 value = 1 + 0.1 * r
-            elif "rel_pos" in leaf or leaf == "pos_embed":
+            elif "rel_pos" in leaf or leaf in ("pos_embed", "attention_biases"):
                 value = 0.2 * r
             else:  # embeddings, tokens, the random-Fourier matrix
                 value = r
@@ -67,6 +72,8 @@ def build_official(config: SamHQConfig, seed: int = 0, plain_sam: bool = False) 
         else:
             from segment_anything_hq import modeling
     enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
+    if plain_sam and isinstance(enc, TinyViTConfig):
+        raise ValueError("segment-anything has no TinyViT encoder: no plain-SAM reference for vit_tiny")
     g = enc.grid_size
     decoder_kwargs = dict(
         transformer_dim=dec.transformer_dim,
@@ -84,24 +91,9 @@ def build_official(config: SamHQConfig, seed: int = 0, plain_sam: bool = False) 
     if plain_sam:
         mask_decoder = modeling.MaskDecoder(**decoder_kwargs)
     else:
-        mask_decoder = modeling.MaskDecoderHQ(**decoder_kwargs, vit_dim=enc.embed_dim)
+        mask_decoder = modeling.MaskDecoderHQ(**decoder_kwargs, vit_dim=enc.early_dim)
     model = modeling.Sam(
-        image_encoder=modeling.ImageEncoderViT(
-            img_size=enc.img_size,
-            patch_size=enc.patch_size,
-            in_chans=enc.in_chans,
-            embed_dim=enc.embed_dim,
-            depth=enc.depth,
-            num_heads=enc.num_heads,
-            mlp_ratio=enc.mlp_ratio,
-            out_chans=enc.out_chans,
-            qkv_bias=enc.qkv_bias,
-            norm_layer=functools.partial(torch.nn.LayerNorm, eps=enc.layer_norm_eps),
-            use_abs_pos=enc.use_abs_pos,
-            use_rel_pos=enc.use_rel_pos,
-            window_size=enc.window_size,
-            global_attn_indexes=list(enc.global_attn_indexes),
-        ),
+        image_encoder=_official_tiny_vit(enc) if isinstance(enc, TinyViTConfig) else _official_vit(modeling, enc),
         prompt_encoder=modeling.PromptEncoder(
             embed_dim=pe.embed_dim,
             image_embedding_size=(g, g),
@@ -112,6 +104,65 @@ def build_official(config: SamHQConfig, seed: int = 0, plain_sam: bool = False) 
     )
     randomize_(model, seed)
     return model.eval()
+
+
+def _official_vit(modeling: object, enc: ImageEncoderConfig) -> torch.nn.Module:
+    """``ImageEncoderViT`` of ``modeling`` (``segment_anything[_hq].modeling``) with ``enc``'s structure."""
+    return modeling.ImageEncoderViT(
+        img_size=enc.img_size,
+        patch_size=enc.patch_size,
+        in_chans=enc.in_chans,
+        embed_dim=enc.embed_dim,
+        depth=enc.depth,
+        num_heads=enc.num_heads,
+        mlp_ratio=enc.mlp_ratio,
+        out_chans=enc.out_chans,
+        qkv_bias=enc.qkv_bias,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=enc.layer_norm_eps),
+        use_abs_pos=enc.use_abs_pos,
+        use_rel_pos=enc.use_rel_pos,
+        window_size=enc.window_size,
+        global_attn_indexes=list(enc.global_attn_indexes),
+    )
+
+
+def _official_tiny_vit(enc: TinyViTConfig) -> torch.nn.Module:
+    """``segment_anything_hq``'s ``TinyViT`` with ``enc``'s structure, as ``build_sam_vit_t`` builds it.
+
+    The official module fixes what our config states: merge strides by its out-width rule, a 64x64
+    final grid, a 256-wide neck and the eps values; a config it cannot express is a ``ValueError``.
+    """
+    from segment_anything_hq.modeling import TinyViT
+
+    strides = tuple(1 if d in STRIDE_ONE_MERGE_DIMS else 2 for d in enc.embed_dims[1:])
+    official = dict(
+        merge_strides=strides,
+        grid_size=64,
+        out_chans=256,
+        early_stage=1,
+        batch_norm_eps=1e-5,
+        layer_norm_eps=1e-5,
+        neck_layer_norm_eps=1e-6,
+    )
+    differs = {k: getattr(enc, k) for k, v in official.items() if getattr(enc, k) != v}
+    if differs:
+        raise ValueError(f"the official TinyViT cannot be built with {differs} (it fixes {official})")
+    return TinyViT(
+        img_size=enc.img_size,
+        in_chans=enc.in_chans,
+        num_classes=1000,
+        embed_dims=list(enc.embed_dims),
+        depths=list(enc.depths),
+        num_heads=list(enc.num_heads),
+        window_sizes=list(enc.window_sizes),
+        mlp_ratio=enc.mlp_ratio,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=enc.mbconv_expand_ratio,
+        local_conv_size=enc.local_conv_size,
+        layer_lr_decay=0.8,
+    )
 
 
 def build_hf(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,84 @@ class ImageEncoderConfig:
         """Index of the block whose output feeds the HQ decoder (the first global-attention block)."""
         return min(self.global_attn_indexes)
 
+    @property
+    def early_dim(self) -> int:
+        """Channels of the early feature the HQ decoder fuses (the decoder's ``vit_dim``)."""
+        return self.embed_dim
+
+
+PATCH_EMBED_STRIDE = 4  # TinyViT's patch embedding: two stride-2 3x3 convolutions
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyViTConfig:
+    """TinyViT image encoder (MobileSAM's, Light HQ-SAM ``vit_tiny``; ``tiny_vit_sam.py``).
+
+    Stage 0 is MBConv blocks, stages 1.. are windowed-attention TinyViT blocks; a patch merging
+    follows every stage but the last. The HQ decoder fuses the output of stage ``early_stage``.
+    """
+
+    embed_dims: tuple[int, ...]  # channels of each stage
+    depths: tuple[int, ...]  # blocks of each stage
+    num_heads: tuple[int, ...]  # attention heads of each stage (stage 0's entry is unused)
+    window_sizes: tuple[int, ...]  # attention window side of each stage (stage 0's entry is unused)
+    # stride of the patch merging after each stage but the last; the official code picks 1 when the
+    # merged width is 320, 448 or 576 and 2 otherwise, so vit_tiny's last merge keeps 64x64
+    merge_strides: tuple[int, ...]
+    early_stage: int = 1  # stage whose output feeds the HQ decoder
+    img_size: int = 1024  # side of the square, padded network input
+    in_chans: int = 3
+    mlp_ratio: float = 4.0  # TinyViT-block MLP hidden width = mlp_ratio * stage width
+    mbconv_expand_ratio: float = 4.0  # MBConv hidden width = ratio * stage-0 width
+    local_conv_size: int = 3  # depthwise convolution between attention and MLP
+    out_chans: int = 256  # neck output channels (= prompt embedding dim)
+    batch_norm_eps: float = 1e-5  # every Conv2d_BN
+    layer_norm_eps: float = 1e-5  # attention and MLP LayerNorms
+    neck_layer_norm_eps: float = 1e-6  # the neck's LayerNorm2d
+
+    def __post_init__(self) -> None:
+        n = len(self.embed_dims)
+        lengths = {len(self.depths), len(self.num_heads), len(self.window_sizes), len(self.merge_strides) + 1}
+        if n < 2 or lengths != {n}:
+            raise ValueError(
+                "embed_dims, depths, num_heads and window_sizes need one entry per stage (at least 2) "
+                f"and merge_strides one fewer, got {n}, {len(self.depths)}, {len(self.num_heads)}, "
+                f"{len(self.window_sizes)} and {len(self.merge_strides)}"
+            )
+        bad = [i for i in range(1, n) if self.embed_dims[i] % self.num_heads[i]]
+        if bad:
+            raise ValueError(f"embed_dims of stage(s) {bad} not divisible by their num_heads")
+        if any(s not in (1, 2) for s in self.merge_strides):
+            raise ValueError(f"merge_strides must be 1 or 2, got {self.merge_strides}")
+        if self.img_size % (PATCH_EMBED_STRIDE * math.prod(self.merge_strides)):
+            raise ValueError(f"img_size {self.img_size} does not divide by the total stride")
+        if not 1 <= self.early_stage < n or math.prod(self.merge_strides[self.early_stage + 1 :]) != 1:
+            raise ValueError(
+                f"early_stage {self.early_stage} must be a stage >= 1 whose output has the final grid size"
+            )
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.embed_dims)
+
+    def stage_resolution(self, i: int) -> int:
+        """Side of the token map stage ``i`` runs on (before its patch merging)."""
+        return self.img_size // PATCH_EMBED_STRIDE // math.prod(self.merge_strides[:i])
+
+    def stage_out_dim(self, i: int) -> int:
+        """Channels after stage ``i`` (after its patch merging, if it has one)."""
+        return self.embed_dims[min(i + 1, self.num_stages - 1)]
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the final token map and of the image embedding (64 for vit_tiny)."""
+        return self.stage_resolution(self.num_stages - 1)
+
+    @property
+    def early_dim(self) -> int:
+        """Channels of the early feature the HQ decoder fuses (the decoder's ``vit_dim``: 160)."""
+        return self.stage_out_dim(self.early_stage)
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptEncoderConfig:
@@ -121,7 +200,7 @@ class MaskDecoderConfig:
 class SamHQConfig:
     """Whole SAM-HQ model. ``name`` is informational (the preset it came from, if any)."""
 
-    image_encoder: ImageEncoderConfig
+    image_encoder: ImageEncoderConfig | TinyViTConfig
     prompt_encoder: PromptEncoderConfig = PromptEncoderConfig()
     mask_decoder: MaskDecoderConfig = MaskDecoderConfig()
     name: str = "custom"
@@ -170,6 +249,18 @@ class SamHQConfig:
         """HQ-SAM ViT-H: 1280 wide, 32 blocks, 16 heads (head dim 80), global attention at 7, 15, 23, 31."""
         enc = ImageEncoderConfig(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31))
         return cls(enc, mask_decoder=MaskDecoderConfig(**decoder_overrides), name="vit_h")
+
+    @classmethod
+    def vit_tiny(cls, **decoder_overrides: Any) -> SamHQConfig:
+        """Light HQ-SAM: MobileSAM's TinyViT (widths 64/128/160/320, depths 2/2/6/2, windows 7/7/14/7)."""
+        enc = TinyViTConfig(
+            embed_dims=(64, 128, 160, 320),
+            depths=(2, 2, 6, 2),
+            num_heads=(2, 4, 5, 10),
+            window_sizes=(7, 7, 14, 7),
+            merge_strides=(2, 2, 1),
+        )
+        return cls(enc, mask_decoder=MaskDecoderConfig(**decoder_overrides), name="vit_tiny")
 
     @classmethod
     def _tiny(
@@ -234,13 +325,14 @@ class SamHQConfig:
         hints = typing.get_type_hints(cls)
         values = _checked_fields(cls, d, where, optional=("name",))  # every section present
         for key, value in values.items():
-            if dataclasses.is_dataclass(hints[key]):
+            kind = _section_class(hints[key], value)
+            if dataclasses.is_dataclass(kind):
                 section = f"{where}.{key}"
-                values[key] = _build(hints[key], _checked_fields(hints[key], value, section), section)
+                values[key] = _build(kind, _checked_fields(kind, value, section), section)
         return _build(cls, values, where)
 
 
-PRESETS = ("vit_b", "vit_l", "vit_h", "tiny_b", "tiny_l", "tiny_h")
+PRESETS = ("vit_b", "vit_l", "vit_h", "vit_tiny", "tiny_b", "tiny_l", "tiny_h")
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
@@ -279,13 +371,27 @@ def checked_value(value: Any, kind: Any, where: str) -> Any:
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
         )
         value = tuple(value) if ok else value
-    elif kind is dict or dataclasses.is_dataclass(kind):  # a section: its reader checks its fields
+    elif kind is dict or dataclasses.is_dataclass(_section_class(kind, value)):  # a section: its reader checks it
         ok, want = isinstance(value, dict), "an object {...}"
     else:
         raise TypeError(f"{where}: no JSON check for fields of type {kind}")
     if not ok:
         raise ValueError(f"{where}: expected {want}, got {json.dumps(value, default=str)[:60]}")
     return value
+
+
+def _section_class(hint: Any, value: Any) -> Any:
+    """The type a config field of type ``hint`` reads ``value`` as. For a union of dataclasses (the
+    image encoder: ViT or TinyViT), the member whose fields hold every key of ``value``, else the first
+    (whose checks then name the offending keys)."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return hint
+    members = typing.get_args(hint)
+    if isinstance(value, dict):
+        for member in members:
+            if set(value) <= {f.name for f in dataclasses.fields(member)}:
+                return member
+    return members[0]
 
 
 def _json_kind(value: Any) -> str:

@@ -102,7 +102,8 @@ def shifted_tap_sum(per_tap: jax.Array, k: int) -> jax.Array:
 class MaskDecoderHQ(nn.Module):
     """Predicts one HQ mask and one IoU score per prompt.
 
-    ``vit_dim`` is the ViT width (channels of the early feature).
+    ``vit_dim`` is the channels of the early feature (``config.image_encoder.early_dim``: the ViT
+    width, or 160 for TinyViT's stage-1 output).
     """
 
     config: MaskDecoderConfig
@@ -153,7 +154,7 @@ class MaskDecoderHQ(nn.Module):
 
         Args:
           image_embeddings: ``(B, G, G, C)`` image encoder output.
-          early_features: ``(B, G, G, vit_dim)`` output of the first global-attention ViT block.
+          early_features: ``(B, G, G, vit_dim)`` the encoder's early feature.
           image_pe: ``(G, G, C)`` dense positional encoding.
           sparse_embeddings: ``(B, P, T, C)`` prompt tokens.
           dense_embeddings: ``(B, P, G, G, C)`` mask-prompt (or no-mask) embeddings.

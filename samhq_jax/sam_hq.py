@@ -18,11 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import SamHQConfig, TinyViTConfig
 from samhq_jax.image_encoder import AUTO, ImageEncoderViT
 from samhq_jax.layers import Dtype
 from samhq_jax.mask_decoder_hq import MaskDecoderHQ
 from samhq_jax.prompt_encoder import PromptEncoder
+from samhq_jax.tiny_vit import TinyViT
 
 
 class ImageEmbeddings(NamedTuple):
@@ -30,7 +31,8 @@ class ImageEmbeddings(NamedTuple):
 
     Attributes:
       image_embeddings: ``(B, G, G, C)`` neck output (G = 64, C = 256 for the real models).
-      early_features: ``(B, G, G, vit_dim)`` output of the first global-attention ViT block.
+      early_features: ``(B, G, G, vit_dim)`` the early feature: output of the first global-attention
+        ViT block, or of TinyViT's ``early_stage``.
       hq_features: optional ``(B, 4G, 4G, C/8)`` global-local fusion of the two (depends on the image
         only, so :class:`SamHQPredictor` computes it once at ``set_image``); None: computed per decode.
       image_pe: optional ``(G, G, C)`` dense positional encoding of the image tokens (depends on the
@@ -45,7 +47,8 @@ class ImageEmbeddings(NamedTuple):
 
 
 class SamHQ(nn.Module):
-    """SAM-HQ: image encoder, prompt encoder and HQ mask decoder.
+    """SAM-HQ: image encoder (the ViT, or TinyViT for a :class:`TinyViTConfig`: Light HQ-SAM), prompt
+    encoder and HQ mask decoder.
 
     ``dtype`` is the compute dtype; parameters are stored in ``param_dtype``. ``attention``: the image
     encoder's attention form: ``"auto"`` (the platform's fastest) or one of
@@ -63,9 +66,10 @@ class SamHQ(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.image_encoder = ImageEncoderViT(cfg.image_encoder, attention=self.attention, remat=self.remat, **kw)
+        encoder = TinyViT if isinstance(cfg.image_encoder, TinyViTConfig) else ImageEncoderViT
+        self.image_encoder = encoder(cfg.image_encoder, attention=self.attention, remat=self.remat, **kw)
         self.prompt_encoder = PromptEncoder(cfg.prompt_encoder, cfg.img_size, cfg.embedding_size, **kw)
-        self.mask_decoder = MaskDecoderHQ(cfg.mask_decoder, cfg.image_encoder.embed_dim, **kw)
+        self.mask_decoder = MaskDecoderHQ(cfg.mask_decoder, cfg.image_encoder.early_dim, **kw)
 
     def embed_image(self, images: jax.Array, hq_features: bool = False) -> ImageEmbeddings:
         """Encode ``(B, S, S, 3)`` normalised, zero-padded NHWC images (S = ``config.img_size``).

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.parity.stages import Arrays, Prompts, Size, capture_encoder_stages, to_tensor
+from eval.parity.stages import Arrays, Prompts, Size, capture_encoder_stages, to_tensor, vit_stages
 
 HF_VERSION = "4.53"  # the release whose masks match the official package (4.54+ regressed)
 
@@ -50,7 +50,7 @@ def hf_image_stages(model: torch.nn.Module, images: np.ndarray) -> Arrays:
         out = enc(x, return_dict=True)
         return out.last_hidden_state, out.intermediate_embeddings[0]
 
-    return capture_encoder_stages(enc, enc.layers, images, forward)
+    return capture_encoder_stages(vit_stages(enc, enc.layers), images, forward)
 
 
 def _hf_decode_one(

@@ -7,22 +7,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eval.parity.stages import Arrays, Prompts, Size, capture_encoder_stages, to_tensor
+from eval.parity.stages import Arrays, Prompts, Size, capture_encoder_stages, tiny_vit_stages, to_tensor, vit_stages
 
 if TYPE_CHECKING:
     import torch
 
 
 def official_image_stages(model: torch.nn.Module, images: np.ndarray) -> Arrays:
-    """Run the official image encoder on NHWC ``images``; per-stage NHWC arrays
+    """Run the official image encoder (ViT or TinyViT) on NHWC ``images``; per-stage NHWC arrays
     (see :func:`capture_encoder_stages`)."""
     enc = model.image_encoder
+    stages = tiny_vit_stages(enc) if hasattr(enc, "layers") else vit_stages(enc, enc.blocks)
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb, interm = enc(x)
         return emb, interm[0]
 
-    return capture_encoder_stages(enc, enc.blocks, images, forward)
+    return capture_encoder_stages(stages, images, forward)
 
 
 def _decode_one(

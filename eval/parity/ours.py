@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict
 
 from eval.parity.stages import FLAGS, Arrays, Flags, Prompts, Size
 from samhq_jax.config import SamHQConfig
@@ -55,7 +56,7 @@ def jax_image_stages(config: SamHQConfig, params: dict, images: np.ndarray, dtyp
     """Our image encoder with its sown intermediates, as numpy (same keys and shapes as
     :func:`official_image_stages`); ``dtype`` is the compute dtype."""
     embedded, state = _embed_fn(config, dtype)({"params": params}, jnp.asarray(images))
-    inter = state["intermediates"]["image_encoder"]
+    inter = flatten_dict(state["intermediates"]["image_encoder"], sep="_")  # TinyViT: layers_{i}_blocks_{j}_out
     out = {k.removesuffix("_out"): np.asarray(v[0]) for k, v in inter.items()}
     out.update(
         image_embeddings=np.asarray(embedded.image_embeddings), early_features=np.asarray(embedded.early_features)

@@ -4,6 +4,7 @@ they decode, the bar, and the PyTorch hooks shared by the references."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,33 +56,66 @@ def mask_agreement(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean((np.asarray(ours) > 0) == (np.asarray(ref) > 0)))
 
 
+NHWC, NCHW, TOKENS = "nhwc", "nchw", "tokens"  # layouts of a captured stage output
+Stages = dict[str, tuple["torch.nn.Module", str]]  # stage name -> (module, layout of its output)
+
+
+def vit_stages(encoder: torch.nn.Module, blocks: list[torch.nn.Module]) -> Stages:
+    """A ViT encoder's stages: ``patch_embed``, ``blocks_i`` (NHWC) and ``neck`` (NCHW)."""
+    stages = {"patch_embed": (encoder.patch_embed, NHWC)}
+    stages.update({f"blocks_{i}": (blk, NHWC) for i, blk in enumerate(blocks)})
+    stages["neck"] = (encoder.neck, NCHW)
+    return stages
+
+
+def tiny_vit_stages(encoder: torch.nn.Module) -> Stages:
+    """The official TinyViT's stages, named as our sown intermediates: ``patch_embed``, every block
+    ``layers_{i}_blocks_{j}``, every stage ``layers_{i}`` (after its patch merging) and ``neck``.
+    Stage 0's blocks work on NCHW maps, every later output is a ``(B, L, C)`` token list."""
+    stages = {"patch_embed": (encoder.patch_embed, NCHW)}
+    for i, layer in enumerate(encoder.layers):
+        stages.update(
+            {f"layers_{i}_blocks_{j}": (blk, NCHW if i == 0 else TOKENS) for j, blk in enumerate(layer.blocks)}
+        )
+        stages[f"layers_{i}"] = (layer, TOKENS)
+    stages["neck"] = (encoder.neck, NCHW)
+    return stages
+
+
+def _to_nhwc(t: torch.Tensor, layout: str) -> np.ndarray:
+    """A captured output as an NHWC numpy array (a square token list is reshaped row-major)."""
+    if layout == NCHW:
+        t = t.permute(0, 2, 3, 1)
+    elif layout == TOKENS:
+        side = math.isqrt(t.shape[1])
+        t = t.reshape(t.shape[0], side, side, t.shape[2])
+    return t.detach().numpy().copy()
+
+
 def capture_encoder_stages(
-    encoder: torch.nn.Module,
-    blocks: list[torch.nn.Module],
+    stages: Stages,
     images: np.ndarray,
     forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
 ) -> Arrays:
-    """Run a PyTorch ViT image encoder on ``(B, S, S, 3)`` NHWC ``images`` with hooks on its
-    ``patch_embed``, each of ``blocks`` and its ``neck``; ``forward(NCHW images)`` returns the
+    """Run a PyTorch image encoder on ``(B, S, S, 3)`` NHWC ``images`` with a hook on each module of
+    ``stages`` (:func:`vit_stages`, :func:`tiny_vit_stages`); ``forward(NCHW images)`` returns the
     embeddings ``(B, C, G, G)`` and the early feature ``(B, G, G, D)``.
 
-    Returns per-stage NHWC arrays: ``patch_embed`` / ``blocks_i`` ``(B, G, G, D)``, ``neck`` /
-    ``image_embeddings`` ``(B, G, G, C)``, ``early_features`` ``(B, G, G, D)``.
+    Returns per-stage NHWC arrays under the stage names, plus ``image_embeddings`` ``(B, G, G, C)``
+    and ``early_features`` ``(B, G, G, D)``.
     """
     import torch
 
     captured: Arrays = {}
 
-    def keep(name: str, nchw: bool = False) -> Callable:
+    def keep(name: str, layout: str) -> Callable:
         def hook(_m: torch.nn.Module, _i: tuple, out: torch.Tensor | tuple) -> None:
             t = out[0] if isinstance(out, tuple) else out  # transformers' layers return tuples
-            captured[name] = (t.permute(0, 2, 3, 1) if nchw else t).detach().numpy().copy()
+            captured[name] = _to_nhwc(t, layout)
 
         return hook
 
-    handles = [encoder.patch_embed.register_forward_hook(keep("patch_embed"))]
-    handles += [blk.register_forward_hook(keep(f"blocks_{i}")) for i, blk in enumerate(blocks)]
-    handles.append(encoder.neck.register_forward_hook(keep("neck", nchw=True)))
+    handles = [module.register_forward_hook(keep(name, layout)) for name, (module, layout) in stages.items()]
     try:
         with torch.no_grad():
             emb, early = forward(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
