@@ -11,7 +11,8 @@
 
 Everything lands in ``DIR``: ``data/``, ``sam/`` and ``hq/`` (training runs; ``hq/final`` is a model
 ``samhq predict`` takes), ``eval/`` (``summary.md``, ``summary.json``, ``per_image.csv``,
-``pictures/``).
+``pictures/``); a rerun into the same ``DIR`` replaces them (the runs and the evaluation are the
+demo's own).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from samhq_jax.datasets import folder_pairs
+from samhq_jax.errors import RunError
 from train.loop import TrainConfig, train, validate
 from train.synthetic import write_synthetic_dataset
 
@@ -55,7 +57,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     train_dir = write_synthetic_dataset(out / "data" / "train", cfg.train_images, size=size, seed=cfg.seed)
     val_dir = write_synthetic_dataset(out / "data" / "val", cfg.val_images, size=size, seed=cfg.seed + 1)
 
-    common = dict(data=(str(train_dir),), batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, log_every=10)
+    # the demo's own runs: a rerun into the same --output replaces them (overwrite)
+    common = dict(
+        data=(str(train_dir),), batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, log_every=10, overwrite=True
+    )
     print(f"[2/4] stand-in SAM: {cfg.preset} trained end to end for {cfg.sam_steps} steps (SAM's mask output)")
     sam = train(
         TrainConfig(
@@ -101,10 +106,11 @@ def run_demo(cfg: DemoConfig) -> dict:
             str(out / "eval"),
             "--pictures",
             str(cfg.pictures),
+            "--overwrite",
         ]
     )
     if status:
-        raise RuntimeError(f"the evaluation failed (exit status {status})")
+        raise RunError(f"the evaluation failed (exit status {status})")
     summary = json.loads((out / "eval" / "summary.json").read_text())
     mean = summary["mean"]
     print(
