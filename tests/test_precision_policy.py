@@ -248,7 +248,7 @@ def test_train_cli_bad_values_exit_2(tmp_path, capsys) -> None:
 def test_validation_runs_under_the_given_policy(monkeypatch) -> None:
     seen = []
 
-    def evaluate_pairs(config, params, pairs, batch_size, policy):
+    def evaluate_pairs(config, params, pairs, batch_size, policy, mesh=None):
         seen.append(policy)
         return [ImageRecord("v", "a", skipped="not run")]
 
@@ -292,7 +292,8 @@ def test_train_run_records_its_numerics(tiny_checkpoint, tmp_path, monkeypatch) 
         "dtype": "bfloat16",
         "validation": {"precision": "highest", "dtype": "float32"},
     }
-    assert record["settings"]["precision"] == "highest" and record["settings"]["dtype"] == "bfloat16"
-    assert record["settings"]["output"] == str(out) and record["start_step"] == 0
+    settings, first = record["recipe"]["settings"], record["starts"][0]
+    assert settings["precision"] == "highest" and settings["dtype"] == "bfloat16"
+    assert first["settings"]["output"] == str(out) and first["step"] == 0
     assert handed == [Policy("highest", "float32")]
     assert made[0]["precision"] == "highest" and made[0]["encoder_dtype"] == jnp.bfloat16

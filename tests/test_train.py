@@ -36,6 +36,7 @@ from samhq_jax.datasets import folder_pairs
 from samhq_jax.errors import InputError
 from samhq_jax.hq_params import is_hq_path
 from samhq_jax.sam_hq import SamHQ, init_params
+from train.bench import main as bench_main
 from train.cli import build_parser
 from train.cli import main as train_main
 from train.loop import (
@@ -303,6 +304,14 @@ def test_cli_errors_exit_2(setup, tmp_path, capsys) -> None:
     ):
         with pytest.raises(InputError, match=flag):
             TrainConfig(output=tmp_path / "o", preset=PRESET, data=("d",), **bad)
+
+
+def test_train_bench_is_guarded(capsys) -> None:
+    """``python -m train.bench``: bad flags are one line, exit 2, before any work."""
+    for argv, text in ((["--presets", "nope"], "--presets: unknown"), (["--steps", "0"], "argument --steps")):
+        assert bench_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("train.bench: error:") and text in err and len(err.splitlines()) == 1, err
 
 
 def test_tensorboard_asked_but_missing(setup, tmp_path, capsys) -> None:

@@ -26,7 +26,9 @@ presets (a vit_b step is then ~35 s and the vit_b row ~6 minutes; batch 4 measur
 examples/s at twice the time per step, and 5 warm steps add ~2 minutes), batch 8 and 20 warm steps
 for the tiny ones. ``--batch-size`` / ``--steps`` override both. The first step is kept apart because
 on vit_b it takes about twice a warm one (first touch of the large buffers).
-Progress goes to stderr; the environment line and the table to stdout.
+Progress goes to stderr; the environment line and the table to stdout. Errors are one line (bad flags
+exit 2); ``python -m train.bench`` leaves the commands' persistent compilation cache off, so the
+compile column measures XLA.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from eval.bench.env import analyse_compiled, blocking, jax_device_peak, load_average, time_interleaved
 from eval.bench.report import mib
 from samhq_jax.cmdkit.args import COUNT, POSITIVE_INT, OneLineParser
-from samhq_jax.cmdkit.guard import run_guarded
+from samhq_jax.cmdkit.guard import CACHE_ENV, run_guarded
 from samhq_jax.config import PRESETS, SamHQConfig
 from samhq_jax.errors import InputError
 from samhq_jax.sam_hq import init_params
@@ -327,4 +329,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # the compile column times XLA, not the commands' disk cache (SAMHQ_JAX_CACHE=DIR uses one anyway)
+    os.environ.setdefault(CACHE_ENV, "0")
     sys.exit(main())
