@@ -101,21 +101,28 @@ def with_flat_weights(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def export_programs(
-    config: SamHQConfig, weights: dict[str, np.ndarray], options: DecoderOptions, platforms: Sequence[str]
-) -> tuple[export.Exported, export.Exported]:
-    """The encoder and decoder ``Exported`` for ``platforms`` (nothing compiled, nothing run)."""
-    platforms = check_platforms(platforms)
-    w = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
-    encoder = export.export(jax.jit(with_flat_weights(encoder_function(config))), platforms=platforms)(
-        w, *symbolic(encoder_inputs(config), {})
+def weight_specs(weights: dict[str, np.ndarray]) -> dict[str, jax.ShapeDtypeStruct]:
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
+
+
+def lower_encoder(config: SamHQConfig, weights: dict[str, np.ndarray], platforms: Sequence[str]) -> export.Exported:
+    """The encoder's ``Exported`` for ``platforms`` (nothing compiled, nothing run)."""
+    fn = jax.jit(with_flat_weights(encoder_function(config)))
+    return export.export(fn, platforms=check_platforms(platforms))(
+        weight_specs(weights), *symbolic(encoder_inputs(config), {})
     )
+
+
+def lower_decoder(
+    config: SamHQConfig, weights: dict[str, np.ndarray], options: DecoderOptions, platforms: Sequence[str]
+) -> export.Exported:
+    """The decoder's ``Exported`` for ``platforms``, symbolic in the prompt, point and layer counts."""
     names = (LAYERS, PROMPTS, POINTS)
     dims = dict(zip(names, export.symbolic_shape(", ".join(names)), strict=True))
-    decoder = export.export(jax.jit(with_flat_weights(decoder_function(config, options))), platforms=platforms)(
-        w, *symbolic(decoder_inputs(config, PROMPTS), dims)
+    fn = jax.jit(with_flat_weights(decoder_function(config, options)))
+    return export.export(fn, platforms=check_platforms(platforms))(
+        weight_specs(weights), *symbolic(decoder_inputs(config, PROMPTS), dims)
     )
-    return encoder, decoder
 
 
 def manifest(config: SamHQConfig, options: DecoderOptions, platforms: Sequence[str]) -> dict[str, Any]:
@@ -163,9 +170,10 @@ def export_stablehlo(
     Returns the files written."""
     platforms = check_platforms(platforms)
     weights = flat_weights(params)
-    step(f"lowering for {', '.join(platforms)}")
-    encoder, decoder = export_programs(config, weights, options, platforms)
-    step("writing")
+    step(f"lowering the encoder for {', '.join(platforms)}")
+    encoder = lower_encoder(config, weights, platforms)
+    step(f"lowering the decoder for {', '.join(platforms)}")
+    decoder = lower_decoder(config, weights, options, platforms)
     (folder / ENCODER_FILE).write_bytes(encoder.serialize())
     (folder / DECODER_FILE).write_bytes(decoder.serialize())
     save_checkpoint(folder, config, params, source="samhq export --format stablehlo", hq_trained=hq_trained)
