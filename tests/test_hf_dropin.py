@@ -178,7 +178,7 @@ def test_hf_pad_label_zeroes_the_token(apis: dict) -> None:
     "call,match",
     [
         ({"input_points": [[[1, 2]], [[3, 4]]]}, "2 images, but 1"),
-        ({"input_points": [[[1, 2]]], "input_labels": [[2]]}, "input_labels must be"),
+        ({"input_points": [[[1, 2]]], "input_labels": [[2]]}, r"input_labels\[0, 0, 0\] = 2: a point label must be"),
         ({"input_points": [[1, 2]]}, "nested as"),
         ({"input_boxes": [[[1, 2, 3]]]}, "nested as"),
         ({"input_points": [[[np.nan, 2]]]}, "NaN"),
