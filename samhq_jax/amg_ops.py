@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from samhq_jax.errors import InputError
 from samhq_jax.transforms import MASK_THRESHOLD, Taps, apply_taps, bucket_side, output_taps, to_square_frame
 
 EDGE_ATOL = 20.0  # pixels: a box this close to a crop edge (not an image edge) is dropped
@@ -309,7 +310,7 @@ def remove_small_regions(masks: np.ndarray, area_thresh: float, mode: str) -> tu
     from scipy import ndimage
 
     if mode not in ("holes", "islands"):
-        raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+        raise InputError(f"mode must be 'holes' or 'islands', got {mode!r}")
     holes = mode == "holes"
     structure = np.zeros((3, 3, 3), bool)
     structure[1] = True  # 8-connectivity inside a mask, none across masks
