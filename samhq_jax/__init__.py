@@ -9,8 +9,10 @@ from samhq_jax.config import (
     PromptEncoderConfig,
     SamHQConfig,
 )
+from samhq_jax.hf_config import SamHQMaskDecoderConfig, SamHQPromptEncoderConfig, SamHQVisionConfig
 from samhq_jax.hf_model import SamHQImageSegmentationOutput, SamHQModel
 from samhq_jax.hf_processor import SamHQImageProcessor, SamHQProcessor
+from samhq_jax.hf_vision import SamHQVisionEncoderOutput, SamHQVisionModel
 from samhq_jax.official_api import (
     Sam,
     SamAutomaticMaskGenerator,
@@ -40,9 +42,14 @@ __all__ = [
     "SamHQConfig",
     "SamHQImageProcessor",
     "SamHQImageSegmentationOutput",
+    "SamHQMaskDecoderConfig",
     "SamHQModel",
     "SamHQPredictor",
     "SamHQProcessor",
+    "SamHQPromptEncoderConfig",
+    "SamHQVisionConfig",
+    "SamHQVisionEncoderOutput",
+    "SamHQVisionModel",
     "SamPredictor",
     "TensorLikeArray",
     "build_sam",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,9 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from samhq_jax.checkpoint import load_pretrained
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import SamHQConfig, TinyViTConfig
 from samhq_jax.errors import InputError
+from samhq_jax.hf_config import SamHQConfig as HFSamHQConfig
 from samhq_jax.hf_processor import HF_LABELS, HF_LABELS_TEXT, jax_device
+from samhq_jax.hf_vision import OutputFields, compiled_decode_attentions, compiled_vision
 from samhq_jax.precision import LIBRARY, Policy
 from samhq_jax.predictor import compiled_model
 from samhq_jax.prompt_check import check_boxes, check_finite, check_labels
@@ -38,35 +41,36 @@ from samhq_jax.transforms import as_numpy, on_device
 
 
 @dataclasses.dataclass
-class SamHQImageSegmentationOutput:
-    """Model outputs; also indexable as ``outputs["pred_masks"]`` or ``outputs[0]`` (= iou_scores).
+class SamHQImageSegmentationOutput(OutputFields):
+    """Model outputs; also indexable as ``outputs["pred_masks"]`` or ``outputs[0]`` (= iou_scores);
+    ``keys()`` / ``to_tuple()`` hold the fields that are not None, as transformers' ``ModelOutput``.
 
     Attributes:
       iou_scores: ``(B, P, J)`` float32 predicted IoU, J = 3 with ``multimask_output`` else 1.
       pred_masks: ``(B, P, K, 4G, 4G)`` float32 low-res logits (``G`` the embedding grid side,
         256 x 256 for the released models); post-process with ``processor.post_process_masks``.
+      vision_hidden_states: with ``output_hidden_states`` (and ``pixel_values``), the image
+        encoder's ``hidden_states`` (:class:`~samhq_jax.hf_vision.SamHQVisionEncoderOutput`).
+      vision_attentions: with ``output_attentions`` (and ``pixel_values``), its ``attentions``.
+      mask_decoder_attentions: with ``output_attentions``, per two-way layer the image-to-token
+        attention output ``(B * P, 1, G * G, C)`` (what transformers 4.53 records under this name).
     """
 
     iou_scores: jax.Array
     pred_masks: jax.Array
-
-    def __getitem__(self, key: str | int) -> jax.Array:
-        if isinstance(key, str):
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def keys(self) -> list[str]:
-        return ["iou_scores", "pred_masks"]
-
-    def to_tuple(self) -> tuple[jax.Array, jax.Array]:
-        return self.iou_scores, self.pred_masks
+    vision_hidden_states: tuple[jax.Array, ...] | None = None
+    vision_attentions: tuple[jax.Array, ...] | None = None
+    mask_decoder_attentions: tuple[jax.Array, ...] | None = None
 
 
 class SamHQModel:
     """SAM-HQ with ``transformers``' call signature.
 
     ``model = SamHQModel.from_pretrained(path)`` then ``model(**processor(image, ...))``.
-    ``config`` is our :class:`SamHQConfig`; ``params`` the parameter pytree; ``policy`` the
+    ``config`` is transformers' ``SamHQConfig`` (:mod:`samhq_jax.hf_config`; it also answers our
+    dataclass's attributes; ours, a TinyViT model's, for Light HQ-SAM, which transformers cannot
+    describe); ``samhq_config`` our :class:`SamHQConfig` (the constructor takes either);
+    ``params`` the parameter pytree; ``policy`` the
     :class:`~samhq_jax.precision.Policy` of ``dtype`` (``float32`` / ``bfloat16``) and ``precision``
     (``"highest"`` / ``"default"``) every call runs under (default ``highest`` / ``float32``, as
     :class:`SamHQPredictor`; bad values raise a one-line ``ValueError``).
@@ -79,7 +83,11 @@ class SamHQModel:
         dtype: jnp.dtype | str = jnp.float32,
         precision: str = LIBRARY.precision,
     ) -> None:
-        self.config = config
+        config = config.samhq_config if isinstance(config, HFSamHQConfig) else config
+        self.samhq_config = config
+        self.config = (
+            config if isinstance(config.image_encoder, TinyViTConfig) else HFSamHQConfig.from_samhq_config(config)
+        )
         self.policy = Policy(precision, dtype)  # checked before anything is placed
         self.params = jax.device_put(params)  # once: warm calls move no weights
         self.module, self._embed, self._decode = compiled_model(config, self.policy.dtype, self.policy.precision)
@@ -126,7 +134,10 @@ class SamHQModel:
         original_sizes: Any = None,
         reshaped_input_sizes: Any = None,
         labels: Any = None,
-    ) -> SamHQImageSegmentationOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SamHQImageSegmentationOutput | tuple:
         """Segment B images with P prompts each (all coordinates in input-frame pixels).
 
         Args:
@@ -141,6 +152,9 @@ class SamHQModel:
           multimask_output, hq_token_only: see the module docstring.
           original_sizes, reshaped_input_sizes, labels: accepted so that ``model(**inputs)`` works,
             and ignored, as ``transformers`` does (segmentation-map ``labels`` are not a prompt).
+          output_attentions, output_hidden_states: also return ``vision_attentions`` and
+            ``mask_decoder_attentions`` / ``vision_hidden_states`` (None: the config's, False).
+          return_dict: False returns :meth:`SamHQImageSegmentationOutput.to_tuple`.
 
         Returns:
           :class:`SamHQImageSegmentationOutput` with ``iou_scores (B, P, 3 | 1)`` and
@@ -155,24 +169,53 @@ class SamHQModel:
             raise InputError(f"{'pixel_values' if pixel_values is not None else 'image_embeddings'} must be batched")
         # The prompts are checked before any image is encoded.
         points, labels_, boxes, masks = self._prompts(shape[0], input_points, input_labels, input_boxes, input_masks)
-        if pixel_values is not None:
+        attentions, hidden = (
+            bool(getattr(self.config, name, False) if flag is None else flag)
+            for name, flag in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states))
+        )
+        extras = {}
+        if pixel_values is not None and (attentions or hidden):
+            emb, extras = self._vision_outputs(pixel_values, attentions, hidden)
+        elif pixel_values is not None:
             emb = self._embed({"params": self.params}, _pixels(pixel_values, self.config.img_size))
         else:
             emb = self._embeddings(image_embeddings, intermediate_embeddings)
-        low_res, iou = self._decode(
-            {"params": self.params},
-            emb,
-            points,
-            labels_,
-            boxes,
-            masks,
-            multimask_output=multimask_output,
-            hq_token_only=hq_token_only,
-            all_multimask=True,
-        )
-        return SamHQImageSegmentationOutput(iou_scores=iou, pred_masks=low_res)
+        flags = dict(multimask_output=multimask_output, hq_token_only=hq_token_only)
+        if attentions:
+            decode = compiled_decode_attentions(self.samhq_config, self.policy.dtype, self.policy.precision)
+            low_res, iou, extras["mask_decoder_attentions"] = decode(
+                {"params": self.params}, emb, points, labels_, boxes, masks, **flags
+            )
+        else:
+            low_res, iou = self._decode(
+                {"params": self.params}, emb, points, labels_, boxes, masks, **flags, all_multimask=True
+            )
+        out = SamHQImageSegmentationOutput(iou_scores=iou, pred_masks=low_res, **extras)
+        return out.to_tuple() if return_dict is False else out
 
     forward = __call__
+
+    def _vision_outputs(self, pixel_values: Any, attentions: bool, hidden: bool) -> tuple[ImageEmbeddings, dict]:
+        """The image encoder run for its optional outputs: the embeddings and ``{vision_*: ...}``."""
+        if isinstance(self.samhq_config.image_encoder, TinyViTConfig):
+            raise InputError("output_attentions / output_hidden_states: transformers defines them for the ViT only")
+        run = compiled_vision(self.samhq_config.image_encoder, self.policy.dtype, self.policy.precision)
+        out = run(
+            self.params["image_encoder"],
+            _pixels(pixel_values, self.config.img_size),
+            hidden_states=hidden,
+            attentions=attentions,
+        )
+        extras = {"vision_hidden_states": out["hidden"], "vision_attentions": out["attentions"]}
+        return ImageEmbeddings(out["last"], out["intermediate"][0]), extras
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write a folder ``transformers.SamHQModel.from_pretrained`` loads (strict keys): ``config.json``
+        and ``model.safetensors`` (:func:`convert.export.export_hf`). Light HQ-SAM (TinyViT) has no
+        transformers format: an :class:`~samhq_jax.errors.InputError`."""
+        from convert.export import export_hf
+
+        return export_hf(self.samhq_config, jax.device_get(self.params), save_directory)
 
     def _embeddings(self, image_embeddings: Any, intermediate_embeddings: Any) -> ImageEmbeddings:
         if intermediate_embeddings is None:

@@ -10,7 +10,8 @@ The attention has interchangeable forms (:data:`ATTENTION_PATHS`, chosen by the 
 extended-q/k form (:func:`extended_attention`) that fused attention kernels accept.
 
 Layout: NHWC throughout. Intermediates (``patch_embed_out``, every ``blocks_{i}_out``, ``neck_out``) are sown
-into the ``"intermediates"`` collection for stage-by-stage checks.
+into the ``"intermediates"`` collection for stage-by-stage checks; each block's attention probabilities
+into ``"attentions"`` when that collection is mutable (:func:`attention_probs`).
 """
 
 from __future__ import annotations
@@ -110,6 +111,21 @@ def rel_pos_attention(
         )
         out = blocks.transpose(1, 2, 0, 3, 4).reshape(b, n, nb * query_block, hd)[:, :, :hw]
     return out.transpose(0, 2, 1, 3)
+
+
+def attention_probs(q: jax.Array, k: jax.Array, rh: jax.Array | None, rw: jax.Array | None) -> jax.Array:
+    """The full ``(B, heads, H * W, H * W)`` float32 attention probabilities of :func:`rel_pos_attention`
+    (``q``, ``k``: ``(B, heads, H * W, hd)``, ``q`` unscaled; ``rh`` / ``rw`` as there). Built only when
+    asked for (the ``"attentions"`` collection, transformers' ``output_attentions``)."""
+    b, n, hw, hd = q.shape
+    s = jnp.einsum("bnqc,bnkc->bnqk", q * hd**-0.5, k)
+    if rh is not None:
+        h, w = rh.shape[0], rw.shape[0]
+        r_q = q.reshape(b, n, h, w, hd)
+        rel_h = jnp.einsum("bnyxc,ykc->bnyxk", r_q, rh)
+        rel_w = jnp.einsum("bnyxc,xkc->bnyxk", r_q, rw)
+        s = (s.reshape(b, n, h, w, h, w) + rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, hw, hw)
+    return jax.nn.softmax(s.astype(jnp.float32), axis=-1)
 
 
 ATTENTION_PATHS = ("blocked", "extended", "cudnn")
@@ -310,6 +326,9 @@ class Attention(nn.Module):
             rel_pos_w = self.param("rel_pos_w", init, (2 * size - 1, hd), self.param_dtype)
             rh = relative_position_table(rel_pos_h, h).astype(qkv.dtype)
             rw = relative_position_table(rel_pos_w, w).astype(qkv.dtype)
+        if self.is_mutable_collection("attentions"):  # transformers' output_attentions (probabilities)
+            q, k = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(2))
+            self.sow("attentions", "probs", attention_probs(q, k, rh, rw))
         attention = self.attention
         if attention == AUTO:
             attention = auto_attention_path(qkv.dtype, extended_head_dim(hd, h, w, self.use_rel_pos))

@@ -147,8 +147,9 @@ class TwoWayAttentionBlock(nn.Module):
         queries = layer_norm(eps, name="norm3", **kw)(queries)
 
         q, k = queries + query_pe, keys + key_pe
-        keys = keys + Attention(dim, heads, rate, name="cross_attn_image_to_token", **kw)(k, q, queries, token_mask)
-        keys = layer_norm(eps, name="norm4", **kw)(keys)
+        image_to_token = Attention(dim, heads, rate, name="cross_attn_image_to_token", **kw)(k, q, queries, token_mask)
+        self.sow("intermediates", "image_to_token_out", image_to_token)  # transformers' mask_decoder_attentions
+        keys = layer_norm(eps, name="norm4", **kw)(keys + image_to_token)
         return queries, keys
 
 

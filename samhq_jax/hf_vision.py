@@ -1,0 +1,219 @@
+"""transformers' ``SamHQVisionModel`` and the optional outputs of ``SamHQModel`` (hidden states and
+attentions), over our image encoder and decoder (port of ``modeling_sam_hq.py``, 4.53).
+
+    model = SamHQVisionModel.from_pretrained("syscv-community/sam-hq-vit-base")  # any weights source
+    out = model(pixel_values, output_hidden_states=True, output_attentions=True)
+    out.last_hidden_state          # (B, C, G, G) neck output, NCHW
+    out.intermediate_embeddings    # [(B, G, G, D)] * global blocks: each global-attention block's output
+    out.hidden_states              # (B, G, G, D) * (depth + 1): embeddings + position, then each block
+    out.attentions                 # per block (B * windows * heads, n, n) float32 softmax probabilities
+
+The outputs are the ones transformers 4.53 defines, in its layouts (``image_embeds`` is None, as there:
+SAM-HQ has no projection). The extra outputs come from what the modules sow: each block's output
+(``"intermediates"``) and, only when asked for, its attention probabilities (``"attentions"``); the
+decoder's image-to-token attention outputs are transformers' ``mask_decoder_attentions``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from samhq_jax.checkpoint import load_pretrained
+from samhq_jax.config import ImageEncoderConfig, SamHQConfig
+from samhq_jax.errors import InputError
+from samhq_jax.hf_config import SamHQVisionConfig, hf_sections
+from samhq_jax.image_encoder import ImageEncoderViT
+from samhq_jax.precision import LIBRARY, Policy, at_precision
+from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
+from samhq_jax.transforms import on_device
+
+ENCODER = "image_encoder"  # the encoder's subtree in our parameter tree
+
+
+class OutputFields:
+    """transformers' ``ModelOutput`` manners for a dataclass: ``out["name"]``, ``out[0]``, ``keys()``
+    and ``to_tuple()`` over the fields that are not None, in order."""
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def __getitem__(self, key: str | int) -> Any:
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+
+@dataclasses.dataclass
+class SamHQVisionEncoderOutput(OutputFields):
+    """transformers' ``SamHQVisionEncoderOutput``.
+
+    Attributes:
+      image_embeds: None (SAM-HQ has no projection; kept for the field order).
+      last_hidden_state: ``(B, C, G, G)`` the neck's output, NCHW.
+      hidden_states: with ``output_hidden_states``, ``depth + 1`` arrays ``(B, G, G, D)``: the patch
+        embedding plus the position embedding, then each block's output.
+      attentions: with ``output_attentions``, per block ``(B * windows * heads, n, n)`` float32
+        probabilities (``n`` = window side squared, or G * G for a global block).
+      intermediate_embeddings: ``(B, G, G, D)`` outputs of the global-attention blocks, in order.
+    """
+
+    image_embeds: jax.Array | None = None
+    last_hidden_state: jax.Array | None = None
+    hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
+    intermediate_embeddings: list[jax.Array] | None = None
+
+
+@lru_cache(maxsize=8)
+def compiled_vision(config: ImageEncoderConfig, dtype: jnp.dtype, precision: str) -> Callable:
+    """Jitted ``run(encoder_params, images, hidden_states, attentions)`` (the flags static) of the
+    ViT over ``(B, S, S, 3)`` NHWC images: a dict with ``last`` ``(B, G, G, C)``, ``intermediate``
+    (global blocks' outputs), ``hidden`` (a tuple, or None) and ``attentions`` (a tuple, or None)."""
+    module = ImageEncoderViT(config, dtype=dtype)
+
+    def run(params: dict, images: jax.Array, hidden_states: bool, attentions: bool) -> dict:
+        collections = ["intermediates", "attentions"] if attentions else ["intermediates"]
+        (last, _), state = module.apply({"params": params}, images, mutable=collections)
+        blocks = [state["intermediates"][f"blocks_{i}_out"][0] for i in range(config.depth)]
+        first = state["intermediates"]["patch_embed_out"][0]
+        if config.use_abs_pos:
+            first = first + params["pos_embed"].astype(first.dtype)
+        probs = None
+        if attentions:
+            sown = [state["attentions"][f"blocks_{i}"]["attn"]["probs"][0] for i in range(config.depth)]
+            probs = tuple(p.reshape(-1, *p.shape[2:]) for p in sown)  # (B * windows * heads, n, n)
+        return {
+            "last": last,
+            "intermediate": [blocks[i] for i in config.global_attn_indexes],
+            "hidden": (first, *blocks) if hidden_states else None,
+            "attentions": probs,
+        }
+
+    return jax.jit(at_precision(run, precision), static_argnames=("hidden_states", "attentions"))
+
+
+@lru_cache(maxsize=8)
+def compiled_decode_attentions(config: SamHQConfig, dtype: jnp.dtype, precision: str) -> Callable:
+    """Jitted :meth:`SamHQ.decode` (``all_multimask``, as ``SamHQModel``) that also returns each two-way
+    layer's image-to-token attention output: ``(low_res, iou, attentions)``, ``attentions`` a tuple of
+    ``(B * P, 1, G * G, C)``, transformers' ``mask_decoder_attentions``."""
+    model = SamHQ(config, dtype=dtype)
+
+    def run(variables: dict, emb: ImageEmbeddings, *prompts: Any, multimask_output: bool, hq_token_only: bool) -> tuple:
+        (low_res, iou), state = model.apply(
+            variables,
+            emb,
+            *prompts,
+            multimask_output=multimask_output,
+            hq_token_only=hq_token_only,
+            all_multimask=True,
+            method=SamHQ.decode,
+            mutable=["intermediates"],
+        )
+        layers = state["intermediates"]["mask_decoder"]["transformer"]
+        outs = [layers[f"layers_{i}"]["image_to_token_out"][0] for i in range(config.mask_decoder.transformer_depth)]
+        return low_res, iou, tuple(o[:, None] for o in outs)
+
+    return jax.jit(at_precision(run, precision), static_argnames=("multimask_output", "hq_token_only"))
+
+
+def pixels_nhwc(pixel_values: Any, size: int) -> jax.Array:
+    """``(B, 3, S, S)`` NCHW pixels (any array-like) -> ``(B, S, S, 3)`` float32 NHWC on the device."""
+    x = on_device(pixel_values, jnp.float32)
+    if x.ndim != 4 or x.shape[1:] != (3, size, size):
+        raise InputError(f"pixel_values must be (B, 3, {size}, {size}) from the processor, got {x.shape}")
+    return x.transpose(0, 2, 3, 1)
+
+
+class SamHQVisionModel:
+    """transformers' ``SamHQVisionModel``: the image encoder alone.
+
+    ``SamHQVisionModel(config, params)`` with our :class:`~samhq_jax.config.SamHQConfig` and a whole
+    model's parameter tree (or the encoder's subtree), or :meth:`from_pretrained` from anything
+    :func:`~samhq_jax.load_pretrained` takes. ``config`` is transformers' ``SamHQVisionConfig``
+    (:mod:`samhq_jax.hf_config`); ``samhq_config`` ours. ``dtype`` / ``precision`` as for
+    :class:`~samhq_jax.SamHQModel`.
+    """
+
+    main_input_name = "pixel_values"
+
+    def __init__(
+        self,
+        config: SamHQConfig,
+        params: dict,
+        dtype: jnp.dtype | str = jnp.float32,
+        precision: str = LIBRARY.precision,
+    ) -> None:
+        if not isinstance(config.image_encoder, ImageEncoderConfig):
+            raise InputError(f"SamHQVisionModel is transformers' ViT encoder; {config.name} has a TinyViT encoder")
+        self.samhq_config = config
+        self.config = SamHQVisionConfig(**hf_sections(config)["vision_config"])
+        self.policy = Policy(precision, dtype)
+        self.params = jax.device_put(params.get(ENCODER, params))
+        self._run = compiled_vision(config.image_encoder, self.policy.dtype, self.policy.precision)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: jnp.dtype | str = jnp.float32, precision: str = LIBRARY.precision
+    ) -> SamHQVisionModel:
+        config, params = load_pretrained(path)
+        return cls(config, params, dtype=dtype, precision=precision)
+
+    def eval(self) -> SamHQVisionModel:
+        return self
+
+    def __call__(
+        self,
+        pixel_values: Any = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SamHQVisionEncoderOutput | tuple:
+        """``(B, 3, S, S)`` processor pixels -> :class:`SamHQVisionEncoderOutput` (a tuple with
+        ``return_dict=False``: last_hidden_state, intermediate_embeddings, then the optional ones).
+        Flags left at None take the config's ``output_attentions`` / ``output_hidden_states`` (False)."""
+        if pixel_values is None:
+            raise InputError("You have to specify pixel_values")
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        out = self._run(
+            self.params,
+            pixels_nhwc(pixel_values, self.samhq_config.img_size),
+            hidden_states=bool(output_hidden_states),
+            attentions=bool(output_attentions),
+        )
+        result = SamHQVisionEncoderOutput(
+            last_hidden_state=out["last"].transpose(0, 3, 1, 2),
+            hidden_states=out["hidden"],
+            attentions=out["attentions"],
+            intermediate_embeddings=out["intermediate"],
+        )
+        if return_dict is False:
+            optional = tuple(x for x in (result.hidden_states, result.attentions) if x is not None)
+            return (result.last_hidden_state, result.intermediate_embeddings, *optional)
+        return result
+
+    forward = __call__
+
+    def get_input_embeddings(self) -> dict:
+        """The patch embedding's parameters (transformers returns the module)."""
+        return self.params["patch_embed"]
+
+
+__all__ = [
+    "SamHQVisionEncoderOutput",
+    "SamHQVisionModel",
+    "compiled_decode_attentions",
+    "compiled_vision",
+    "pixels_nhwc",
+]
