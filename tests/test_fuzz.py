@@ -267,6 +267,7 @@ def _other_commands(c: Path) -> list[tuple[Callable, list[str], str]]:
         (bench_main, ["--skip", "bogus"], "--skip bogus"),
         (bench_main, ["--image-size", "0x5"], "argument --image-size"),
         (bench_main, ["--train-batch", "2"], "--train-batch and --trainable go with --memory"),
+        (bench_main, ["--output", str(c / "afile")], "afile: not a folder"),
     ]
 
 

@@ -53,6 +53,7 @@ import numpy as np
 from samhq_jax.cmdkit.args import command_parser, docstring_help
 from samhq_jax.cmdkit.guard import doing, run_guarded
 from samhq_jax.config import PRESETS
+from samhq_jax.errors import InputError
 
 PROG = "samhq-bench"
 QUICK = {"model": "tiny_b", "repeats": 2, "prompts": "1,16", "batch": "1", "amg": "4"}
@@ -533,8 +534,16 @@ def _tempdir() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``samhq-bench``; errors are one line on stderr (:func:`samhq_jax.cmdkit.guard.run_guarded`)."""
-    return run_guarded(PROG, lambda: run(parse_args(sys.argv[1:] if argv is None else argv)))
+    """``samhq-bench``; errors are one line on stderr (:func:`samhq_jax.cmdkit.guard.run_guarded`).
+    An ``--output`` that cannot be a folder is refused before anything is measured."""
+
+    def body() -> int:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
+            raise InputError(f"--output {args.output}: not a folder")
+        return run(args)
+
+    return run_guarded(PROG, body)
 
 
 if __name__ == "__main__":
