@@ -92,6 +92,11 @@ RULES: tuple[Rule, ...] = flatten(
 IGNORED_KEYS: frozenset[str] = frozenset()
 
 
+def has_hf_form(config: SamHQConfig) -> bool:
+    """Whether transformers' ``SamHQModel`` can hold a model of ``config`` (not a TinyViT encoder)."""
+    return not isinstance(config.image_encoder, TinyViTConfig)
+
+
 def hf_config_dict(config: SamHQConfig) -> dict:
     """``config.json`` content of a transformers ``SamHQModel`` with the structure of ``config``.
 
@@ -100,7 +105,7 @@ def hf_config_dict(config: SamHQConfig) -> dict:
     transformers' ``SamHQModel`` has only the ViT encoder: a TinyViT model (``vit_tiny``, Light
     HQ-SAM) is an :class:`~samhq_jax.errors.InputError`.
     """
-    if isinstance(config.image_encoder, TinyViTConfig):
+    if not has_hf_form(config):
         raise InputError(
             f"no Hugging Face format exists for {config.name} (Light HQ-SAM's TinyViT encoder): transformers' "
             "SamHQModel has only the ViT encoder; use --to ours or --to official"

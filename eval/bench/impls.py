@@ -378,9 +378,11 @@ def build_impls(config: SamHQConfig, skip: set[str], seed: int = 0, precision: s
     The official model is built and randomised (:func:`eval.reference.build_official`); its state
     dict converted is ours (:func:`convert.core.state_dict_to_params`), and ours exported in
     Hugging Face names (:func:`convert.core.params_to_state_dict`) is loaded into ``SamHQModel``, so
-    all three compute the same function (up to HF's two-way LayerNorm eps).
+    all three compute the same function (up to HF's two-way LayerNorm eps). A model with no Hugging
+    Face form (vit_tiny) has no HF row.
     """
     from convert.core import HF, params_to_state_dict, state_dict_to_params
+    from convert.hf import has_hf_form
     from eval.reference import build_hf, build_official
 
     with quiet_warnings():
@@ -396,7 +398,7 @@ def build_impls(config: SamHQConfig, skip: set[str], seed: int = 0, precision: s
         impls.append(Official(official, device, None))
         if not skip & {"bf16", "official-bf16"}:
             impls.append(Official(official, device, autocast_dtype(device)))
-    if "hf" not in skip:
+    if "hf" not in skip and has_hf_form(config):  # no SamHQModel holds vit_tiny's TinyViT
         with quiet_warnings():
             hf = build_hf(config, seed=seed)
             state = params_to_state_dict(params, HF)

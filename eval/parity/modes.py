@@ -80,7 +80,7 @@ def require_reference(kind: str) -> None:
 
 def build_reference(path: Path, kind: str, weights: LoadedWeights) -> Reference:
     """The reference model for a checkpoint, holding the same weights (see the module doc)."""
-    from convert.core import OFFICIAL, params_to_state_dict
+    from convert.core import OFFICIAL, params_to_state_dict, unused_kind
 
     if kind == "hf":
         from eval.parity.hf import HFReference, load_hf
@@ -103,11 +103,12 @@ def build_reference(path: Path, kind: str, weights: LoadedWeights) -> Reference:
     else:
         state = params_to_state_dict(weights.params, OFFICIAL)
     model = build_official(weights.config, seed=0)  # the structure; every tensor is overwritten below
-    wanted = model.state_dict().keys()
-    missing = sorted(set(wanted) - set(state))
+    own = model.state_dict()  # keeps the tensors no model uses (TinyViT's classifier head, BatchNorm counters)
+    state = {**{k: v.numpy() for k, v in own.items() if unused_kind(k, OFFICIAL)}, **state}
+    missing = sorted(set(own) - set(state))
     if missing:
         raise UsageError(f"{path} lacks {len(missing)} tensor(s) of the official model, e.g. {missing[0]}")
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(state[k])) for k in wanted}, strict=True)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(state[k])) for k in own}, strict=True)
     return OfficialReference(model.eval())
 
 
