@@ -4,7 +4,10 @@ and attention biases included); its weights (``sam_hq_vit_tiny.pth`` layout, Mob
 ``mobile_sam.pt`` as a plain-SAM start) and conversions; the frozen BatchNorm statistics.
 
 One real-size official model is built per session (``official_model_and_params("vit_tiny")``); the
-official encoder takes ~10 s per 1024 px image on two CPU cores, so each photo is encoded once.
+official encoder takes ~10 s per 1024 px image on two CPU cores, so each photo is encoded once. The
+decoder's stages are those of the ViT models (tests/test_parity_official.py) but for the 160-channel
+early feature, which the predictor test checks end to end (HQ mask alone and summed, all four flag
+pairs); ``samhq parity --preset vit_tiny`` lists them stage by stage.
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from PIL import Image
 
 from convert.core import ConversionError, state_dict_to_params
-from eval.parity.official import official_decode_stages, official_image_stages
-from eval.parity.ours import jax_decode_stages, jax_image_stages
-from eval.parity.samples import IMAGES_DIR, default_prompts, sample_images
+from eval.parity.official import official_image_stages
+from eval.parity.ours import jax_image_stages
+from eval.parity.samples import IMAGES_DIR, sample_images
 from eval.parity.stages import FLAGS, compare, mask_agreement
 from samhq_jax.checkpoint import UntrainedHQWarning, read_weights
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import SamHQConfig, TinyViTConfig
 from samhq_jax.hq_params import hq_paths, is_hq_path
 from samhq_jax.predictor import SamHQPredictor
+from samhq_jax.sam_hq import param_shapes
 from samhq_jax.tiny_vit import Conv2dBN, WindowAttention, attention_bias_index, is_batch_stat
 from tests.conftest import MASK_AGREEMENT, PARITY_RTOL, assert_close, official_model_and_params
 
@@ -105,21 +109,6 @@ def test_image_encoder_stages(tiny: tuple, encoded: tuple) -> None:
     print("\nvit_tiny encoder stages:", ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
     bad = {k: v for k, v in errs.items() if v > PARITY_RTOL}
     assert not bad, f"stages over {PARITY_RTOL}: {bad}"
-
-
-def test_decoder_stages(tiny: tuple, encoded: tuple) -> None:
-    """The decoder with the 160-channel early feature, every stage, all four flag pairs."""
-    model, _, config, params = tiny
-    ref_img, _ = encoded
-    scenario = "points+boxes"
-    prompts = default_prompts(config, 1)[scenario]
-    for multimask, hq_only in FLAGS:
-        ref = official_decode_stages(model, ref_img, prompts, multimask, hq_only)
-        ours = jax_decode_stages(config, params, ref_img, prompts, multimask, hq_only)
-        errs = compare(ours, ref)
-        bad = {k: v for k, v in errs.items() if v > PARITY_RTOL}
-        assert set(errs) == set(ref) and not bad, f"{scenario} {multimask=} {hq_only=}: {bad}"
-        assert mask_agreement(ours["low_res_masks"], ref["low_res_masks"]) >= MASK_AGREEMENT
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +239,64 @@ def test_window_attention_paths_agree() -> None:
     apply = {a: WindowAttention(2, 3, 1e-5, attention=a).apply for a in ("blocked", "extended")}
     blocked, extended = jax.jit(lambda p: [f({"params": p}, x) for f in apply.values()])(params)
     assert_close(np.asarray(extended), np.asarray(blocked), "extended vs blocked", rtol=1e-5)
+
+
+# ---- fine-tuning Light HQ-SAM --------------------------------------------------------------------------
+
+
+def test_hq_recipe_trains_448512_values_and_never_the_batch_stats() -> None:
+    from train.trainable import count, partition
+
+    shapes = param_shapes(SamHQConfig.vit_tiny())
+    hq, _ = partition(shapes, "hq")
+    assert count(hq) == 448_512
+    everything, frozen = partition(shapes, "all")
+    frozen = flatten_dict(frozen, sep="/")
+    assert frozen and all(is_batch_stat(k) for k in frozen)
+    assert not any(is_batch_stat(k) for k in flatten_dict(everything, sep="/"))
+
+
+def test_training_all_leaves_batch_stats_bit_identical(tmp_path) -> None:
+    """A small TinyViT model (160 px, the stand-in decoder of tiny_b) trained with ``--trainable all``:
+    every BatchNorm statistic stays bit-identical, the other encoder tensors move."""
+    from samhq_jax.checkpoint import save_checkpoint
+    from train.loop import TrainConfig, train
+    from train.synthetic import write_synthetic_dataset
+
+    encoder = TinyViTConfig(
+        embed_dims=(8, 16, 24, 32),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 3, 4),
+        window_sizes=(3, 3, 5, 3),
+        merge_strides=(2, 2, 1),
+        img_size=160,
+        out_chans=32,
+    )
+    config = dataclasses.replace(SamHQConfig.tiny_b(), image_encoder=encoder, name="custom")
+    rng = np.random.default_rng(0)
+    start = {
+        k: np.abs(1 + 0.1 * rng.standard_normal(v.shape)).astype(np.float32) if is_batch_stat(k) else
+        (0.2 * rng.standard_normal(v.shape)).astype(np.float32)
+        for k, v in flatten_dict(param_shapes(config), sep="/").items()
+    }  # fmt: skip
+    save_checkpoint(tmp_path / "start", config, unflatten_dict(start, sep="/"))
+    write_synthetic_dataset(tmp_path / "data", 4, size=160, seed=0)
+    result = train(
+        TrainConfig(
+            output=tmp_path / "run",
+            checkpoint=str(tmp_path / "start"),
+            data=(str(tmp_path / "data"),),
+            steps=2,
+            batch_size=2,
+            trainable="all",
+            save_every=2,
+            log_every=1,
+            val_every=0,
+        )
+    )
+    end = flatten_dict(result.params, sep="/")
+    assert end.keys() == start.keys()
+    stats = [k for k in start if is_batch_stat(k)]
+    assert len(stats) == 34 and all(np.array_equal(end[k], start[k]) for k in stats)  # 17 BatchNorms
+    moved = [k for k in start if k.startswith("image_encoder/") and not np.array_equal(end[k], start[k])]
+    assert len(moved) == sum(k.startswith("image_encoder/") for k in start) - len(stats)

@@ -5,7 +5,9 @@ decoder (the maintainers' advice for task-specific fine-tuning, SysCV/sam-hq #14
 model (only for pre-training a stand-in SAM, as ``samhq demo`` does); anything else is a regular
 expression matched against ``/``-joined paths such as ``mask_decoder/hq_mlp/layers_0/kernel``.
 A parameter that is not trainable must be matched by one of :data:`FROZEN_RULES`; one matched by
-neither is an error, so a new parameter can never be silently frozen or trained.
+neither is an error, so a new parameter can never be silently frozen or trained. BatchNorm running
+statistics (TinyViT, :data:`samhq_jax.tiny_vit.BATCH_STATS_REGEX`) are constants: never trainable,
+whatever the rule (with ``all`` too).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from samhq_jax.errors import InputError
 from samhq_jax.hq_params import HQ_PARAM_REGEX
+from samhq_jax.tiny_vit import is_batch_stat
 
 TRAINABLE_PRESETS = {
     "hq": HQ_PARAM_REGEX.pattern,
@@ -45,7 +48,7 @@ def partition(params: Any, spec: str) -> tuple[dict, dict]:
     """
     pattern = trainable_regex(spec)
     flat = flatten_dict(params, sep="/")
-    trainable = {k: v for k, v in flat.items() if pattern.search(k)}
+    trainable = {k: v for k, v in flat.items() if pattern.search(k) and not is_batch_stat(k)}
     frozen = {k: v for k, v in flat.items() if k not in trainable}
     uncovered = sorted(k for k in frozen if not any(re.search(r, k) for r in FROZEN_RULES))
     if uncovered:
