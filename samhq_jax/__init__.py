@@ -11,6 +11,7 @@ from samhq_jax.config import (
 )
 from samhq_jax.hf_config import SamHQMaskDecoderConfig, SamHQPromptEncoderConfig, SamHQVisionConfig
 from samhq_jax.hf_model import SamHQImageSegmentationOutput, SamHQModel
+from samhq_jax.hf_pipeline import pipeline
 from samhq_jax.hf_processor import SamHQImageProcessor, SamHQProcessor
 from samhq_jax.hf_vision import SamHQVisionEncoderOutput, SamHQVisionModel
 from samhq_jax.official_api import (
@@ -61,6 +62,7 @@ __all__ = [
     "load_checkpoint",
     "load_pretrained",
     "param_shapes",
+    "pipeline",
     "sam_model_registry",
     "save_checkpoint",
 ]

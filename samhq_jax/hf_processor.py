@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 from PIL import Image
 
+from samhq_jax import hf_mask_generation
 from samhq_jax.config import SamHQConfig
 from samhq_jax.errors import InputError
 from samhq_jax.prompt_check import LABELS_TEXT, VALID_LABELS, check_boxes, check_finite, check_labels
@@ -51,6 +53,8 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 RETURN_TENSORS = ("np", "jax")
 DEFAULT_IMG_SIZE = 1024  # every released SAM / SAM-HQ checkpoint
 LOW_RES_FACTOR = 4  # low-res mask side = image embedding side * 4 = input side / 4
+PIL_BILINEAR = 2  # transformers' "resample" code for PIL's bilinear filter
+JSON_DECIMALS = 6  # PIXEL_MEAN / PIXEL_STD are float32: /255 written as ImageNet's 0.485, ... (not 0.48500001)
 
 
 class BatchFeature(dict):
@@ -214,6 +218,73 @@ class SamHQImageProcessor:
             out.append(full if kind == "jax" else jax.device_get(full))
         return out
 
+    # ---- transformers' SamImageProcessor surface beyond preprocessing ------------------------------
+    @property
+    def size(self) -> dict[str, int]:
+        """transformers' ``size``: ``{"longest_edge": S}``."""
+        return {"longest_edge": self.longest_edge}
+
+    def generate_crop_boxes(
+        self,
+        image: Any,
+        target_size: int,
+        crop_n_layers: int = 0,
+        overlap_ratio: float = 512 / 1500,
+        points_per_crop: int = 32,
+        crop_n_points_downscale_factor: int = 1,
+        device: Any = None,
+        input_data_format: Any = None,
+        return_tensors: str = "np",
+    ) -> tuple:
+        """:func:`samhq_jax.hf_mask_generation.generate_crop_boxes` (``device`` / ``input_data_format``
+        accepted and unused: arrays are NumPy or JAX, images channels-last)."""
+        del device, input_data_format
+        return hf_mask_generation.generate_crop_boxes(
+            image,
+            target_size,
+            crop_n_layers,
+            overlap_ratio,
+            points_per_crop,
+            crop_n_points_downscale_factor,
+            return_tensors,
+        )
+
+    def filter_masks(self, *args: Any, **kwargs: Any) -> tuple:
+        """:func:`samhq_jax.hf_mask_generation.filter_masks`."""
+        return hf_mask_generation.filter_masks(*args, **kwargs)
+
+    def post_process_for_mask_generation(self, *args: Any, **kwargs: Any) -> tuple:
+        """:func:`samhq_jax.hf_mask_generation.post_process_for_mask_generation`."""
+        return hf_mask_generation.post_process_for_mask_generation(*args, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``preprocessor_config.json`` transformers' ``SamImageProcessor`` writes for these sizes."""
+        return {
+            "do_convert_rgb": True,
+            "do_normalize": True,
+            "do_pad": True,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": [round(float(v) / 255, JSON_DECIMALS) for v in PIXEL_MEAN],
+            "image_std": [round(float(v) / 255, JSON_DECIMALS) for v in PIXEL_STD],
+            "image_processor_type": "SamImageProcessor",
+            "mask_pad_size": {"height": self.mask_pad_size, "width": self.mask_pad_size},
+            "mask_size": {"longest_edge": self.mask_size},
+            "pad_size": {"height": self.pad_size, "width": self.pad_size},
+            "processor_class": "SamHQProcessor",
+            "resample": PIL_BILINEAR,
+            "rescale_factor": 1 / 255,
+            "size": {"longest_edge": self.longest_edge},
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``save_directory/preprocessor_config.json`` (:meth:`to_dict`), which transformers'
+        ``SamHQProcessor`` / ``SamImageProcessor.from_pretrained`` and ours read."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / PREPROCESSOR_CONFIG).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return folder / PREPROCESSOR_CONFIG
+
 
 class SamHQProcessor:
     """Images and point / box prompts -> model inputs, as ``transformers.SamHQProcessor``."""
@@ -307,6 +378,11 @@ class SamHQProcessor:
     def post_process_masks(self, *args: Any, **kwargs: Any) -> list:
         """:meth:`SamHQImageProcessor.post_process_masks`."""
         return self.image_processor.post_process_masks(*args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> list[Path]:
+        """:meth:`SamHQImageProcessor.save_pretrained` (the processor has no other file); returns the
+        files written, as transformers does."""
+        return [self.image_processor.save_pretrained(save_directory)]
 
 
 def _check_return_tensors(kind: str | None) -> str:

@@ -1,6 +1,8 @@
 """The rest of the Hugging Face SAM-HQ API against transformers 4.53.3 on the same seeded random
 tiny model (saved as a transformers folder): the configuration classes, ``SamHQVisionModel``, the
-optional outputs of ``SamHQModel`` and ``SamHQModel.save_pretrained``."""
+optional outputs of ``SamHQModel``, ``SamHQModel.save_pretrained``, the image processor's
+mask-generation helpers (and the official point grids where transformers' are wrong), the
+processor's ``save_pretrained`` and ``pipeline("mask-generation")`` (against the official generator)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,17 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from PIL import Image
 
+import samhq_jax
+from eval.parity.samples import IMAGES_DIR
+from eval.parity.stages import mask_agreement
 from eval.reference import build_hf
-from samhq_jax import SamHQModel, hf_config
+from samhq_jax import SamHQImageProcessor, SamHQModel, SamHQProcessor, hf_config
 from samhq_jax.config import SamHQConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_vision import SamHQVisionModel
-from tests.conftest import assert_close
+from tests.conftest import MASK_AGREEMENT, assert_close, official_model_and_params
 
 CONFIG = SamHQConfig.tiny_h()
 PAIRS = [
@@ -141,3 +147,136 @@ def test_model_optional_outputs_and_save_pretrained(folder: Path, inputs: dict, 
         again = loaded.eval()(**_torch(inputs))
     assert_close(o.iou_scores, again.iou_scores.numpy(), "saved iou_scores")
     assert_close(o.pred_masks, again.pred_masks.numpy(), "saved pred_masks")
+
+
+# ---- the image processor's mask-generation helpers, the processor's save_pretrained, the pipeline ----
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return np.asarray(Image.open(IMAGES_DIR / "example7.png").convert("RGB"))
+
+
+def _official_points(image: np.ndarray, layers: int, per_side: int, factor: int) -> tuple[list, list]:
+    """The official generator's crop boxes and each crop's points in its resized frame
+    (``segment_anything_hq.utils.amg`` and ``ResizeLongestSide.apply_coords``, as ``_process_crop``)."""
+    from segment_anything_hq.utils import amg
+    from segment_anything_hq.utils.transforms import ResizeLongestSide
+
+    boxes, layer_idxs = amg.generate_crop_boxes(image.shape[:2], layers, 512 / 1500)
+    grids = amg.build_all_layer_point_grids(per_side, layers, factor)
+    points = []
+    for (x0, y0, x1, y1), layer in zip(boxes, layer_idxs, strict=True):
+        size = (y1 - y0, x1 - x0)
+        points.append(ResizeLongestSide(1024).apply_coords(grids[layer] * np.array(size)[None, ::-1], size))
+    return boxes, points
+
+
+def test_generate_crop_boxes_equals_transformers_and_the_official_grids(photo: np.ndarray) -> None:
+    ref, ours = transformers.SamImageProcessor(), SamHQImageProcessor()
+    assert ours.size == ref.size
+    # No crop layers: transformers' output exactly.
+    r = ref.generate_crop_boxes(photo, 1024, 0, 512 / 1500, 8, 1)
+    o = ours.generate_crop_boxes(photo, 1024, 0, 512 / 1500, 8, 1)
+    for a, b in zip((o[0], o[1], o[3]), (r[0], r[1], r[3]), strict=True):
+        assert a.dtype == b.numpy().dtype and np.array_equal(a, b.numpy())
+    assert np.array_equal(o[2][0], r[2][0])
+    # Crop layers: transformers' boxes and crops; the points of the official generator (transformers
+    # scales every crop's points by the whole image's size).
+    r = ref.generate_crop_boxes(photo, 1024, 2, 512 / 1500, 8, 1)
+    o = ours.generate_crop_boxes(photo, 1024, 2, 512 / 1500, 8, 1)
+    boxes, points = _official_points(photo, 2, 8, 1)
+    assert np.array_equal(o[0], r[0].numpy()) and np.array_equal(o[0], np.array(boxes, np.float32))
+    assert o[1].shape == tuple(r[1].shape) and all(np.array_equal(a, b) for a, b in zip(o[2], r[2], strict=True))
+    np.testing.assert_array_equal(o[1][0].transpose(1, 0, 2), np.stack(points))
+    # Fewer points in deeper layers: transformers fails; ours gives one array per crop, the official grids.
+    with pytest.raises(ValueError):
+        ref.generate_crop_boxes(photo, 1024, 2, 512 / 1500, 8, 2)
+    o = ours.generate_crop_boxes(photo, 1024, 2, 512 / 1500, 8, 2)
+    boxes, points = _official_points(photo, 2, 8, 2)
+    assert np.array_equal(o[0], np.array(boxes, np.float32)) and len(o[1]) == len(o[3]) == len(boxes)
+    for i, want in enumerate(points):
+        assert o[1][i].shape == (1, len(want), 1, 2) and o[3][i].shape == (1, len(want), 1)
+        np.testing.assert_array_equal(o[1][i][0, :, 0], want)
+
+
+def test_filter_masks_and_post_process_for_mask_generation_equal_transformers() -> None:
+    ref, ours = transformers.SamImageProcessor(), SamHQImageProcessor()
+    rng = np.random.default_rng(1)
+    # Disc-shaped logits in two crops of a 90 x 120 image, some touching a crop's edge.
+    size, kept = (90, 120), {"ours": [], "ref": []}
+    for crop in ([0, 0, 120, 90], [10, 5, 120, 90]):
+        h, w = crop[3] - crop[1], crop[2] - crop[0]
+        yy, xx = np.mgrid[:h, :w]
+        centres = rng.uniform(0, 1, (3, 2, 2)) * np.array([w, h])
+        radii = rng.uniform(3, 10, (3, 2, 1, 1))
+        dist = np.hypot(xx - centres[..., 0, None, None], yy - centres[..., 1, None, None])
+        logits = (10 * (1 - dist / radii)).astype(np.float32)
+        iou = rng.uniform(0.5, 1.0, (3, 2)).astype(np.float32)
+        args = (size, crop, 0.6, 0.5, 0.0, 1.0)
+        o = ours.filter_masks(logits, iou, *args)
+        r = ref.filter_masks(torch.from_numpy(logits), torch.from_numpy(iou), *args)
+        assert o[0] == r[0] and len(o[0]) > 0
+        np.testing.assert_array_equal(o[1], r[1].numpy())
+        np.testing.assert_array_equal(o[2], r[2].numpy())
+        kept["ours"].append(o)
+        kept["ref"].append(r)
+    # Every mask, and the first two again with lower scores, which the NMS must drop.
+    masks = [m for o in kept["ours"] for m in o[0]]
+    masks += masks[:2]
+    scores = np.concatenate([k[1] for k in kept["ours"]])
+    scores = np.concatenate([scores, scores[:2] - 0.01])
+    boxes = np.concatenate([k[2] for k in kept["ours"]])
+    boxes = np.concatenate([boxes, boxes[:2]])
+    o = ours.post_process_for_mask_generation(masks, scores, boxes, 0.3)
+    r = ref.post_process_for_mask_generation(masks, torch.from_numpy(scores), torch.from_numpy(boxes), 0.3)
+    assert len(o[0]) == len(r[0]) < len(masks) and all(np.array_equal(a, b) for a, b in zip(o[0], r[0], strict=True))
+    np.testing.assert_array_equal(o[1], r[1].numpy())
+    assert o[2] == r[2]
+    np.testing.assert_array_equal(o[3], r[3].numpy())
+
+
+def test_processor_save_pretrained_is_read_by_transformers(tmp_path: Path) -> None:
+    transformers.SamHQProcessor(image_processor=transformers.SamImageProcessor()).save_pretrained(tmp_path / "ref")
+    want = json.loads((tmp_path / "ref" / "preprocessor_config.json").read_text())
+    assert SamHQProcessor().save_pretrained(tmp_path / "ours")[0].name == "preprocessor_config.json"
+    got = json.loads((tmp_path / "ours" / "preprocessor_config.json").read_text())
+    assert got == want
+    s = CONFIG.img_size
+    SamHQProcessor(SamHQImageProcessor(longest_edge=s)).save_pretrained(tmp_path / "tiny")
+    ref = transformers.SamHQProcessor.from_pretrained(tmp_path / "tiny").image_processor
+    assert ref.size == {"longest_edge": s} and ref.pad_size == {"height": s, "width": s}
+    assert ref.mask_size == {"longest_edge": s // 4} and ref.mask_pad_size == {"height": s // 4, "width": s // 4}
+    transformers.SamHQProcessor(image_processor=ref).save_pretrained(tmp_path / "tiny_ref")
+    back = SamHQImageProcessor.from_pretrained(tmp_path / "tiny_ref").save_pretrained(tmp_path / "tiny_back")
+    assert json.loads(back.read_text()) == json.loads((tmp_path / "tiny_ref" / "preprocessor_config.json").read_text())
+
+
+def test_mask_generation_pipeline_runs_our_generator(photo: np.ndarray, tmp_path: Path) -> None:
+    from segment_anything_hq import SamAutomaticMaskGenerator
+
+    model = official_model_and_params("tiny_h")[0]
+    torch.save(model.state_dict(), tmp_path / "tiny.pth")
+    generator = samhq_jax.pipeline("mask-generation", model=str(tmp_path / "tiny.pth"))
+    small = photo[::4, ::4].copy()
+    out = generator(
+        small,
+        points_per_crop=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        output_rle_mask=True,
+        output_bboxes_mask=True,
+    )
+    ref = SamAutomaticMaskGenerator(
+        model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.7
+    ).generate(small)
+    assert sorted(out) == ["bounding_boxes", "masks", "rle_mask", "scores"] and len(out["masks"]) == len(ref) > 0
+    assert out["scores"].dtype == np.float32 and out["bounding_boxes"].shape == (len(ref), 4)
+    for i, r in enumerate(ref):
+        assert out["masks"][i].shape == small.shape[:2] and out["masks"][i].dtype == np.bool_
+        assert mask_agreement(out["masks"][i], r["segmentation"]) >= MASK_AGREEMENT
+        assert abs(out["scores"][i] - r["predicted_iou"]) <= 1e-4 * max(1.0, abs(r["predicted_iou"]))
+        x, y, w, h = r["bbox"]
+        assert out["bounding_boxes"][i].tolist() == [x, y, x + w, y + h]
+    with pytest.raises(InputError, match="mask-generation"):
+        samhq_jax.pipeline("image-segmentation", model=str(tmp_path / "tiny.pth"))
