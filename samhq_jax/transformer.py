@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import export
 
 from samhq_jax.config import MaskDecoderConfig
 from samhq_jax.layers import Dtype, LayerWeights, layer_norm
@@ -45,9 +46,12 @@ class Attention(nn.Module):
         q, k, v = (x.astype(self.dtype) for x in (q, k, v))
         if key_mask is not None:
             key_mask = key_mask[:, None, None, :]  # broadcast over heads and queries: (N, 1, 1, Tk)
-        if self.num_heads * q.shape[-2] < internal:
+        # A symbolic token count (a program exported for any number of points) cannot choose a form by
+        # its size: the plain form serves every count.
+        sized = not any(export.is_symbolic_dim(x.shape[-2]) for x in (q, k))
+        if sized and self.num_heads * q.shape[-2] < internal:
             return self._few_queries(q, k, v, key_mask, w)
-        if self.num_heads * k.shape[-2] < internal:
+        if sized and self.num_heads * k.shape[-2] < internal:
             return self._few_keys(q, k, v, key_mask, w)
         return self._plain(q, k, v, key_mask, w)
 

@@ -11,7 +11,8 @@ machine); then, as a user would (``export.deserialize`` and ``model.safetensors`
   the same prompts given the library's way (boxes as boxes, a point set padded by the library, a
   mask input), for several prompt and point counts through one artifact (symbolic dimensions) and
   the official four-layer interm stack; the other option set (``hq_token_only``,
-  ``multimask_output``) is lowered for cpu and checked the same way on points and boxes.
+  ``multimask_output``) is lowered for cpu and checked the same way on points and boxes;
+* the vit_b decoder lowers with its symbolic point count (shapes only).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 from jax import export
 from safetensors.numpy import load_file
 
@@ -32,7 +34,7 @@ from eval.parity.samples import sample_images
 from samhq_jax.checkpoint import save_checkpoint
 from samhq_jax.config import SamHQConfig
 from samhq_jax.predictor import compiled_model
-from samhq_jax.sam_hq import ImageEmbeddings
+from samhq_jax.sam_hq import ImageEmbeddings, param_shapes
 from tests.conftest import assert_close, official_model_and_params
 
 PRESET = "tiny_b"
@@ -168,3 +170,13 @@ def test_decoder_equals_the_model(exported, encoded, options):
         assert low_res.shape == (p, 1, low, low) and iou.shape == (p, 1), what
         assert_close(np.asarray(low_res), np.asarray(want_masks[0]), f"{what} low_res_masks", RTOL)
         assert_close(np.asarray(iou), np.asarray(want_iou[0]), f"{what} iou_predictions", RTOL)
+
+
+def test_real_size_decoder_lowers_for_any_point_count():
+    """vit_b's widths: a symbolic point count must not meet a size-dependent choice (the decoder's
+    attention picks its form by the token count; an exported program takes the plain one)."""
+    config = SamHQConfig.vit_b()
+    weights = flatten_dict(param_shapes(config), sep="/")  # shapes only: nothing allocated
+    decoder = lower_decoder(config, weights, DecoderOptions(), PLATFORMS)
+    assert list(decoder.platforms) == PLATFORMS
+    assert [str(d) for d in decoder.out_avals[0].shape] == ["num_prompts", "1", "256", "256"]

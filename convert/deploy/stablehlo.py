@@ -101,11 +101,12 @@ def with_flat_weights(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def weight_specs(weights: dict[str, np.ndarray]) -> dict[str, jax.ShapeDtypeStruct]:
+def weight_specs(weights: dict[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape and dtype of each weight (arrays or ``jax.ShapeDtypeStruct``: nothing is read)."""
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
 
 
-def lower_encoder(config: SamHQConfig, weights: dict[str, np.ndarray], platforms: Sequence[str]) -> export.Exported:
+def lower_encoder(config: SamHQConfig, weights: dict[str, Any], platforms: Sequence[str]) -> export.Exported:
     """The encoder's ``Exported`` for ``platforms`` (nothing compiled, nothing run)."""
     fn = jax.jit(with_flat_weights(encoder_function(config)))
     return export.export(fn, platforms=check_platforms(platforms))(
@@ -114,7 +115,7 @@ def lower_encoder(config: SamHQConfig, weights: dict[str, np.ndarray], platforms
 
 
 def lower_decoder(
-    config: SamHQConfig, weights: dict[str, np.ndarray], options: DecoderOptions, platforms: Sequence[str]
+    config: SamHQConfig, weights: dict[str, Any], options: DecoderOptions, platforms: Sequence[str]
 ) -> export.Exported:
     """The decoder's ``Exported`` for ``platforms``, symbolic in the prompt, point and layer counts."""
     names = (LAYERS, PROMPTS, POINTS)
