@@ -167,7 +167,7 @@ def test_shares_are_contiguous_and_cover_every_item() -> None:
         (["--num-processes", "2"], "--coordinator and --process-id missing"),
         (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "--process-id 2: need 0 .. 1"),
         (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], "expected HOST:PORT"),
-        (["--coordinator", "h:1", "--num-processes", "0", "--process-id", "0"], "--num-processes: '0': need an integer"),
+        (["--coordinator", "h:1", "--num-processes", "0", "--process-id", "0"], "'0': need an integer"),
     ],
 )
 def test_bad_process_flags_are_one_line_errors(inputs: dict[str, Path], tmp_path, capsys, flags, message) -> None:
