@@ -9,4 +9,6 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[test,hub]"
+# the ONNX converter without its declared orbax-checkpoint<0.11.37 pin (pyproject.toml, extra "export")
+.venv/bin/python -m pip install -q --no-deps "jax2onnx==0.17.1"
 .venv/bin/python -m pip install -q --target .hf-regressed --no-deps --upgrade "transformers==4.57.3" "tokenizers==0.22.1"
