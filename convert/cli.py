@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 
 from convert.export import export_hf, export_official
-from samhq_jax.atomic import atomic_dir, atomic_file, check_target
+from samhq_jax.atomic import atomic_dir, atomic_file, check_apart, check_target
 from samhq_jax.checkpoint import FILE_SUFFIXES, read_weights, save_checkpoint, untrained_hq_message
 from samhq_jax.cmdkit.args import add_overwrite_flag, command_parser, docstring_help
 from samhq_jax.cmdkit.guard import doing, run_guarded
@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_destination(dst: Path, to: str, overwrite: bool) -> None:
+def check_destination(dst: Path, to: str, overwrite: bool, src: str) -> None:
     """Refuse, before anything is read, a DST that does not suit ``--to`` (a file name for a folder
-    format, a folder name for ``official``) or that exists without ``overwrite``."""
+    format, a folder name for ``official``), that exists without ``overwrite``, or whose replacement
+    would delete SRC (a folder holding it; SRC itself may be rewritten: it is read whole first)."""
     if to == "official" and dst.suffix not in OFFICIAL_SUFFIXES:
         raise InputError(f"DST {dst}: --to official writes a {' / '.join(OFFICIAL_SUFFIXES)} file; name it so")
     if to != "official" and dst.suffix.lower() in FILE_SUFFIXES:
@@ -59,13 +60,14 @@ def check_destination(dst: Path, to: str, overwrite: bool) -> None:
             "(for a state dict file: --to official)"
         )
     check_target(dst, overwrite, "DST")
+    check_apart(dst, [src], "DST", allow_same=True)
 
 
 def convert(args: argparse.Namespace) -> int:
     """Check ``args.dst``, read ``args.src``, write ``args.dst`` in format ``args.to`` (whole, then
     renamed into place) and say what was done."""
     dst = Path(args.dst)
-    check_destination(dst, args.to, args.overwrite)
+    check_destination(dst, args.to, args.overwrite, args.src)
     with doing(f"reading {args.src}"):
         weights = read_weights(args.src)
     config, params = weights.config, weights.params

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from samhq_jax.atomic import check_target
+from samhq_jax.atomic import check_apart, check_target
 from samhq_jax.cmdkit.args import (
     CHECKPOINT_HELP,
     COUNT,
@@ -214,8 +214,10 @@ def run(args: argparse.Namespace) -> int:
     processes = distributed_flags(args)
     first = processes is None or processes[2] == 0  # process 0 reports and writes
     policy = Policy(args.precision, args.dtype)
-    if first:
-        check_target(Path(args.output), args.overwrite, "--output")  # before any work
+    if first:  # before any work: an output that exists, or whose replacement would delete an input
+        check_target(Path(args.output), args.overwrite, "--output")
+        inputs = [*(args.data or []), args.data_root, args.checkpoint, args.sam_checkpoint]
+        check_apart(Path(args.output), [i for i in inputs if i is not None], "--output")
     pairs, dataset_errors = _datasets(args)
     for name, message in dataset_errors.items():
         if first:

@@ -12,7 +12,8 @@ half a model; a rerun replaces the output whole, with no stale files beside the 
         torch.save(state, tmp)                                      # tmp keeps the target's suffix
 
 An existing target is refused (:class:`~samhq_jax.errors.InputError`, naming ``what`` and
-``--overwrite``) unless ``overwrite``; an empty folder counts as absent.
+``--overwrite``) unless ``overwrite``; an empty folder counts as absent. :func:`check_apart` refuses
+an output whose replacement would delete an input (``--output`` = ``--data``, or a folder above it).
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ def check_target(target: str | os.PathLike, overwrite: bool, what: str = "output
             if not parent.is_dir():
                 raise InputError(f"{what} {target}: {parent} is not a folder")
             break
+
+
+def check_apart(
+    target: str | os.PathLike, inputs: list[str | os.PathLike], what: str = "output", allow_same: bool = False
+) -> None:
+    """Refuse an output ``target`` whose replacement would delete one of the ``inputs`` (the same
+    path, unless ``allow_same``: the input is read whole before the output is renamed over it; or a
+    folder holding it): an ``InputError`` naming both."""
+    out = Path(target).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if out in source.parents or (out == source and not allow_same):
+            raise InputError(f"{what} {target}: replacing it would delete the input {given}; choose another path")
 
 
 def _remove(path: Path) -> None:

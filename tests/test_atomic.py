@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from samhq_jax.atomic import atomic_dir, atomic_file, check_target
+from samhq_jax.atomic import atomic_dir, atomic_file, check_apart, check_target
 from samhq_jax.errors import InputError
 
 
@@ -73,3 +73,12 @@ def test_a_file_in_the_way_of_the_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(InputError, match="is not a folder"):
         check_target(tmp_path / "f" / "out", overwrite=True)
+
+
+def test_an_output_that_would_delete_an_input_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "set" / "images"
+    for target in (tmp_path / "set", tmp_path, data):
+        with pytest.raises(InputError, match="replacing it would delete the input"):
+            check_apart(target, [data], "--output")
+    check_apart(data, [data], "DST", allow_same=True)  # the input itself, read whole first, may be rewritten
+    check_apart(tmp_path / "out", [data, tmp_path / "model.pth"])
