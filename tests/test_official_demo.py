@@ -208,21 +208,24 @@ def test_features_and_set_torch_image_equal_official(predictors: tuple) -> None:
 DEMOS = Path(__file__).parent / "official_demos"
 OURS = "from samhq_jax import sam_model_registry, SamPredictor"
 OFFICIAL = "from segment_anything_hq import sam_model_registry, SamPredictor"
-# Lines the tests change besides the import: the model, for a tiny one (its checkpoint sits at the
-# demo's path), and the device, for a machine without a GPU.
-TINY_LINES = {'model_type = "vit_l"': f'model_type = "{PRESET}"', 'device = "cuda"': 'device = "cpu"'}
+# Lines the tests change besides the import: the device, for a machine without a GPU, and (but in the
+# Light HQ-SAM demo, whose vit_tiny runs at full size) the model, for a tiny one, its checkpoint at the
+# demo's path.
+CPU = {'device = "cuda"': 'device = "cpu"'}
+TINY = {'model_type = "vit_l"': f'model_type = "{PRESET}"', **CPU}
+LOAD_REPORT = "<All keys matched successfully>"  # the official builders print load_state_dict's report
 PICTURE_AGREEMENT = 0.999  # pixels of a saved picture equal on both sides (the masks agree to 0.9999)
 PICTURE_DPI = 32  # the demo's 10 x 10 inch figures saved at 320 x 320 pixels, not 1000 x 1000 (time)
 
 
-def _demo_source(name: str, import_line: str) -> str:
+def _demo_source(name: str, import_line: str, swaps: dict[str, str]) -> str:
     """The demo's text with its import line (``segment_anything`` / ``segment_anything_hq``) set to
-    ``import_line`` and the :data:`TINY_LINES` swapped, each found exactly once."""
+    ``import_line`` and the lines of ``swaps`` swapped, each found exactly once."""
     source = (DEMOS / f"{name}.py.txt").read_text()
     imports = [line for line in source.splitlines() if line.startswith("from segment_anything")]
     assert len(imports) == 1, imports
     source = source.replace(imports[0], import_line)
-    for old, new in TINY_LINES.items():
+    for old, new in swaps.items():
         assert source.count(old) == 1, old
         source = source.replace(old, new)
     return source
@@ -231,16 +234,18 @@ def _demo_source(name: str, import_line: str) -> str:
 @pytest.fixture(scope="module")
 def demo_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo's folders: ``demo/input_imgs/example{0..7}.png`` (the shared photos: dog.jpg's bytes
-    for the unshipped 0-5, which ``cv2.imread`` reads by content) and the tiny model's official
-    checkpoint at ``pretrained_checkpoint/sam_hq_vit_l.pth``."""
+    for the unshipped 0-5, which ``cv2.imread`` reads by content) and ``dog.jpg``; official
+    checkpoints of the tiny model at ``pretrained_checkpoint/sam_hq_vit_l.pth`` and of a random
+    vit_tiny at ``sam_hq_vit_tiny.pth``."""
     root = tmp_path_factory.mktemp("demo_inputs")
     images = root / "demo" / "input_imgs"
     images.mkdir(parents=True)
     for i in range(8):
         shutil.copy(IMAGES_DIR / (f"example{i}.png" if i >= 6 else "dog.jpg"), images / f"example{i}.png")
+    shutil.copy(IMAGES_DIR / "dog.jpg", images / "dog.jpg")
     (root / "pretrained_checkpoint").mkdir()
-    model = official_model_and_params(PRESET)[0]
-    torch.save(model.state_dict(), root / "pretrained_checkpoint" / "sam_hq_vit_l.pth")
+    for preset, name in ((PRESET, "sam_hq_vit_l.pth"), ("vit_tiny", "sam_hq_vit_tiny.pth")):
+        torch.save(official_model_and_params(preset)[0].state_dict(), root / "pretrained_checkpoint" / name)
     return root
 
 
@@ -270,32 +275,49 @@ def _official_tiny(checkpoint: str | None = None) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def official_demo_run(demo_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict]:
+def official_demo_runs(demo_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """The official package's runs: the ViT demo (its pip example's text: the official import) on the
+    tiny model, and the Light HQ-SAM demo as it is (official vit_tiny, only the device changed)."""
     import segment_anything_hq
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(segment_anything_hq.sam_model_registry, PRESET, _official_tiny)
-        return _run_demo(
-            _demo_source("demo_hqsam_pip_example", OFFICIAL), demo_inputs, tmp_path_factory.mktemp("official"), mp
+        vit = _run_demo(
+            _demo_source("demo_hqsam_pip_example", OFFICIAL, TINY), demo_inputs, tmp_path_factory.mktemp("vit"), mp
         )
+        light = _run_demo(
+            _demo_source("demo_hqsam_light", OFFICIAL, CPU), demo_inputs, tmp_path_factory.mktemp("light"), mp
+        )
+    return {"demo_hqsam": vit, "demo_hqsam_pip_example": vit, "demo_hqsam_light": light}
 
 
-@pytest.mark.parametrize("demo", ["demo_hqsam", "demo_hqsam_pip_example"])
+@pytest.mark.parametrize(
+    ("demo", "swaps", "n_scores"),
+    [("demo_hqsam", TINY, 9), ("demo_hqsam_pip_example", TINY, 9), ("demo_hqsam_light", CPU, 4)],
+)
 def test_official_demo_script_runs_with_only_the_import_changed(
-    demo: str, demo_inputs: Path, official_demo_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    demo: str,
+    swaps: dict,
+    n_scores: int,
+    demo_inputs: Path,
+    official_demo_runs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The demo's own text, ``sam_model_registry[...](checkpoint=...)``, ``sam.to(device=...)``,
-    ``SamPredictor(sam)``, ``torch.tensor(..., device=predictor.device)`` and the plotting included:
-    the same printed lines (scores to their 3 printed decimals) and the same pictures."""
-    ref_lines, ref_pictures = official_demo_run
-    lines, pictures = _run_demo(_demo_source(demo, OURS), demo_inputs, tmp_path, monkeypatch)
-    assert len(lines) == len(ref_lines) and sum(line.startswith("Score:") for line in ref_lines) == 9
+    ``sam.eval()``, ``SamPredictor(sam)``, ``torch.tensor(..., device=predictor.device)`` and the
+    plotting included: the same printed lines (scores to their 3 printed decimals; the official
+    builders' load report aside) and the same pictures."""
+    ref_lines, ref_pictures = official_demo_runs[demo]
+    ref_lines = [line for line in ref_lines if line != LOAD_REPORT]
+    lines, pictures = _run_demo(_demo_source(demo, OURS, swaps), demo_inputs, tmp_path, monkeypatch)
+    assert len(lines) == len(ref_lines) and sum(line.startswith("Score:") for line in ref_lines) == n_scores
     for ours, ref in zip(lines, ref_lines, strict=True):
         if ref.startswith("Score:"):
             assert abs(float(ours.split()[1]) - float(ref.split()[1])) <= 1.5e-3, (ours, ref)
         else:
             assert ours == ref
-    assert sorted(pictures) == sorted(ref_pictures) and len(pictures) == 8
+    assert sorted(pictures) == sorted(ref_pictures) and len(pictures) == n_scores - 1  # one for 2 boxes
     for name, ref in ref_pictures.items():
         assert pictures[name].shape == ref.shape, name
         agreement = np.mean(np.all(pictures[name] == ref, axis=-1))
