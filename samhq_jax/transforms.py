@@ -70,8 +70,17 @@ def to_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
 
 
 def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
-    """``(H, W, 3)`` uint8 -> ``(h, w, 3)`` uint8 with ``max(h, w) == long_side`` (PIL bilinear)."""
+    """``(H, W, 3)`` uint8 -> ``(h, w, 3)`` uint8 with ``max(h, w) == long_side`` (PIL bilinear).
+
+    An image so elongated that its short side rounds to 0 pixels is an ``InputError`` (the official
+    ``ResizeLongestSide`` fails on it too)."""
     new_h, new_w = preprocess_shape(image.shape[0], image.shape[1], long_side)
+    if min(new_h, new_w) < 1:
+        h, w = image.shape[:2]
+        raise InputError(
+            f"a {w}x{h} image is too elongated for the model's {long_side}-pixel input: its short side would "
+            f"be resized to 0 pixels (at most {2 * long_side}:1 fits)"
+        )
     return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
 
 

@@ -295,3 +295,14 @@ def test_python_m_entry_points_are_guarded(corpus: Path, module: str, args: list
     assert run.returncode == 2, run.stderr
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and text in lines[0] and "Traceback" not in run.stderr, run.stderr
+
+
+def test_an_image_too_elongated_for_the_model_is_bad_input() -> None:
+    """A 1 x 321 image has no row left at a 160-pixel input (the official resize fails as well):
+    refused as bad input, where PIL's own ValueError would be an internal error."""
+    from samhq_jax.errors import InputError
+    from samhq_jax.transforms import preprocess
+
+    assert preprocess(np.zeros((1, 320, 3), np.uint8), 160)[1] == (1, 160)
+    with pytest.raises(InputError, match=r"a 321x1 image is too elongated .*\(at most 320:1 fits\)"):
+        preprocess(np.zeros((1, 321, 3), np.uint8), 160)
