@@ -7,8 +7,11 @@
   dynamic axis, the interm layer count too), then the official upscaling to ``orig_im_size``
   appended (:mod:`convert.deploy.onnx_postprocess`, the one step no JAX program can express).
 
-Weights are constants in the graphs (initializers); a model over protobuf's 2 GB limit keeps them
-in a ``.onnx.data`` file beside it (jax2onnx's standard export mode; vit_h's encoder).
+Weights are constants in the graphs (initializers). jax2onnx's standard file mode writes every
+encoder weight over 1 MB to ``encoder.onnx.data`` beside ``encoder.onnx`` (vit_b: 2 MB + 340 MB;
+not for the test-size models), which onnxruntime reads from the same folder: keep the two together.
+That also keeps vit_h's encoder (2.5 GB of weights) under protobuf's 2 GB limit. The decoder is one
+file (vit_b: 23 MB).
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def drop_intermediate_shapes(model: Any) -> Any:
 
 
 def export_encoder(config: SamHQConfig, params: Any, path: Path, opset: int) -> Path:
-    """Write ``encoder.onnx`` (and its ``.onnx.data`` when over 2 GB) to ``path``."""
+    """Write ``encoder.onnx`` (and ``encoder.onnx.data`` with its weights over 1 MB) to ``path``."""
     to_onnx = converter()
     specs = encoder_inputs(config)
     with quiet_converter():

@@ -2,7 +2,8 @@
 
 --format onnx: DIR/encoder.onnx (input "image" (1, 3, S, S): the image normalised and zero-padded
   as the official Sam.preprocess returns it; outputs image_embeddings (1, 256, 64, 64) and
-  interm_embeddings (1, 1, 64, 64, vit_dim)) and DIR/decoder.onnx, the official SamOnnxModel's
+  interm_embeddings (1, 1, 64, 64, vit_dim); its weights in DIR/encoder.onnx.data beside it, for
+  the real models: keep the two together) and DIR/decoder.onnx, the official SamOnnxModel's
   signature and semantics (inputs image_embeddings, interm_embeddings (the official (4, 1, 64, 64,
   vit_dim) too), point_coords (1, N, 2), point_labels (1, N), mask_input (1, 1, 256, 256),
   has_mask_input (1,), orig_im_size (2,); outputs masks (1, 1, H, W), iou_predictions (1, 1),
@@ -78,7 +79,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="export the model to ONNX (encoder + decoder) or StableHLO",
-        description=__doc__.split("\n")[0].split(": ", 1)[1],
+        description=__doc__.split("\n")[0].split(": ", 1)[1].capitalize(),
         **help_layout(docstring_help(__doc__)),
     )
     add_arguments(p)
