@@ -228,6 +228,14 @@ class SamHQAutomaticMaskGenerator:
         """The records of 1 to ``lanes`` RGB images, generated in lockstep (their crops differ in
         size, not in number: crop ``i`` of every image is in the same layer)."""
         crops = [generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio) for image in images]
+        for image, (boxes, _) in zip(images, crops, strict=True):
+            empty = next((b for b in boxes if b[2] <= b[0] or b[3] <= b[1]), None)
+            if empty is not None:  # the official fails on such a crop too
+                h, w = image.shape[:2]
+                raise InputError(
+                    f"crop_n_layers={self.crop_n_layers} cuts a {w}x{h} image into empty crops (e.g. {empty}); "
+                    "use fewer crop layers for so small an image"
+                )
         layers = crops[0][1]
         batches = [self._batch_size(len(self.point_grids[layer])) for layer in layers]
         total = sum(-(-len(self.point_grids[layer]) // b) for layer, b in zip(layers, batches, strict=True))

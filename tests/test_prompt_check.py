@@ -91,3 +91,12 @@ def test_user_point_grids_are_checked() -> None:
     with pytest.raises(InputError, match=r"^point_grids\[0\]\[1\] = \[1.5, 0.2\]: grid points are in \[0, 1\]"):
         check_settings(None, 64, 0, 1, [np.array([[0.5, 0.5], [1.5, 0.2]])], "binary_mask")
     assert len(check_settings(None, 64, 0, 1, [np.array([[0.0, 1.0]])], "binary_mask")) == 1
+
+
+def test_crop_layers_too_many_for_a_tiny_image(zero_params: dict) -> None:
+    from samhq_jax.amg import SamHQAutomaticMaskGenerator
+    from samhq_jax.predictor import SamHQPredictor
+
+    generator = SamHQAutomaticMaskGenerator(SamHQPredictor(CONFIG, zero_params), points_per_side=2, crop_n_layers=2)
+    with pytest.raises(InputError, match=r"crop_n_layers=2 cuts a 5x3 image into empty crops \(e.g. \[0, 3, 2, 3\]\)"):
+        generator.generate(np.zeros((3, 5, 3), np.uint8))
