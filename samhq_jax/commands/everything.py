@@ -90,9 +90,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--format", choices=("png", "rle"), default="png", help="mask PNGs, or RLE in the JSON")
     p.add_argument("--points-per-side", type=POSITIVE_INT, default=32, help="grid points a side (default 32)")
     p.add_argument("--points-per-batch", type=POSITIVE_INT, default=64, help="points per compiled call (default 64)")
-    p.add_argument("--pred-iou-thresh", type=PROBABILITY, default=0.88, help="default 0.88; 0 keeps all")
-    p.add_argument("--stability-score-thresh", type=PROBABILITY, default=0.95, help="default 0.95; 0 keeps all")
-    p.add_argument("--box-nms-thresh", type=PROBABILITY, default=0.7, help="default 0.7")
+    p.add_argument("--pred-iou-thresh", type=PROBABILITY, default=0.88, help="in [0, 1], default 0.88; 0 keeps all")
+    p.add_argument(
+        "--stability-score-thresh", type=PROBABILITY, default=0.95, help="in [0, 1], default 0.95; 0 keeps all"
+    )
+    p.add_argument("--box-nms-thresh", type=PROBABILITY, default=0.7, help="in [0, 1], default 0.7; 1 keeps all")
     p.add_argument("--crop-n-layers", type=COUNT, default=0, help="extra layers of image crops (default 0)")
     p.add_argument(
         "--min-mask-region-area", type=COUNT, default=0, help="fill holes / drop islands below this (default 0)"
