@@ -18,7 +18,8 @@
 
 --hq-token-only and --multimask-output are the official export options, fixed in the decoder.
 DIR is written whole (a hidden temporary folder, then a rename); an existing non-empty DIR is
-refused before anything is read unless --overwrite.
+refused before anything is read unless --overwrite. An original SAM checkpoint exports with a
+warning: its HQ part is freshly initialised.
 
 examples:
   samhq export --checkpoint sam_hq_vit_b.pth --output onnx_vit_b/ --format onnx
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from convert.deploy.signature import DecoderOptions
     from convert.deploy.stablehlo import export_stablehlo
     from samhq_jax.atomic import atomic_dir
-    from samhq_jax.checkpoint import read_weights
+    from samhq_jax.checkpoint import read_weights, untrained_hq_message
 
     options = DecoderOptions(job.hq_token_only, job.multimask_output)
     with tqdm(total=3, desc="samhq export", unit="step") as bar:
@@ -142,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str("reading the checkpoint")
         with doing(f"reading the checkpoint {job.checkpoint}"):
             weights = read_weights(job.checkpoint)
+        if not weights.hq_trained:
+            tqdm.write(f"samhq export: warning: {untrained_hq_message(job.checkpoint)}", file=sys.stderr)
         with atomic_dir(job.output, job.overwrite, "--output") as tmp, doing(f"exporting to {job.format}"):
             if job.format == "onnx":
                 files = export_onnx(weights.config, weights.params, tmp, options, job.opset, step)
