@@ -240,3 +240,16 @@ def test_occupied_output_and_missing_checkpoint_are_refused(tmp_path, capsys):
     argv = ["export", "--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "new"), "--format", "onnx"]
     assert samhq_main(argv) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_help_names_the_files_the_signature_and_the_entry_points(capsys):
+    from convert.deploy.__main__ import main as deploy_main
+
+    for entry, argv in ((samhq_main, ["export", "--help"]), (deploy_main, ["--help"])):
+        with pytest.raises(SystemExit) as done:
+            entry(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert done.value.code == 0
+        for text in ("encoder.onnx", "decoder.onnx", "orig_im_size", "encoder.stablehlo", "stablehlo.json"):
+            assert text in out, text
+        assert "--overwrite" in out and "examples:" in out and "exit status:" in out
