@@ -128,7 +128,8 @@ def test_mask_generator_takes_the_model_with_official_keywords(models: tuple, im
     from segment_anything_hq import SamAutomaticMaskGenerator as Official
 
     ref_model, sam, _ = models
-    settings = dict(points_per_side=4, points_per_batch=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    # The settings and image of test_hf_api.py's pipeline test: the same compiled programs serve both.
+    settings = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     small = image[::4, ::4].copy()
     ref = Official(ref_model, **settings).generate(small)
     generator = SamAutomaticMaskGenerator(sam, **settings)
