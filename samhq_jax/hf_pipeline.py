@@ -14,6 +14,7 @@ three SAM masks of each point and handles only the first crop (its crop layers a
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -37,18 +38,23 @@ class MaskGenerationPipeline:
     ``crop_overlap_ratio``, ``crop_n_points_downscale_factor``, ``pred_iou_thresh``,
     ``stability_score_thresh``, ``stability_score_offset``, ``mask_threshold`` (0 only),
     ``crops_nms_thresh`` (the NMS within and across crops), ``output_rle_mask``, ``output_bboxes_mask``.
-    ``image``: a path, a PIL image or an ``(H, W, 3)`` array."""
+    ``image``: a path, a PIL image or an ``(H, W, 3)`` array. ``defaults``: keywords given to
+    :func:`pipeline`, used where a call does not give them. Unknown keywords are refused."""
 
     task = TASK
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, **defaults: Any) -> None:
+        check_settings(defaults)
         self.model = model
+        self.defaults = defaults
         self.predictor = SamHQPredictor(model.samhq_config, model.params, model.policy.dtype, model.policy.precision)
 
     def __call__(self, image: Any, **settings: Any) -> dict[str, Any] | list[dict[str, Any]]:
+        check_settings(settings)
         if isinstance(image, list):
             return [self(one, **settings) for one in image]
-        return self._generate(read_rgb(image) if isinstance(image, (str, os.PathLike)) else image, **settings)
+        rgb = read_rgb(image) if isinstance(image, (str, os.PathLike)) else image
+        return self._generate(rgb, **{**self.defaults, **settings})
 
     def _generate(
         self,
@@ -95,17 +101,30 @@ class MaskGenerationPipeline:
         return out
 
 
-def pipeline(task: str, model: Any = None, **kwargs: Any) -> MaskGenerationPipeline:
-    """transformers' ``pipeline`` for ``task="mask-generation"``: ``model`` a
-    :class:`~samhq_jax.SamHQModel` or anything its ``from_pretrained`` takes (a hub id, a folder, a
-    checkpoint file). Other tasks, and arguments other than ``model``, are refused."""
+def check_settings(settings: dict[str, Any]) -> None:
+    """Refuse keywords the pipeline does not know (an :class:`~samhq_jax.errors.InputError` naming them)."""
+    known = set(inspect.signature(MaskGenerationPipeline._generate).parameters) - {"self", "image"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise InputError(f"mask-generation pipeline: unknown arguments {unknown}; known: {sorted(known)}")
+
+
+def pipeline(task: str, model: Any = None, device: Any = None, **defaults: Any) -> MaskGenerationPipeline:
+    """transformers' ``pipeline`` for ``task="mask-generation"``.
+
+    ``model``: a :class:`~samhq_jax.SamHQModel` or anything its ``from_pretrained`` takes (a hub id, a
+    folder, a checkpoint file). ``device``: as transformers', an int (-1 the CPU, ``i`` GPU ``i``), a
+    name (``"cpu"``, ``"cuda:0"``) or a JAX device; the weights go there. ``defaults``: the call's
+    keywords (``points_per_batch``, ...), used where a call does not give them. Other tasks are refused.
+    """
     if task != TASK:
         raise InputError(f"pipeline: only the {TASK!r} task is available, got {task!r}")
-    if kwargs:
-        raise InputError(f"pipeline: unsupported arguments {sorted(kwargs)} (give model=)")
     if model is None:
         raise InputError("pipeline: give model= (a SamHQModel, a hub id, a folder or a checkpoint)")
-    return MaskGenerationPipeline(model if isinstance(model, SamHQModel) else SamHQModel.from_pretrained(model))
+    model = model if isinstance(model, SamHQModel) else SamHQModel.from_pretrained(model)
+    if device is not None:
+        model.to(("cpu" if device < 0 else f"cuda:{device}") if isinstance(device, int) else device)
+    return MaskGenerationPipeline(model, **defaults)
 
 
 __all__ = ["MaskGenerationPipeline", "pipeline"]

@@ -257,15 +257,11 @@ def test_mask_generation_pipeline_runs_our_generator(photo: np.ndarray, tmp_path
 
     model = official_model_and_params("tiny_h")[0]
     torch.save(model.state_dict(), tmp_path / "tiny.pth")
-    generator = samhq_jax.pipeline("mask-generation", model=str(tmp_path / "tiny.pth"))
+    # Keywords given to pipeline() are the calls' defaults, as in transformers.
+    generator = samhq_jax.pipeline("mask-generation", model=str(tmp_path / "tiny.pth"), device=-1, points_per_crop=4)
     small = photo[::4, ::4].copy()
     out = generator(
-        small,
-        points_per_crop=4,
-        pred_iou_thresh=0.0,
-        stability_score_thresh=0.0,
-        output_rle_mask=True,
-        output_bboxes_mask=True,
+        small, pred_iou_thresh=0.0, stability_score_thresh=0.0, output_rle_mask=True, output_bboxes_mask=True
     )
     ref = SamAutomaticMaskGenerator(
         model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.7
@@ -280,3 +276,5 @@ def test_mask_generation_pipeline_runs_our_generator(photo: np.ndarray, tmp_path
         assert out["bounding_boxes"][i].tolist() == [x, y, x + w, y + h]
     with pytest.raises(InputError, match="mask-generation"):
         samhq_jax.pipeline("image-segmentation", model=str(tmp_path / "tiny.pth"))
+    with pytest.raises(InputError, match="unknown arguments"):
+        generator(small, points_per_side=4)
