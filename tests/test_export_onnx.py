@@ -14,7 +14,8 @@ traces). Exported once (``samhq export``), plus the decoder of the second option
 * encoder.onnx then decoder.onnx on a photo and a box (``examples/onnx_segment.py``'s functions)
   give the official ``SamPredictor``'s mask, >= 99.99 % of the pixels;
 * ``examples/onnx_segment.py`` runs with jax and torch unimportable and writes that mask;
-* bad flags and an occupied output are refused before any work (exit 2).
+* bad flags and an occupied output are refused before any work (exit 2);
+* ``-m slow``: the same checks at vit_b size (random weights; minutes).
 """
 
 from __future__ import annotations
@@ -253,3 +254,48 @@ def test_help_names_the_files_the_signature_and_the_entry_points(capsys):
         for text in ("encoder.onnx", "decoder.onnx", "orig_im_size", "encoder.stablehlo", "stablehlo.json"):
             assert text in out, text
         assert "--overwrite" in out and "examples:" in out and "exit status:" in out
+
+
+@pytest.mark.slow
+def test_vit_b_onnx_equals_official(tmp_path, photo):
+    """Real size (seeded random vit_b; minutes, ~3 GB): the encoder on a photo, the decoder on 1 and
+    30 points, the chain on a box, against the official model as above."""
+    from segment_anything_hq import SamPredictor
+    from segment_anything_hq.utils.onnx import SamOnnxModel
+    from segment_anything_hq.utils.transforms import ResizeLongestSide
+
+    from convert.deploy.onnx import export_onnx
+
+    model, _, config, params = official_model_and_params("vit_b")
+    export_onnx(config, params, tmp_path, DecoderOptions(), DEFAULT_OPSET)
+    encoder, decoder = session(tmp_path / "encoder.onnx"), session(tmp_path / "decoder.onnx")
+    resized = ResizeLongestSide(config.img_size).apply_image(photo)
+    with torch.no_grad():
+        image = model.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())
+        embedding, interm = model.image_encoder(image)
+    got_embedding, got_interm = encoder.run(None, {"image": image.numpy()})
+    assert_close(got_embedding, embedding.numpy(), "vit_b encoder.onnx image_embeddings")
+    assert_close(got_interm[0], interm[0].numpy(), "vit_b encoder.onnx interm_embeddings")
+    reference = SamOnnxModel(model).eval()
+    rng = np.random.default_rng(0)
+    for n in (1, 30):
+        feeds = {
+            "image_embeddings": got_embedding,
+            "interm_embeddings": torch.stack(interm).numpy(),
+            "point_coords": rng.uniform(0, config.img_size, (1, n, 2)).astype(np.float32),
+            "point_labels": np.resize(np.arange(-1, 4), n)[None].astype(np.float32),
+            "mask_input": rng.normal(0, 3, (1, 1, 256, 256)).astype(np.float32),
+            "has_mask_input": np.array([n % 2], np.float32),
+            "orig_im_size": np.array(photo.shape[:2], np.float32),
+        }
+        with torch.no_grad():
+            want = reference(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        for name, a, b in zip(("masks", "iou", "low_res"), decoder.run(None, feeds), want, strict=True):
+            assert_close(a, b.numpy(), f"vit_b decoder.onnx {name}, {n} points")
+    h, w = photo.shape[:2]
+    box = [0.2 * w, 0.15 * h, 0.8 * w, 0.9 * h]
+    predictor = SamPredictor(model)
+    predictor.set_image(photo)
+    want, _, _ = predictor.predict(box=np.array(box), multimask_output=False)
+    got, _ = example_module().segment(encoder, decoder, photo, [box], [])
+    assert float((got == want[0]).mean()) >= MASK_AGREEMENT
