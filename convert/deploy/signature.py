@@ -23,7 +23,9 @@ thing:
 Point labels as in the official ONNX (never a pad point added): -1 not a point (its positional
 encoding replaced by ``not_a_point_embed``), 0 background, 1 foreground, 2 a box's top-left and 3
 its bottom-right corner; a box is two points labelled 2 and 3. Any other value adds no type
-embedding (as the official arithmetic does).
+embedding (as the official arithmetic does). At least one point (a ``(0, 0)`` labelled -1 counts):
+the exported decoders are not defined for none (the ONNX one fails in onnxruntime, the StableHLO
+one's symbolic point count is >= 1).
 
 Shapes, dtypes and names for both exporters: :func:`encoder_inputs`, :func:`decoder_inputs`; a
 string in a shape is a symbolic (dynamic) dimension.

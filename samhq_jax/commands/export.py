@@ -7,7 +7,7 @@
   signature and semantics (inputs image_embeddings, interm_embeddings (the official (4, 1, 64, 64,
   vit_dim) too), point_coords (1, N, 2), point_labels (1, N), mask_input (1, 1, 256, 256),
   has_mask_input (1,), orig_im_size (2,); outputs masks (1, 1, H, W), iou_predictions (1, 1),
-  low_res_masks (1, 1, 256, 256); labels -1 / 0 / 1 / 2 / 3, any N). Converted by jax2onnx
+  low_res_masks (1, 1, 256, 256); labels -1 / 0 / 1 / 2 / 3, any N >= 1). Converted by jax2onnx
   (pip install 'samhq-jax[export]'); --opset 17 (default, as the official script) .. 23.
 --format stablehlo: DIR/encoder.stablehlo and DIR/decoder.stablehlo (jax.export, serialized;
   the same inputs, the weights as a first argument from DIR/model.safetensors; any number of prompt
