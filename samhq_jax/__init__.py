@@ -24,6 +24,7 @@ from samhq_jax.official_api import (
     build_sam_vit_l,
     build_sam_vit_t,
     sam_model_registry,
+    sam_model_registry_baseline,
 )
 from samhq_jax.predictor import SamHQPredictor, TensorLikeArray
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ, init_params, param_shapes
@@ -64,5 +65,6 @@ __all__ = [
     "param_shapes",
     "pipeline",
     "sam_model_registry",
+    "sam_model_registry_baseline",
     "save_checkpoint",
 ]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
-from samhq_jax.checkpoint import load_pretrained
+from samhq_jax.checkpoint import UntrainedHQWarning, load_pretrained
 from samhq_jax.config import PRESETS, ImageEncoderConfig, SamHQConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_processor import jax_device
@@ -44,7 +45,15 @@ from samhq_jax.mesh_predictor import MeshPredictor
 from samhq_jax.precision import LIBRARY, Policy
 from samhq_jax.predictor import SamHQPredictor, TensorLikeArray
 from samhq_jax.sam_hq import init_params
-from samhq_jax.transforms import MASK_THRESHOLD, PIXEL_MEAN, PIXEL_STD, as_numpy, normalize_and_pad, postprocess_masks
+from samhq_jax.transforms import (
+    MASK_THRESHOLD,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    ResizeLongestSide,
+    as_numpy,
+    normalize_and_pad,
+    postprocess_masks,
+)
 
 DEFAULT_MODEL_TYPE = "vit_h"  # the official registry's "default"
 INIT_SEED = 0  # weights of a model built without a checkpoint
@@ -58,6 +67,36 @@ def torch_facing_device(device: jax.Device) -> Any:
     import torch
 
     return torch.device("cpu")
+
+
+class OfficialTensor(TensorLikeArray):
+    """What this API hands out where the official hands out torch tensors: a
+    :class:`~samhq_jax.predictor.TensorLikeArray` (``.cpu()``, ``.detach()``, ``.numpy()``) that also
+    answers ``.to(...)``: a device (name, ``torch.device`` or JAX device) leaves it as it is (host
+    NumPy); a dtype (NumPy's, or torch's such as ``torch.float32``) converts it."""
+
+    def to(self, *args: Any, **kwargs: Any) -> OfficialTensor:
+        out = self
+        for arg in (*args, *kwargs.values()):
+            if type(arg).__name__ == "dtype" and str(arg).startswith("torch."):
+                out = out.astype(str(arg).removeprefix("torch."))
+            elif isinstance(arg, (type, np.dtype)):
+                out = out.astype(arg)
+        return out
+
+
+class OfficialResizeLongestSide(ResizeLongestSide):
+    """The predictor's ``transform``: :class:`~samhq_jax.transforms.ResizeLongestSide` whose ``*_torch``
+    methods return :class:`OfficialTensor` (so ``apply_boxes_torch(...).to(device)`` works)."""
+
+    def apply_image_torch(self, image: object) -> OfficialTensor:
+        return super().apply_image_torch(image).view(OfficialTensor)
+
+    def apply_coords_torch(self, coords: object, original_size: tuple[int, ...]) -> OfficialTensor:
+        return super().apply_coords_torch(coords, original_size).view(OfficialTensor)
+
+    def apply_boxes_torch(self, boxes: object, original_size: tuple[int, ...]) -> OfficialTensor:
+        return super().apply_boxes_torch(boxes, original_size).view(OfficialTensor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +141,8 @@ class Sam:
         ``jax_device``); policy: the :class:`~samhq_jax.precision.Policy` its predictors run under.
       image_encoder / prompt_encoder / mask_decoder: read-only sizes (:class:`ImageEncoderInfo`, ...).
       mask_threshold (0.0), image_format ("RGB"), pixel_mean / pixel_std ``(3, 1, 1)``: as the official.
+      plain_sam: built by :data:`sam_model_registry_baseline`: its predictors decode as the original
+        SAM (``sam_only``: SAM's mask decoder, no HQ token; three masks with ``multimask_output``).
     """
 
     mask_threshold: float = MASK_THRESHOLD
@@ -113,8 +154,10 @@ class Sam:
         params: dict,
         dtype: jnp.dtype | str = jnp.float32,
         precision: str = LIBRARY.precision,
+        plain_sam: bool = False,
     ) -> None:
         self.config = config
+        self.plain_sam = plain_sam
         self.policy = Policy(precision, dtype)
         self.params = jax.device_put(params)
         self.training = False
@@ -126,8 +169,8 @@ class Sam:
         self.mask_decoder = MaskDecoderInfo(
             dec.transformer_dim, dec.num_multimask_outputs, dec.num_mask_tokens + 1, enc.early_dim
         )
-        self.pixel_mean = PIXEL_MEAN.reshape(3, 1, 1).view(TensorLikeArray)
-        self.pixel_std = PIXEL_STD.reshape(3, 1, 1).view(TensorLikeArray)
+        self.pixel_mean = PIXEL_MEAN.reshape(3, 1, 1).view(OfficialTensor)
+        self.pixel_std = PIXEL_STD.reshape(3, 1, 1).view(OfficialTensor)
         self._predictor: SamPredictor | None = None
 
     # ---- torch.nn.Module manners ------------------------------------------------------------
@@ -171,27 +214,25 @@ class Sam:
         return self
 
     # ---- the official Sam methods -----------------------------------------------------------
-    def preprocess(self, x: Any) -> TensorLikeArray:
+    def preprocess(self, x: Any) -> OfficialTensor:
         """``(3, h, w)`` 0-255 (resized, long side ``img_size``) -> ``(3, S, S)`` normalised, zero-padded."""
         image = as_numpy(x)
         if image.ndim != 3 or image.shape[0] != 3:
             raise InputError(f"preprocess takes a (3, h, w) image, got {image.shape}")
-        return (
-            normalize_and_pad(image.transpose(1, 2, 0), self.config.img_size).transpose(2, 0, 1).view(TensorLikeArray)
-        )
+        return normalize_and_pad(image.transpose(1, 2, 0), self.config.img_size).transpose(2, 0, 1).view(OfficialTensor)
 
     def postprocess_masks(
         self, masks: Any, input_size: tuple[int, ...], original_size: tuple[int, ...]
-    ) -> TensorLikeArray:
+    ) -> OfficialTensor:
         """``(B, K, 4G, 4G)`` low-res logits -> ``(B, K, H, W)`` float32 logits at ``original_size``
         (bilinear to ``S x S``, crop to ``input_size``, bilinear to ``original_size``, as the official)."""
         low = jnp.asarray(as_numpy(masks), jnp.float32)
         sizes = tuple(int(v) for v in input_size), tuple(int(v) for v in original_size)
-        return np.asarray(postprocess_masks(low, *sizes, self.config.img_size)).view(TensorLikeArray)
+        return np.asarray(postprocess_masks(low, *sizes, self.config.img_size)).view(OfficialTensor)
 
     def __call__(
         self, batched_input: list[dict[str, Any]], multimask_output: bool, hq_token_only: bool = False
-    ) -> list[dict[str, TensorLikeArray]]:
+    ) -> list[dict[str, OfficialTensor]]:
         """The official ``Sam.forward``: per record, ``image`` ``(3, h, w)`` already resized by the
         predictor's transform, ``original_size`` ``(H, W)`` and prompts in the resized frame
         (``point_coords (B, N, 2)`` with ``point_labels (B, N)``, ``boxes (B, 4)``, ``mask_inputs
@@ -221,7 +262,10 @@ class Sam:
 
 
 def build_sam_from_preset(
-    model_type: str, checkpoint: str | os.PathLike | None = None, dtype: jnp.dtype | str = jnp.float32
+    model_type: str,
+    checkpoint: str | os.PathLike | None = None,
+    dtype: jnp.dtype | str = jnp.float32,
+    plain_sam: bool = False,
 ) -> Sam:
     """The model of preset ``model_type`` (one of :data:`sam_model_registry`'s keys): weights from
     ``checkpoint`` (anything :func:`~samhq_jax.load_pretrained` takes: official ``.pth`` /
@@ -230,17 +274,24 @@ def build_sam_from_preset(
     A checkpoint of another structure is an :class:`~samhq_jax.errors.InputError` naming both (the
     official fails on the first mismatched tensor); one of the same structure keeps its own numeric
     settings (e.g. a Hugging Face folder's LayerNorm eps).
+
+    ``plain_sam``: the official ``sam_model_registry_baseline``'s model, the original SAM: a plain SAM
+    checkpoint loads without the HQ parameters' warning (they are never used), an HQ one decodes
+    without its HQ part.
     """
     name = DEFAULT_MODEL_TYPE if model_type == "default" else model_type
     if name not in PRESETS:
         raise InputError(f"unknown model type {model_type!r}; choose one of {', '.join(sam_model_registry)}")
     preset = SamHQConfig.preset(name)
     if checkpoint is None:
-        return Sam(preset, init_params(preset, jax.random.PRNGKey(INIT_SEED)), dtype=dtype)
-    config, params = load_pretrained(checkpoint)
+        return Sam(preset, init_params(preset, jax.random.PRNGKey(INIT_SEED)), dtype=dtype, plain_sam=plain_sam)
+    with warnings.catch_warnings():
+        if plain_sam:  # the HQ parameters a plain SAM checkpoint lacks are never used
+            warnings.simplefilter("ignore", UntrainedHQWarning)
+        config, params = load_pretrained(checkpoint)
     if structure(config) != structure(preset):
         raise InputError(f"checkpoint {checkpoint} holds a {config.name} model, not {name}: pick its model type")
-    return Sam(config, params, dtype=dtype)
+    return Sam(config, params, dtype=dtype, plain_sam=plain_sam)
 
 
 def structure(config: SamHQConfig) -> tuple:
@@ -256,12 +307,13 @@ def structure(config: SamHQConfig) -> tuple:
     )
 
 
-def _builder(model_type: str) -> Callable[..., Sam]:
+def _builder(model_type: str, plain_sam: bool = False) -> Callable[..., Sam]:
     def build(checkpoint: str | os.PathLike | None = None) -> Sam:
-        return build_sam_from_preset(model_type, checkpoint)
+        return build_sam_from_preset(model_type, checkpoint, plain_sam=plain_sam)
 
+    kind = "original SAM" if plain_sam else "SAM-HQ"
     build.__name__ = build.__qualname__ = f"build_sam_{model_type}"
-    build.__doc__ = f"The {model_type} model: weights from ``checkpoint``, or seeded random ones without it."
+    build.__doc__ = f"The {model_type} {kind} model: weights from ``checkpoint``, or seeded random ones without it."
     return build
 
 
@@ -278,13 +330,21 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
 """``model_type -> build(checkpoint=None)``, as the official ``sam_model_registry``: ``default``
 (= ``vit_h``) and every preset of :data:`samhq_jax.config.PRESETS`."""
 
+sam_model_registry_baseline: dict[str, Callable[..., Sam]] = {
+    "default": _builder(DEFAULT_MODEL_TYPE, plain_sam=True),
+    **{name: _builder(name, plain_sam=True) for name in PRESETS},
+}
+"""The official ``sam_model_registry_baseline``: the same keys, models that decode as the original SAM
+(the SAM-vs-HQ baseline; ``segment-anything``'s ``sam_vit_*.pth`` load here)."""
+
 
 class SamPredictor(SamHQPredictor):
     """The official ``SamPredictor(sam_model)``: :class:`SamHQPredictor` on a :class:`Sam`'s weights,
     with the official's ``model``, ``device`` and ``get_image_embedding``.
 
     ``model`` is the :class:`Sam`; ``device`` as :attr:`Sam.device`; :meth:`get_image_embedding`
-    returns the official ``(1, C, G, G)`` layout (:attr:`features`). Everything else is
+    returns the official ``(1, C, G, G)`` layout (:attr:`features`); what the official returns as
+    torch tensors (``predict_torch``, ``transform.apply_*_torch``) is :class:`OfficialTensor`. Everything else is
     :class:`SamHQPredictor`'s: ``set_image``, ``set_torch_image``, ``predict``, ``predict_torch``,
     ``transform``, ``features``, ``interm_features``, ``original_size``, ``input_size``,
     ``is_image_set``, ``reset_image``, and our ``predict_batch`` / ``predict_images``.
@@ -300,6 +360,22 @@ class SamPredictor(SamHQPredictor):
             sam_model.config, sam_model.params, dtype=sam_model.policy.dtype, precision=sam_model.policy.precision
         )
         self.model = sam_model
+        self.transform = OfficialResizeLongestSide(sam_model.config.img_size)
+
+    def predict(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`SamHQPredictor.predict`; the original SAM's decoding for a baseline model
+        (``hq_token_only`` then ignored, as by the official baseline's decoder)."""
+        return super().predict(*args, **self._baseline(kwargs))
+
+    def predict_torch(self, *args: Any, **kwargs: Any) -> tuple[OfficialTensor, OfficialTensor, OfficialTensor]:
+        """:meth:`SamHQPredictor.predict_torch`, its outputs :class:`OfficialTensor` (baseline: as
+        :meth:`predict`)."""
+        return tuple(a.view(OfficialTensor) for a in super().predict_torch(*args, **self._baseline(kwargs)))
+
+    def _baseline(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if not self.model.plain_sam:
+            return kwargs
+        return {**kwargs, "sam_only": True, "hq_token_only": False}
 
     @property
     def device(self) -> Any:
@@ -311,10 +387,10 @@ class SamPredictor(SamHQPredictor):
         """The JAX device of the cached embedding (:attr:`SamHQPredictor.device`)."""
         return SamHQPredictor.device.fget(self)
 
-    def get_image_embedding(self) -> TensorLikeArray:
+    def get_image_embedding(self) -> OfficialTensor:
         """The cached image embedding, ``(1, C, G, G)`` (``(1, 256, 64, 64)`` for the released models)."""
         self._require_image()
-        return self.features
+        return self.features.view(OfficialTensor)
 
 
 class SamAutomaticMaskGenerator(SamHQAutomaticMaskGenerator):
@@ -327,6 +403,11 @@ class SamAutomaticMaskGenerator(SamHQAutomaticMaskGenerator):
     official records."""
 
     def __init__(self, model: Sam | SamHQPredictor | MeshPredictor, **settings: Any) -> None:
+        if isinstance(model, Sam) and model.plain_sam:
+            raise InputError(
+                "SamAutomaticMaskGenerator generates SAM-HQ masks: build the model with sam_model_registry, "
+                "not sam_model_registry_baseline"
+            )
         super().__init__(SamPredictor(model) if isinstance(model, Sam) else model, **settings)
 
 
@@ -341,4 +422,5 @@ __all__ = [
     "build_sam_vit_l",
     "build_sam_vit_t",
     "sam_model_registry",
+    "sam_model_registry_baseline",
 ]

@@ -146,3 +146,43 @@ def test_official_names_are_exported() -> None:
     for name in ("sam_model_registry", "SamPredictor", "SamAutomaticMaskGenerator", "build_sam_vit_b", "Sam"):
         assert name in samhq_jax.__all__ and getattr(samhq_jax, name) is getattr(samhq_jax.official_api, name)
     assert Path(samhq_jax.official_api.__file__).name == "official_api.py"
+
+
+def test_baseline_registry_decodes_as_the_original_sam(models: tuple, image: np.ndarray) -> None:
+    """``sam_model_registry_baseline``: an HQ checkpoint decoded by SAM's part alone, as the official
+    baseline (``build_sam_baseline``: the plain ``MaskDecoder``, the checkpoint loaded non-strictly)."""
+    from segment_anything_hq import SamPredictor as OfficialPredictor
+    from segment_anything_hq import modeling
+
+    hq, _, path = models
+    dec = hq.mask_decoder
+    plain = modeling.MaskDecoder(
+        transformer_dim=dec.transformer_dim,
+        transformer=dec.transformer,
+        num_multimask_outputs=dec.num_multimask_outputs,
+        iou_head_depth=3,
+        iou_head_hidden_dim=dec.iou_prediction_head.layers[0].out_features,
+    )
+    assert not plain.load_state_dict(hq.mask_decoder.state_dict(), strict=False).missing_keys
+    baseline = modeling.Sam(image_encoder=hq.image_encoder, prompt_encoder=hq.prompt_encoder, mask_decoder=plain).eval()
+    ref, ours = OfficialPredictor(baseline), SamPredictor(samhq_jax.sam_model_registry_baseline[PRESET](path))
+    ref.set_image(image)
+    ours.set_image(image)
+    box = np.array(BOXES[0])
+    r = ref.predict(box=box, multimask_output=True, hq_token_only=True)  # the plain decoder ignores the flag
+    o = ours.predict(box=box, multimask_output=True, hq_token_only=True)
+    assert o[0].shape == r[0].shape and o[0].shape[0] == 3  # SAM's three masks
+    assert mask_agreement(o[0], r[0]) >= MASK_AGREEMENT
+    assert_close(o[1], r[1], "baseline iou")
+    assert_close(o[2], r[2], "baseline low-res logits")
+    with pytest.raises(InputError, match="sam_model_registry_baseline"):
+        SamAutomaticMaskGenerator(ours.model)
+
+
+def test_transform_and_predict_torch_outputs_answer_to() -> None:
+    """What the official returns as tensors takes ``.to(device)`` (kept) and ``.to(dtype)`` (converted)."""
+    transform = samhq_jax.official_api.OfficialResizeLongestSide(160)
+    boxes = transform.apply_boxes_torch(torch.tensor([[10, 20, 300, 200]]), (240, 320))
+    assert boxes.to("cpu") is boxes and boxes.to(device=torch.device("cpu")) is boxes
+    assert boxes.to(torch.float64).dtype == np.float64 and boxes.to(torch.int32).dtype == np.int32
+    np.testing.assert_array_equal(boxes.cpu().numpy(), [[5, 10, 150, 100]])
