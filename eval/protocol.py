@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -49,7 +50,7 @@ from tqdm import tqdm
 from eval.metrics import binary_iou, mask_to_boundary
 from samhq_jax.config import SamHQConfig
 from samhq_jax.datasets import FG_THRESHOLD, DatasetError, Pair, is_empty_box, label_to_box, read_image, read_mask
-from samhq_jax.distributed import DATA_AXIS, replicate, shard_rows
+from samhq_jax.distributed import DATA_AXIS, allgather_bytes, replicate, shard_rows
 from samhq_jax.precision import EVALUATION, Policy
 from samhq_jax.sam_hq import SamHQ
 from samhq_jax.transforms import MASK_THRESHOLD, normalize_and_pad, resize_bilinear
@@ -313,6 +314,13 @@ def _means(scored: Sequence[ImageRecord]) -> dict[str, dict[str, float | None]]:
         else:
             out[o] = {"miou": None, "mbiou": None}
     return out
+
+
+def gather_records(records: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """Every process's ``records`` (without masks), in process order: a collective, every process of
+    the run calls it; one process gets its own back. Rows travel as JSON (floats exact)."""
+    rows = json.dumps([dataclasses.asdict(dataclasses.replace(r, masks=None)) for r in records]).encode()
+    return [ImageRecord(**row) for blob in allgather_bytes(rows) for row in json.loads(blob)]
 
 
 def summarize(records: Sequence[ImageRecord], dataset_errors: Mapping[str, str] | None = None) -> dict[str, dict]:

@@ -52,7 +52,7 @@ from samhq_jax.atomic import atomic_dir, atomic_file
 from samhq_jax.checkpoint import read_weights, save_checkpoint
 from samhq_jax.config import PRESETS, SamHQConfig
 from samhq_jax.datasets import HQSEG_TRAIN, Pair, folder_pairs, hqseg_pairs
-from samhq_jax.distributed import allgather_bytes, data_mesh, share
+from samhq_jax.distributed import data_mesh, share
 from samhq_jax.errors import InputError, RunError
 from samhq_jax.hq_params import is_hq_path, merge_params
 from samhq_jax.precision import TRAINING, Policy
@@ -388,7 +388,7 @@ def validate(
     Every process scores its contiguous share of each set on its own devices (``batch_size``
     images per device and call) and the per-image rows are gathered (a collective: every process
     calls it), so each process returns the numbers of one process scoring everything."""
-    from eval.protocol import ImageRecord, evaluate_pairs, summarize
+    from eval.protocol import evaluate_pairs, gather_records, summarize
 
     if jax.process_count() > 1:  # replicated global arrays -> this process's copy, placed on its own devices
         params = jax.tree.map(np.asarray, params)
@@ -396,9 +396,7 @@ def validate(
     out: dict[str, float] = {}
     for name, pairs in sets.items():
         mine = evaluate_pairs(config, params, share(pairs), batch_size=batch_size, policy=policy, mesh=mesh)
-        rows = json.dumps([dataclasses.asdict(r) for r in mine]).encode()
-        records = [ImageRecord(**row) for blob in allgather_bytes(rows) for row in json.loads(blob)]
-        summary = summarize(records)[name]
+        summary = summarize(gather_records(mine))[name]
         for o in ("hq", "sam"):
             for metric in ("miou", "mbiou"):
                 if summary[o][metric] is not None:
@@ -515,7 +513,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             record = run_record.new_record(recipe, {"step": 0, **start_info})
             record["numerics"] = {**cfg.policy.as_dict(), "validation": cfg.validation_policy.as_dict()}
             run_record.write_record(output, record)
-    _sync("samhq-train: output ready")
+    if cfg.overwrite:
+        _sync("samhq-train: old run deleted")  # before any process writes checkpoints there
 
     logger.info("trainable %s parameters (%s), frozen %s", f"{count(trainable):,}", cfg.trainable, f"{count(frozen):,}")
     tx = make_optimizer(cfg.lr, drop_step)
