@@ -15,7 +15,7 @@ from pathlib import Path
 
 from samhq_jax.cmdkit.args import COUNT, POSITIVE_INT, OneLineParser, command_parser, help_layout
 from samhq_jax.cmdkit.guard import run_guarded
-from samhq_jax.commands import everything, export, predict
+from samhq_jax.commands import everything, export, predict, serve
 from samhq_jax.config import PRESETS
 
 PROG = "samhq"
@@ -25,6 +25,7 @@ examples:
   samhq predict --checkpoint ckpt/ --images photos/ --prompts prompts.jsonl --output out/
   samhq everything --checkpoint sam_hq_vit_b.pth --image dog.jpg --output out/
   samhq export --checkpoint sam_hq_vit_b.pth --output onnx/ --format onnx
+  samhq serve --checkpoint sam_hq_vit_b.pth   # a click-to-segment page at http://127.0.0.1:8000/
   samhq convert sam_hq_vit_b.pth checkpoints/vit_b
   samhq parity --preset tiny_b
   samhq demo --output demo/   # offline: synthetic data, stand-in SAM, HQ fine-tuning, SAM vs HQ evaluation"""
@@ -63,6 +64,7 @@ def build_parser() -> OneLineParser:
     predict.add_parser(sub)
     everything.add_parser(sub)
     export.add_parser(sub)
+    serve.add_parser(sub)
     sub.add_parser("convert", help="convert weights between formats (see samhq convert --help)", add_help=False)
     sub.add_parser(
         "parity",
@@ -95,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         args = build_parser().parse_args(argv)
-        commands = {"demo": _demo, "predict": predict.run, "everything": everything.run, "export": export.run}
+        commands = {
+            "demo": _demo,
+            "predict": predict.run,
+            "everything": everything.run,
+            "export": export.run,
+            "serve": serve.run,
+        }
         return commands[args.command](args)
 
     return run_guarded(PROG, run)

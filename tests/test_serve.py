@@ -1,0 +1,246 @@
+"""``samhq serve``'s app (FastAPI's test client, a random tiny_b model): every route, its answers
+against :class:`SamHQPredictor` and the mask generator, COCO RLE against pycocotools, the embedding
+cache, bad requests (a 4xx JSON error, and the next request still served), our own failures (a 500
+JSON error, no traceback) and concurrent clients."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from eval.parity.samples import IMAGES_DIR
+from samhq_jax.amg import SamHQAutomaticMaskGenerator
+from samhq_jax.cli import main
+from samhq_jax.cmdkit.prompts import prompt_arrays
+from samhq_jax.commands.serve_app import create_app
+from samhq_jax.predictor import SamHQPredictor
+from tests.conftest import official_model_and_params
+
+MAX_UPLOAD = 2**20  # 1 MiB: the oversized-body tests send more
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    """Two small crops of a real photo, ``(H, W, 3)`` uint8 of different sizes."""
+    dog = np.asarray(Image.open(IMAGES_DIR / "dog.jpg").convert("RGB").resize((192, 128)))
+    return [dog, np.ascontiguousarray(dog[10:110, 30:180])]
+
+
+@pytest.fixture(scope="module")
+def predictor() -> SamHQPredictor:
+    _, _, config, params = official_model_and_params("tiny_b")
+    return SamHQPredictor(config, params)
+
+
+@pytest.fixture(scope="module")
+def encodes(predictor: SamHQPredictor) -> list[int]:
+    """A counter of the predictor's image encodings (``set_image`` calls)."""
+    count = [0]
+    original = predictor.set_image
+
+    def counted(image: np.ndarray, image_format: str = "RGB") -> None:
+        count[0] += 1
+        original(image, image_format)
+
+    predictor.set_image = counted
+    return count
+
+
+@pytest.fixture(scope="module")
+def client(predictor: SamHQPredictor, encodes: list[int]) -> TestClient:
+    with TestClient(create_app(predictor, cache_size=2, max_upload_bytes=MAX_UPLOAD)) as c:
+        yield c
+
+
+def _expected(predictor: SamHQPredictor, image: np.ndarray, prompts: dict, hq: bool, multi: bool) -> tuple:
+    """``(masks (P, H, W), scores (P,))`` of the predictor itself for ``prompts``."""
+    predictor.set_image(image)
+    arrays = prompt_arrays(prompts.get("boxes", []), prompts.get("points", []))
+    masks, iou, _ = predictor.predict_batch(**arrays, multimask_output=multi, hq_token_only=hq)
+    return masks[:, 0], iou[:, 0]
+
+
+def _segment(client: TestClient, image: np.ndarray | None = None, image_id: str | None = None, **fields):
+    files = {"image": ("photo.png", _png(image), "image/png")} if image is not None else None
+    data = {k: json.dumps(v) if isinstance(v, dict) else str(v).lower() for k, v in fields.items()}
+    if image_id is not None:
+        data["image_id"] = image_id
+    return client.post("/api/segment", files=files, data=data)
+
+
+def _decoded(answer: dict) -> np.ndarray:
+    return np.stack([mask_utils.decode(rle).astype(bool) for rle in answer["masks"]])
+
+
+def test_healthz_page_and_docs(client: TestClient) -> None:
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "<canvas" in page.text and "/api/segment" in page.text and "/api/everything" in page.text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/segment", "/api/everything", "/healthz"} <= set(paths)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "hq", "multi"),
+    [
+        ({"boxes": [[20, 15, 150, 110], [5, 5, 60, 60]], "points": [[80, 60, 1]]}, False, False),
+        ({"points": [[80, 60, 1], [10, 10, 0]]}, True, True),
+    ],
+)
+def test_segment_equals_predictor(client, predictor, photos, prompts: dict, hq: bool, multi: bool) -> None:
+    answer = _segment(client, photos[0], prompts=prompts, hq_token_only=hq, multimask=multi)
+    assert answer.status_code == 200, answer.text
+    answer = answer.json()
+    masks, scores = _expected(predictor, photos[0], prompts, hq, multi)
+    assert len(answer["masks"]) == len(masks) == max(len(prompts.get("boxes", [])), 1)
+    assert all(rle["size"] == list(photos[0].shape[:2]) for rle in answer["masks"])
+    np.testing.assert_array_equal(_decoded(answer), masks)
+    # the encoding is pycocotools' own, string for string
+    coco = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    assert [rle["counts"] for rle in answer["masks"]] == [c["counts"].decode() for c in coco]
+    np.testing.assert_allclose(answer["scores"], scores, rtol=1e-6)
+    again = _segment(client, image_id=answer["image_id"], prompts=prompts, hq_token_only=hq, multimask=multi)
+    assert again.status_code == 200 and again.json() == answer
+
+
+def test_cache_encodes_each_image_once(client, photos, encodes: list[int]) -> None:
+    a, b = photos
+    first = _segment(client, a, prompts={"points": [[30, 40, 1]]}).json()
+    before = encodes[0]
+    assert _segment(client, a, prompts={"points": [[50, 20, 1]]}).status_code == 200  # same pixels: cached
+    assert _segment(client, image_id=first["image_id"], prompts={"boxes": [[1, 2, 30, 40]]}).status_code == 200
+    assert encodes[0] == before
+    second = _segment(client, b, prompts={"points": [[30, 40, 1]]}).json()
+    assert encodes[0] == before + 1 and second["image_id"] != first["image_id"]
+    # cache_size=2: a third image drops the least recently used one (a)
+    third = np.ascontiguousarray(a[::-1])
+    assert _segment(client, third, prompts={"points": [[30, 40, 1]]}).status_code == 200
+    gone = _segment(client, image_id=first["image_id"], prompts={"points": [[30, 40, 1]]})
+    assert gone.status_code == 404 and "send the image" in gone.json()["error"]
+    assert _segment(client, image_id=second["image_id"], prompts={"points": [[30, 40, 1]]}).status_code == 200
+    assert client.get("/healthz").json()["cached_images"] == 2
+
+
+def _chunks(size: int):
+    for _ in range(size // 65536 + 1):
+        yield b"x" * 65536
+
+
+BAD = {
+    "not an image": (400, "a.png: not an image", {"files": {"image": ("a.png", b"hello, not a png", "image/png")}}),
+    "empty file": (400, "a.png: the file is empty", {"files": {"image": ("a.png", b"", "image/png")}}),
+    "bad JSON": (400, "not valid JSON", {"prompts": "{points: [[1, 2, 1]]"}),
+    "not an object": (400, "JSON object", {"prompts": "[[1, 2, 1]]"}),
+    "NaN coordinate": (400, "finite", {"prompts": '{"points": [[NaN, 2, 1]]}'}),
+    "label 7": (400, "label", {"prompts": '{"points": [[1, 2, 7]]}'}),
+    "box upside down": (400, "x1 >= x0", {"prompts": '{"boxes": [[50, 2, 10, 9]]}'}),
+    "short row": (400, "x, y, label", {"prompts": '{"points": [[1, 2]]}'}),
+    "no prompt": (400, "at least one", {"prompts": "{}"}),
+    "unknown key": (400, "unknown key", {"prompts": '{"pints": [[1, 2, 1]]}'}),
+    "missing prompts": (422, "prompts", {"prompts": None}),
+    "bad boolean": (422, "hq_token_only", {"hq_token_only": "maybe"}),
+    "no image": (400, "exactly one of image", {"no_image": True}),
+    "image and id": (400, "exactly one of image", {"image_id": "abc"}),
+    "unknown image_id": (404, "unknown image_id", {"no_image": True, "image_id": "0" * 32}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_request_is_4xx_json_and_next_is_served(client, photos, case: str) -> None:
+    status, text, spec = BAD[case]
+    spec = dict(spec)
+    files = spec.pop("files", None) or (None if spec.pop("no_image", False) else {"image": ("p.png", _png(photos[1]))})
+    data = {k: v for k, v in {"prompts": '{"points": [[10, 10, 1]]}', **spec}.items() if v is not None}
+    answer = client.post("/api/segment", files=files, data=data)
+    assert answer.status_code == status, answer.text
+    assert text in answer.json()["error"] and "Traceback" not in answer.text
+    assert _segment(client, photos[1], prompts={"points": [[10, 10, 1]]}).status_code == 200
+
+
+def test_oversized_bodies_are_413(client, photos) -> None:
+    big = {"image": ("big.png", b"\0" * (MAX_UPLOAD + 1), "image/png")}
+    answer = client.post("/api/segment", files=big, data={"prompts": '{"points": [[1, 1, 1]]}'})
+    assert answer.status_code == 413 and "limit" in answer.json()["error"]
+    streamed = client.post(
+        "/api/segment", content=_chunks(MAX_UPLOAD), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert streamed.status_code == 413 and "limit" in streamed.json()["error"]  # no Content-Length: counted
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+    assert _segment(client, photos[1], prompts={"points": [[10, 10, 1]]}).status_code == 200
+
+
+def test_our_failure_is_500_json(client, predictor, photos, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder fell over")
+
+    monkeypatch.setattr(predictor, "predict_batch", broken)
+    answer = _segment(client, photos[1], prompts={"points": [[10, 10, 1]]})
+    assert answer.status_code == 500 and "decoder fell over" in answer.json()["error"]
+    assert "Traceback" not in answer.text
+    monkeypatch.undo()
+    assert _segment(client, photos[1], prompts={"points": [[10, 10, 1]]}).status_code == 200
+
+
+def test_everything_equals_generator(client, predictor, photos) -> None:
+    settings = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}
+    files = {"image": ("p.png", _png(photos[1]))}
+    answer = client.post("/api/everything", files=files, data={k: str(v) for k, v in settings.items()})
+    assert answer.status_code == 200, answer.text
+    answer = answer.json()
+    records = SamHQAutomaticMaskGenerator(predictor, output_mode="coco_rle", progress=False, **settings).generate(
+        photos[1]
+    )
+    assert len(records) > 0 and len(answer["masks"]) == len(records) == len(answer["records"])
+    assert answer["masks"] == [r["segmentation"] for r in records]
+    np.testing.assert_allclose(answer["scores"], [r["predicted_iou"] for r in records], rtol=1e-6)
+    bad = client.post("/api/everything", data={"image_id": answer["image_id"], "points_per_side": "0"})
+    assert bad.status_code == 400 and "points_per_side" in bad.json()["error"]
+    bad = client.post("/api/everything", data={"image_id": answer["image_id"], "pred_iou_thresh": "nan"})
+    assert bad.status_code == 400 and "pred_iou_thresh" in bad.json()["error"]
+
+
+def test_concurrent_clients_get_their_own_answers(client, predictor, photos) -> None:
+    jobs = [
+        (i % 2, {"points": [[20 + 7 * i, 15 + 5 * i, 1]]} if i % 3 else {"boxes": [[5, 5, 60 + 9 * i, 50 + 4 * i]]})
+        for i in range(8)
+    ]
+    expected = [_expected(predictor, photos[k], prompts, False, False)[0] for k, prompts in jobs]
+    answers: list = [None] * len(jobs)
+
+    def worker(i: int) -> None:
+        k, prompts = jobs[i]
+        answers[i] = _segment(client, photos[k], prompts=prompts)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, answer in enumerate(answers):
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_array_equal(_decoded(answer.json()), expected[i], err_msg=f"job {i}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "text"),
+    [(["--port", "70000"], "65535"), (["--cache", "0"], ">= 1"), (["--max-upload-mb", "nan"], "number")],
+)
+def test_serve_flags_checked_before_loading(flags: list, text: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--checkpoint", "/no/such/checkpoint", *flags])
+    assert exit_.value.code == 2 and text in capsys.readouterr().err
