@@ -119,7 +119,13 @@ def predictors(tiny: tuple) -> tuple:
     return SamPredictor(model), SamHQPredictor(config, params)
 
 
-@pytest.mark.parametrize("photo", sorted(p.name for p in IMAGES_DIR.glob("*.*")))
+PHOTOS = sorted(p.name for p in IMAGES_DIR.glob("*.*"))
+CI_PHOTOS = 2  # the others are marked slow (a real-size encoding per photo and framework)
+
+
+@pytest.mark.parametrize(
+    "photo", [p if i < CI_PHOTOS else pytest.param(p, marks=pytest.mark.slow) for i, p in enumerate(PHOTOS)]
+)
 def test_predictor_matches_official(predictors: tuple, photo: str) -> None:
     ref, ours = predictors
     image = np.asarray(Image.open(IMAGES_DIR / photo).convert("RGB"))
