@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from samhq_jax.cmdkit.args import (
     CHECKPOINT_HELP,
@@ -148,6 +149,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class StderrHandler(logging.StreamHandler):
+    """A log handler writing to ``sys.stderr`` as it is at each message (a caller that runs the
+    command in-process may have replaced it since the handler was made)."""
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:  # StreamHandler.__init__ sets it
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """``samhq-train``; errors are one line on stderr (:func:`samhq_jax.cmdkit.guard.run_guarded`): bad input
     exit 2, a failure while training (a NaN loss, an XLA runtime error) exit 1."""
@@ -157,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     logger = logging.getLogger("samhq")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
