@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 import threading
 
 import numpy as np
@@ -19,7 +21,7 @@ from eval.parity.samples import IMAGES_DIR
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.cli import main
 from samhq_jax.cmdkit.prompts import prompt_arrays
-from samhq_jax.commands.serve_app import create_app
+from samhq_jax.commands.serve_app import create_app, page_html
 from samhq_jax.predictor import SamHQPredictor
 from tests.conftest import official_model_and_params
 
@@ -215,11 +217,19 @@ def test_everything_equals_generator(client, predictor, photos) -> None:
 
 
 def test_concurrent_clients_get_their_own_answers(client, predictor, photos) -> None:
+    """8 clients at once over 3 images (the cache holds 2: images are dropped and encoded again
+    while others are being answered)."""
+    photos = [*photos, np.ascontiguousarray(photos[0][:, ::-1])]
     jobs = [
-        (i % 2, {"points": [[20 + 7 * i, 15 + 5 * i, 1]]} if i % 3 else {"boxes": [[5, 5, 60 + 9 * i, 50 + 4 * i]]})
+        (i % 3, {"points": [[20 + 7 * i, 15 + 5 * i, 1]]} if i % 3 else {"boxes": [[5, 5, 60 + 9 * i, 50 + 4 * i]]})
         for i in range(8)
     ]
-    expected = [_expected(predictor, photos[k], prompts, False, False)[0] for k, prompts in jobs]
+    expected: list = [None] * len(jobs)
+    for k, image in enumerate(photos):  # the predictor itself, one image at a time
+        predictor.set_image(image)
+        for i in (i for i, (kk, _) in enumerate(jobs) if kk == k):
+            arrays = prompt_arrays(jobs[i][1].get("boxes", []), jobs[i][1].get("points", []))
+            expected[i] = predictor.predict_batch(**arrays, multimask_output=False)[0][:, 0]
     answers: list = [None] * len(jobs)
 
     def worker(i: int) -> None:
@@ -234,6 +244,32 @@ def test_concurrent_clients_get_their_own_answers(client, predictor, photos) -> 
     for i, answer in enumerate(answers):
         assert answer.status_code == 200, answer.text
         np.testing.assert_array_equal(_decoded(answer.json()), expected[i], err_msg=f"job {i}")
+    assert client.get("/healthz").json()["cached_images"] == 2
+
+
+def test_page_decodes_coco_rle_as_pycocotools() -> None:
+    """The page's JavaScript RLE decoder (run by node) gives pycocotools' masks."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node (Debian's nodejs) is not installed: the page's decoder is not checked")
+    html = page_html()
+    decoder = html[html.index("function rleCounts") : html.index("const COLORS")]
+    rng = np.random.default_rng(0)
+    masks = []
+    for h, w in [(7, 5), (40, 60), (333, 517)]:
+        m = (rng.random((h, w)) < 0.05).astype(np.uint8)
+        m[h // 4 : h // 2, w // 3 :] ^= 1
+        m[0, 0] = 1
+        masks.append(m)
+    rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+    rles = [{"size": r["size"], "counts": r["counts"].decode()} for r in rles]
+    program = decoder + (
+        "const rles = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+        "console.log(JSON.stringify(rles.map((r) => Array.from(maskOf(r)))));"
+    )
+    run = subprocess.run([node, "-e", program], input=json.dumps(rles), capture_output=True, text=True, check=True)
+    for got, m in zip(json.loads(run.stdout), masks, strict=True):
+        np.testing.assert_array_equal(np.asarray(got, np.uint8).reshape(m.shape), m)
 
 
 @pytest.mark.parametrize(
