@@ -26,6 +26,7 @@ from samhq_jax.predictor import SamHQPredictor
 from tests.conftest import official_model_and_params
 
 MAX_UPLOAD = 2**20  # 1 MiB: the oversized-body tests send more
+MAX_PIXELS = 100_000  # a larger image is refused
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -63,7 +64,7 @@ def encodes(predictor: SamHQPredictor) -> list[int]:
 
 @pytest.fixture(scope="module")
 def client(predictor: SamHQPredictor, encodes: list[int]) -> TestClient:
-    with TestClient(create_app(predictor, cache_size=2, max_upload_bytes=MAX_UPLOAD)) as c:
+    with TestClient(create_app(predictor, cache_size=2, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS)) as c:
         yield c
 
 
@@ -143,9 +144,11 @@ def _chunks(size: int):
         yield b"x" * 65536
 
 
+BIG_PNG = _png(np.zeros((300, 400, 3), np.uint8))
 BAD = {
     "not an image": (400, "a.png: not an image", {"files": {"image": ("a.png", b"hello, not a png", "image/png")}}),
     "empty file": (400, "a.png: the file is empty", {"files": {"image": ("a.png", b"", "image/png")}}),
+    "too many pixels": (400, "big.png: 400x300 is over the limit", {"files": {"image": ("big.png", BIG_PNG)}}),
     "bad JSON": (400, "not valid JSON", {"prompts": "{points: [[1, 2, 1]]"}),
     "not an object": (400, "JSON object", {"prompts": "[[1, 2, 1]]"}),
     "NaN coordinate": (400, "finite", {"prompts": '{"points": [[NaN, 2, 1]]}'}),

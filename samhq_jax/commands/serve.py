@@ -57,6 +57,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
     p.add_argument("--cache", type=POSITIVE_INT, default=8, help="image embeddings kept (default 8)")
     p.add_argument("--max-upload-mb", type=POSITIVE, default=32.0, help="largest request body in MiB (default 32)")
+    p.add_argument(
+        "--max-megapixels", type=POSITIVE, default=40.0, help="largest image, refused before decoding (default 40)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
 
     with doing(f"loading the checkpoint {args.checkpoint}"):
         predictor = SamHQPredictor.from_pretrained(args.checkpoint)
-    app = create_app(predictor, cache_size=args.cache, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    app = create_app(
+        predictor,
+        cache_size=args.cache,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+    )
     print(f"samhq serve: http://{args.host}:{args.port}/ (API docs at /docs); Ctrl+C stops")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -39,6 +39,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from samhq_jax.amg import SamHQAutomaticMaskGenerator, check_settings
@@ -54,6 +55,7 @@ PAGE = "serve_page.html"  # next to this module (package data)
 PROMPT_FIELDS = ("boxes", "points", "image")  # "image" (a file name in a prompts file) is ignored here
 MAX_POINTS_PER_SIDE = 128  # /api/everything: a grid of at most 128^2 points
 MAX_ERROR_CHARS = 500  # an error message is cut to this length
+DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo: 120 MB decoded; a small PNG can claim far more
 # The multipart fields of the routes.
 ImageFile = Annotated[UploadFile | None, File(description="the image (or give image_id)")]
 ImageId = Annotated[str | None, Form(description="the image_id of an image sent before (or give image)")]
@@ -113,9 +115,10 @@ def image_key(image: np.ndarray) -> str:
     return digest.hexdigest()[:32]
 
 
-def decode_upload(data: bytes, filename: str | None) -> np.ndarray:
+def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> np.ndarray:
     """An uploaded file as ``(H, W, 3)`` uint8 RGB, read as ``samhq predict`` reads a file
-    (:func:`~samhq_jax.image_io.read_rgb`); :class:`ApiError` 400 naming the upload otherwise."""
+    (:func:`~samhq_jax.image_io.read_rgb`), refused before decoding when it has over ``max_pixels``
+    pixels; :class:`ApiError` 400 naming the upload otherwise."""
     name = Path(filename or "upload").name or "upload"
     if not data:
         raise ApiError(400, f"image {name}: the file is empty")
@@ -124,6 +127,10 @@ def decode_upload(data: bytes, filename: str | None) -> np.ndarray:
         path.write_bytes(data)
         try:
             check_image(path, "image: ")
+            with Image.open(path) as header:
+                w, h = header.size
+            if w * h > max_pixels:
+                raise ApiError(400, f"image {name}: {w}x{h} is over the limit of {max_pixels / 1e6:g} megapixels")
             return read_rgb(path)
         except (InputError, OSError) as err:
             raise ApiError(400, str(err).replace(f"{folder}/", "")) from None
@@ -229,13 +236,13 @@ def guarded(work: Callable[[], dict[str, Any]]) -> JSONResponse:
         return error_response(500, f"internal error: {one_line(err)}")
 
 
-def read_image_field(image: UploadFile | None, image_id: str | None) -> np.ndarray | None:
+def read_image_field(image: UploadFile | None, image_id: str | None, max_pixels: int) -> np.ndarray | None:
     """The uploaded image's pixels (None when the request names an ``image_id`` instead)."""
     if (image is None) == (image_id is None):
         raise ApiError(400, "give exactly one of image (a file) or image_id (of an image sent before)")
     if image is None:
         return None
-    return decode_upload(image.file.read(), image.filename)
+    return decode_upload(image.file.read(), image.filename, max_pixels)
 
 
 class BodyLimit:
@@ -292,9 +299,15 @@ def page_html() -> str:
     return resources.files(__package__).joinpath(PAGE).read_text(encoding="utf-8")
 
 
-def create_app(predictor: SamHQPredictor, cache_size: int = 8, max_upload_bytes: int = 32 * 2**20) -> FastAPI:
+def create_app(
+    predictor: SamHQPredictor,
+    cache_size: int = 8,
+    max_upload_bytes: int = 32 * 2**20,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> FastAPI:
     """The app serving ``predictor``: ``cache_size`` image embeddings kept, bodies over
-    ``max_upload_bytes`` refused (413)."""
+    ``max_upload_bytes`` refused (413), images over ``max_pixels`` pixels refused (400) before
+    they are decoded."""
     engine = Engine(predictor, cache_size)
     app = FastAPI(title="samhq serve", description="SAM-HQ in JAX: click-to-segment page and HTTP API")
     app.state.engine = engine
@@ -321,7 +334,7 @@ def create_app(predictor: SamHQPredictor, cache_size: int = 8, max_upload_bytes:
     ) -> JSONResponse:
         def work() -> dict[str, Any]:
             parsed = parse_prompts(prompts)
-            pixels = read_image_field(image, image_id)
+            pixels = read_image_field(image, image_id, max_pixels)
             return engine.segment(pixels, image_id, parsed, multimask, hq_token_only)
 
         return guarded(work)
@@ -344,7 +357,7 @@ def create_app(predictor: SamHQPredictor, cache_size: int = 8, max_upload_bytes:
                 "box_nms_thresh": box_nms_thresh,
             }
             settings = check_everything_settings(points_per_side, thresholds)
-            pixels = read_image_field(image, image_id)
+            pixels = read_image_field(image, image_id, max_pixels)
             return engine.everything(pixels, image_id, settings, multimask, hq_token_only)
 
         return guarded(work)
