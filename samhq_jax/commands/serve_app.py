@@ -88,12 +88,14 @@ class EmbeddingCache:
         return len(self.entries)
 
     def get(self, image_id: str) -> CachedImage | None:
+        """The entry of ``image_id`` (now the most recently used), or None."""
         entry = self.entries.get(image_id)
         if entry is not None:
             self.entries.move_to_end(image_id)
         return entry
 
     def put(self, image_id: str, entry: CachedImage) -> None:
+        """Keep ``entry``, dropping the least recently used beyond :attr:`size`."""
         self.entries[image_id] = entry
         self.entries.move_to_end(image_id)
         while len(self.entries) > self.size:
@@ -159,6 +161,7 @@ def rle_masks(masks: np.ndarray) -> list[dict[str, Any]]:
 
 
 def error_response(status: int, message: str) -> JSONResponse:
+    """``{"error": message}`` (cut to :data:`MAX_ERROR_CHARS`) with HTTP ``status``."""
     return JSONResponse({"error": message[:MAX_ERROR_CHARS]}, status_code=status)
 
 
