@@ -326,7 +326,8 @@ class Attention(nn.Module):
             rel_pos_w = self.param("rel_pos_w", init, (2 * size - 1, hd), self.param_dtype)
             rh = relative_position_table(rel_pos_h, h).astype(qkv.dtype)
             rw = relative_position_table(rel_pos_w, w).astype(qkv.dtype)
-        if self.is_mutable_collection("attentions"):  # transformers' output_attentions (probabilities)
+        # transformers' output_attentions (probabilities); never at init, whose variables are the parameters
+        if self.is_mutable_collection("attentions") and not self.is_initializing():
             q, k = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(2))
             self.sow("attentions", "probs", attention_probs(q, k, rh, rw))
         attention = self.attention
