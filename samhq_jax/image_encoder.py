@@ -148,6 +148,13 @@ AUTO = "auto"
 """The default ``attention``: the path measured fastest on the platform (:func:`auto_attention_path`)."""
 
 
+def check_images(images: jax.Array, img_size: int, in_chans: int) -> None:
+    """Refuse an encoder input that is not ``(B, img_size, img_size, in_chans)`` NHWC (``ValueError``)."""
+    expected = (img_size, img_size, in_chans)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"images must be (B, {', '.join(map(str, expected))}) NHWC, got {images.shape}")
+
+
 def check_attention_path(attention: str) -> None:
     """Raise ``ValueError`` unless ``attention`` is :data:`AUTO` or one of :data:`ATTENTION_PATHS`."""
     if attention != AUTO and attention not in ATTENTION_PATHS:
@@ -433,9 +440,7 @@ class ImageEncoderViT(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
-        expected = (cfg.img_size, cfg.img_size, cfg.in_chans)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must be (B, {', '.join(map(str, expected))}) NHWC, got {images.shape}")
+        check_images(images, cfg.img_size, cfg.in_chans)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         p = cfg.patch_size
         x = nn.Conv(cfg.embed_dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed", **kw)(images)

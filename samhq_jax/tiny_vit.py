@@ -34,6 +34,7 @@ from samhq_jax.image_encoder import (
     auto_attention_path,
     check_attention_path,
     check_cudnn_attention,
+    check_images,
     window_partition,
     window_unpartition,
 )
@@ -348,9 +349,7 @@ class TinyViT(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
-        expected = (cfg.img_size, cfg.img_size, cfg.in_chans)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must be (B, {', '.join(map(str, expected))}) NHWC, got {images.shape}")
+        check_images(images, cfg.img_size, cfg.in_chans)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = PatchEmbed(cfg.embed_dims[0], cfg.batch_norm_eps, name="patch_embed", **kw)(images)
         self.sow("intermediates", "patch_embed_out", x)
