@@ -35,9 +35,16 @@ from samhq_jax.transforms import apply_coords, as_numpy, to_rgb_uint8
 RETURN_TENSORS = ("np", "jax")
 
 
-def _tensors(kind: str, *arrays: np.ndarray) -> tuple:
+def check_return_tensors(kind: str | None) -> str:
+    """``return_tensors`` checked: ``"np"`` (also for None) or ``"jax"``; anything else is an ``InputError``."""
+    kind = "np" if kind is None else kind
     if kind not in RETURN_TENSORS:
-        raise InputError(f"return_tensors must be one of {RETURN_TENSORS}, got {kind!r}")
+        raise InputError(f"return_tensors must be 'np' or 'jax' (samhq-jax has no torch tensors), got {kind!r}")
+    return kind
+
+
+def _tensors(kind: str, *arrays: np.ndarray) -> tuple:
+    kind = check_return_tensors(kind)
     return arrays if kind == "np" else tuple(jax.device_put(a) for a in arrays)
 
 

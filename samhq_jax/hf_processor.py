@@ -35,6 +35,7 @@ from PIL import Image
 from samhq_jax import hf_mask_generation
 from samhq_jax.config import SamHQConfig
 from samhq_jax.errors import InputError
+from samhq_jax.hf_mask_generation import check_return_tensors
 from samhq_jax.prompt_check import LABELS_TEXT, VALID_LABELS, check_boxes, check_finite, check_labels
 from samhq_jax.prompt_encoder import LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_PAD, LABEL_POSITIVE
 from samhq_jax.transforms import (
@@ -50,7 +51,6 @@ from samhq_jax.transforms import (
 HF_LABELS = (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_PAD)
 HF_LABELS_TEXT = f"{LABELS_TEXT}, or {LABEL_PAD} (padding)"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
-RETURN_TENSORS = ("np", "jax")
 DEFAULT_IMG_SIZE = 1024  # every released SAM / SAM-HQ checkpoint
 LOW_RES_FACTOR = 4  # low-res mask side = image embedding side * 4 = input side / 4
 PIL_BILINEAR = 2  # transformers' "resample" code for PIL's bilinear filter
@@ -135,7 +135,7 @@ class SamHQImageProcessor:
           ``reshaped_input_sizes (B, 2)`` int64 (H, W), and with maps ``labels (B, M, M)`` int64
           (M = ``mask_pad_size``).
         """
-        kind = _check_return_tensors(return_tensors)
+        kind = check_return_tensors(return_tensors)
         images = _as_list(images)
         if not images:
             raise InputError("no images given")
@@ -194,7 +194,7 @@ class SamHQImageProcessor:
           A list with one ``(P, K, H_i, W_i)`` array per image: bool with ``binarize``, else float32
           logits; NumPy (``return_tensors="np"``) or JAX (``"jax"``).
         """
-        kind = _check_return_tensors(return_tensors)
+        kind = check_return_tensors(return_tensors)
         side = self.pad_size if pad_size is None else pad_size
         if isinstance(side, dict):
             if side.get("height") != side.get("width"):
@@ -329,7 +329,7 @@ class SamHQProcessor:
           The image processor's keys plus ``input_points (B, P, N, 2)`` float64, ``input_labels
           (B, P, N)`` int64 and ``input_boxes (B, nb, 4)`` float64, in input-frame pixels.
         """
-        kind = _check_return_tensors(return_tensors)
+        kind = check_return_tensors(return_tensors)
         if images is None:
             raise InputError("images are required")
         encoding = self.image_processor(images, segmentation_maps=segmentation_maps, return_tensors="np")
@@ -383,13 +383,6 @@ class SamHQProcessor:
         """:meth:`SamHQImageProcessor.save_pretrained` (the processor has no other file); returns the
         files written, as transformers does."""
         return [self.image_processor.save_pretrained(save_directory)]
-
-
-def _check_return_tensors(kind: str | None) -> str:
-    kind = "np" if kind is None else kind
-    if kind not in RETURN_TENSORS:
-        raise InputError(f"return_tensors must be 'np' or 'jax' (samhq-jax has no torch tensors), got {kind!r}")
-    return kind
 
 
 def _convert(arrays: dict[str, np.ndarray], kind: str) -> BatchFeature:
