@@ -98,15 +98,15 @@ def _install(tmp: Path, target: Path, overwrite: bool, what: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike, overwrite: bool = False, what: str = "output") -> Iterator[Path]:
-    """Yield an empty temporary folder next to ``target`` (its parents created); when the block ends
-    without an exception the folder replaces ``target`` whole, else it is deleted. An existing
-    ``target`` is an ``InputError`` naming ``what`` unless ``overwrite`` (then it is replaced whole)."""
-    target = Path(target)
+def _replacing(target: Path, overwrite: bool, what: str, folder: bool) -> Iterator[Path]:
+    """The common body of :func:`atomic_dir` / :func:`atomic_file`: check ``target``, yield its
+    temporary sibling (an empty folder, or a file path with ``target``'s suffix), then install it
+    over ``target``, or delete it if the block raised."""
     check_target(target, overwrite, what)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(target, TMP_SUFFIX)
-    tmp.mkdir()
+    tmp = _sibling(target, TMP_SUFFIX) if folder else _sibling(target, TMP_SUFFIX, target.suffix)
+    if folder:
+        tmp.mkdir()
     try:
         yield tmp
         _install(tmp, target, overwrite, what)
@@ -116,17 +116,18 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False, what: str = "
 
 
 @contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, overwrite: bool = False, what: str = "output") -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``target`` (its parents created); when the block ends
+    without an exception the folder replaces ``target`` whole, else it is deleted. An existing
+    ``target`` is an ``InputError`` naming ``what`` unless ``overwrite`` (then it is replaced whole)."""
+    with _replacing(Path(target), overwrite, what, folder=True) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
 def atomic_file(target: str | os.PathLike, overwrite: bool = False, what: str = "output") -> Iterator[Path]:
     """Yield a temporary file path next to ``target`` with the same suffix (not created: the block
     writes it); when the block ends without an exception it replaces ``target``, else it is deleted.
     An existing ``target`` is an ``InputError`` naming ``what`` unless ``overwrite``."""
-    target = Path(target)
-    check_target(target, overwrite, what)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(target, TMP_SUFFIX, target.suffix)
-    try:
+    with _replacing(Path(target), overwrite, what, folder=False) as tmp:
         yield tmp
-        _install(tmp, target, overwrite, what)
-    except BaseException:
-        _remove(tmp)
-        raise
