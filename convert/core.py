@@ -24,8 +24,8 @@ from samhq_jax.config import (
     PRESETS,
     ImageEncoderConfig,
     MaskDecoderConfig,
+    ModelConfig,
     PromptEncoderConfig,
-    SamHQConfig,
     TinyViTConfig,
 )
 from samhq_jax.errors import InputError
@@ -140,7 +140,7 @@ def _count(flat: FlatParams, prefix: str, suffix: str) -> int:
 
 def infer_config(
     flat: FlatParams, fmt: SourceFormat, decoder_heads: int = 8, transformer_eps: float | None = None
-) -> SamHQConfig:
+) -> ModelConfig:
     """Read the model structure off our flat parameter shapes.
 
     ``decoder_heads`` (8 in every released SAM) is the only structural number not visible in the
@@ -191,7 +191,7 @@ def infer_config(
         prompt = PromptEncoderConfig(
             embed_dim=dim, mask_in_chans=flat["prompt_encoder/mask_downscaling/conv2/kernel"].shape[-1]
         )
-        config = SamHQConfig(encoder, prompt, decoder)
+        config = ModelConfig(encoder, prompt, decoder)
     except ValueError as err:
         raise ConversionError(f"the tensor shapes do not describe a valid SAM-HQ model: {err}") from err
     return _name_preset(config)
@@ -270,17 +270,17 @@ def infer_tiny_vit(flat: FlatParams, fmt: SourceFormat | None = None) -> TinyViT
     )
 
 
-def _name_preset(config: SamHQConfig) -> SamHQConfig:
+def _name_preset(config: ModelConfig) -> ModelConfig:
     """Give the config the name of the preset it equals (decoder eps aside), if any."""
     for name in PRESETS:
-        preset = SamHQConfig.preset(name, transformer_layer_norm_eps=config.mask_decoder.transformer_layer_norm_eps)
+        preset = ModelConfig.preset(name, transformer_layer_norm_eps=config.mask_decoder.transformer_layer_norm_eps)
         if dataclasses.replace(preset, name=config.name) == config:
             return preset
     return config
 
 
 def check_params(
-    flat: FlatParams, config: SamHQConfig, fmt: SourceFormat | None, allow_plain_sam: bool = False
+    flat: FlatParams, config: ModelConfig, fmt: SourceFormat | None, allow_plain_sam: bool = False
 ) -> list[str]:
     """Compare flat params with what ``config`` needs; returns missing / extra / mis-shaped listings.
 
@@ -309,11 +309,11 @@ def check_params(
     return problems
 
 
-def _closest_preset(inferred: SamHQConfig) -> SamHQConfig:
+def _closest_preset(inferred: ModelConfig) -> ModelConfig:
     """The preset a non-preset structure was most likely cut from (same ViT width and image size)."""
     eps = inferred.mask_decoder.transformer_layer_norm_eps
     for name in PRESETS:
-        preset = SamHQConfig.preset(name, transformer_layer_norm_eps=eps)
+        preset = ModelConfig.preset(name, transformer_layer_norm_eps=eps)
         enc, got = preset.image_encoder, inferred.image_encoder
         if (type(enc), enc.early_dim, enc.img_size) == (type(got), got.early_dim, got.img_size):
             return preset
@@ -325,12 +325,12 @@ def _closest_preset(inferred: SamHQConfig) -> SamHQConfig:
 
 def state_dict_to_params(
     state_dict: StateDict,
-    config: SamHQConfig | None = None,
+    config: ModelConfig | None = None,
     fmt: SourceFormat | None = None,
     decoder_heads: int = 8,
     transformer_eps: float | None = None,
     allow_plain_sam: bool = False,
-) -> tuple[SamHQConfig, dict]:
+) -> tuple[ModelConfig, dict]:
     """Import a PyTorch state dict (numpy arrays) into ``(config, params)``.
 
     ``config`` defaults to the structure inferred from the weights, which must be one of the presets

@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 from convert.core import HF, OFFICIAL, ConversionError, params_to_state_dict
 from convert.hf import hf_config_dict
 from convert.sources import HF_WEIGHTS, import_torch
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 
 
 def export_official(params: dict, dst: str | Path) -> Path:
@@ -30,7 +30,7 @@ def export_official(params: dict, dst: str | Path) -> Path:
     return dst
 
 
-def export_hf(config: SamHQConfig, params: dict, dst: str | Path) -> Path:
+def export_hf(config: ModelConfig, params: dict, dst: str | Path) -> Path:
     """Write a folder ``SamHQModel.from_pretrained`` loads: ``config.json`` + ``model.safetensors``."""
     dst = Path(dst)
     hf_config = hf_config_dict(config)  # refuses a model transformers cannot hold before anything is written

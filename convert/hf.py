@@ -9,7 +9,7 @@ section 2. The random-Fourier matrix is stored twice (tied): both keys map to ou
 from __future__ import annotations
 
 from convert.rules import Rule, conv, conv_transpose, flatten, linear, norm, tensor
-from samhq_jax.config import SamHQConfig, TinyViTConfig
+from samhq_jax.config import ModelConfig, TinyViTConfig
 from samhq_jax.errors import InputError
 
 _ENC, _PE, _DEC = "vision_encoder", "prompt_encoder", "mask_decoder"
@@ -92,12 +92,12 @@ RULES: tuple[Rule, ...] = flatten(
 IGNORED_KEYS: frozenset[str] = frozenset()
 
 
-def has_hf_form(config: SamHQConfig) -> bool:
+def has_hf_form(config: ModelConfig) -> bool:
     """Whether transformers' ``SamHQModel`` can hold a model of ``config`` (not a TinyViT encoder)."""
     return not isinstance(config.image_encoder, TinyViTConfig)
 
 
-def hf_config_dict(config: SamHQConfig) -> dict:
+def hf_config_dict(config: ModelConfig) -> dict:
     """``config.json`` content of a transformers ``SamHQModel`` with the structure of ``config``.
 
     ``mask_decoder_config.layer_norm_eps`` only sets the two-way LayerNorms 1-4 in transformers, so

@@ -17,7 +17,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from convert.core import HF, ConversionError, state_dict_to_params
-from samhq_jax.config import SamHQConfig, checked_value, read_json_object
+from samhq_jax.config import ModelConfig, checked_value, read_json_object
 
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
@@ -111,7 +111,7 @@ def read_hf_folder(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     raise ConversionError(f"{path} has a SamHQ config.json but neither {HF_WEIGHTS} nor {HF_INDEX}")
 
 
-def load_torch_checkpoint(path: str | Path, allow_plain_sam: bool = False) -> tuple[SamHQConfig, dict]:
+def load_torch_checkpoint(path: str | Path, allow_plain_sam: bool = False) -> tuple[ModelConfig, dict]:
     """Import official (``.pth``, ``.pt``, ``.bin``, ``.safetensors``) or Hugging Face weights.
 
     Returns ``(config, params)`` with numpy float32 leaves. With ``allow_plain_sam`` an original SAM

@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from eval import report
     from eval.protocol import evaluate_pairs, summarize
     from samhq_jax.checkpoint import untrained_hq_message
-    from samhq_jax.config import SamHQConfig
+    from samhq_jax.config import ModelConfig
     from samhq_jax.distributed import allgather_bytes, replicate, setup, share
     from samhq_jax.precision import Policy
 
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     if not weights.hq_trained and first:
         print(f"{PROG}: warning: {untrained_hq_message(args.checkpoint)}", file=sys.stderr)
     config = weights.config
-    if args.paper and config.image_encoder != SamHQConfig.preset(args.paper).image_encoder:
+    if args.paper and config.image_encoder != ModelConfig.preset(args.paper).image_encoder:
         raise InputError(f"--paper {args.paper}: the checkpoint's image encoder is not the {args.paper} structure")
     sam = _read(args.sam_checkpoint, "--sam-checkpoint") if args.sam_checkpoint else None
     if sam is not None and sam.config.img_size != config.img_size:

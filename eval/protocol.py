@@ -48,7 +48,7 @@ from jax.sharding import Mesh, PartitionSpec
 from tqdm import tqdm
 
 from eval.metrics import binary_iou, mask_to_boundary
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.datasets import FG_THRESHOLD, DatasetError, Pair, is_empty_box, label_to_box, read_image, read_mask
 from samhq_jax.distributed import DATA_AXIS, allgather_bytes, replicate, shard_rows
 from samhq_jax.precision import EVALUATION, Policy
@@ -145,8 +145,8 @@ def _load(pair: Pair, size: int) -> tuple[ImageRecord, _Sample | None]:
 # ---- model -------------------------------------------------------------------------------------------
 @functools.cache
 def _forward(
-    config: SamHQConfig,
-    sam_config: SamHQConfig,
+    config: ModelConfig,
+    sam_config: ModelConfig,
     separate_sam_encoder: bool,
     policy: Policy = EVALUATION,
     mesh: Mesh | None = None,
@@ -176,8 +176,8 @@ def _forward(
 
 
 def compiled_forward(
-    config: SamHQConfig,
-    sam_config: SamHQConfig | None = None,
+    config: ModelConfig,
+    sam_config: ModelConfig | None = None,
     separate_sam_encoder: bool = False,
     policy: Policy = EVALUATION,
 ) -> Any:
@@ -187,7 +187,7 @@ def compiled_forward(
     return _forward(config, config if sam_config is None else sam_config, separate_sam_encoder, policy)
 
 
-def same_image_encoder(config: SamHQConfig, params: Any, sam_config: SamHQConfig, sam_params: Any) -> bool:
+def same_image_encoder(config: ModelConfig, params: Any, sam_config: ModelConfig, sam_params: Any) -> bool:
     """True when both models have the same image-encoder structure and bit-identical encoder weights
     (then one encoding serves both, as for SAM-HQ and the SAM it was trained from)."""
     if params is sam_params:
@@ -234,12 +234,12 @@ def _batches(pairs: Sequence[Pair], size: int, batch_size: int, records: list, b
 
 
 def evaluate_pairs(
-    config: SamHQConfig,
+    config: ModelConfig,
     params: Any,
     pairs: Sequence[Pair],
     batch_size: int = 1,
     sam_params: Any | None = None,
-    sam_config: SamHQConfig | None = None,
+    sam_config: ModelConfig | None = None,
     keep_masks: bool = False,
     desc: str | None = None,
     policy: Policy = EVALUATION,

@@ -1,4 +1,4 @@
-"""Build the PyTorch reference models for a :class:`SamHQConfig`, with every tensor randomised.
+"""Build the PyTorch reference models for a :class:`ModelConfig`, with every tensor randomised.
 
 The official init leaves ``pos_embed`` and every ``rel_pos_*`` at zero and LayerNorms at 1 / 0,
 which would hide bugs in exactly the parts that are easy to get wrong, so every tensor is
@@ -17,7 +17,7 @@ import torch
 
 from convert.hf import hf_config_dict
 from convert.official import STRIDE_ONE_MERGE_DIMS
-from samhq_jax.config import HF_TRANSFORMER_LN_EPS, ImageEncoderConfig, SamHQConfig, TinyViTConfig
+from samhq_jax.config import HF_TRANSFORMER_LN_EPS, ImageEncoderConfig, ModelConfig, TinyViTConfig
 
 _MATRIX_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 
@@ -59,7 +59,7 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
             t.copy_(value)
 
 
-def build_official(config: SamHQConfig, seed: int = 0, plain_sam: bool = False) -> torch.nn.Module:
+def build_official(config: ModelConfig, seed: int = 0, plain_sam: bool = False) -> torch.nn.Module:
     """``segment_anything_hq`` ``Sam`` with the structure of ``config``, randomised, in eval mode.
 
     With ``plain_sam`` the original SAM of PyPI ``segment-anything`` (``MaskDecoder``, no HQ
@@ -165,7 +165,7 @@ def _official_tiny_vit(enc: TinyViTConfig) -> torch.nn.Module:
     )
 
 
-def build_hf(config: SamHQConfig, seed: int = 0) -> torch.nn.Module:
+def build_hf(config: ModelConfig, seed: int = 0) -> torch.nn.Module:
     """transformers ``SamHQModel`` with the structure of ``config``, randomised, in eval mode.
 
     The two-way LayerNorm eps is Hugging Face's (1e-6), as in every HF checkpoint.

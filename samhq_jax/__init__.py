@@ -6,10 +6,10 @@ from samhq_jax.config import (
     PRESETS,
     ImageEncoderConfig,
     MaskDecoderConfig,
+    ModelConfig,
     PromptEncoderConfig,
-    SamHQConfig,
 )
-from samhq_jax.hf_config import SamHQMaskDecoderConfig, SamHQPromptEncoderConfig, SamHQVisionConfig
+from samhq_jax.hf_config import SamHQConfig, SamHQMaskDecoderConfig, SamHQPromptEncoderConfig, SamHQVisionConfig
 from samhq_jax.hf_model import SamHQImageSegmentationOutput, SamHQModel
 from samhq_jax.hf_pipeline import pipeline
 from samhq_jax.hf_processor import SamHQImageProcessor, SamHQProcessor
@@ -35,6 +35,7 @@ __all__ = [
     "ImageEmbeddings",
     "ImageEncoderConfig",
     "MaskDecoderConfig",
+    "ModelConfig",
     "PromptEncoderConfig",
     "ResizeLongestSide",
     "Sam",

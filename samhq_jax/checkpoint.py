@@ -33,7 +33,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import save_file
 
-from samhq_jax.config import SamHQConfig, checked_value, read_json_object
+from samhq_jax.config import ModelConfig, checked_value, read_json_object
 from samhq_jax.errors import InputError
 from samhq_jax.hq_params import init_hq_params, merge_params
 
@@ -59,14 +59,14 @@ class LoadedWeights:
       source_format: ``"samhq_jax"``, ``"official"`` or ``"hf"``.
     """
 
-    config: SamHQConfig
+    config: ModelConfig
     params: dict
     hq_trained: bool
     source_format: str
 
 
 def save_checkpoint(
-    path: str | os.PathLike, config: SamHQConfig, params: Any, source: str = "", hq_trained: bool = True
+    path: str | os.PathLike, config: ModelConfig, params: Any, source: str = "", hq_trained: bool = True
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into directory ``path`` (created if needed).
 
@@ -127,7 +127,7 @@ def _read_ours(path: Path) -> LoadedWeights:
             raise InputError(f"{cfg}: missing key config (the model structure)")
         hq_trained = checked_value(meta.get("hq_trained", True), bool, f"{cfg}: hq_trained")
         try:
-            config = SamHQConfig.from_dict(meta["config"])
+            config = ModelConfig.from_dict(meta["config"])
         except ValueError as err:
             raise InputError(f"{cfg}: {err}") from err
     if not (path / WEIGHTS_FILE).is_file():
@@ -139,7 +139,7 @@ def _read_ours(path: Path) -> LoadedWeights:
     return LoadedWeights(config, unflatten_dict(flat, sep="/"), hq_trained, FORMAT)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[SamHQConfig, dict]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     """Read a directory written by :func:`save_checkpoint`; checks every tensor against the config."""
     weights = _read_ours(Path(path))
     return weights.config, weights.params
@@ -250,7 +250,7 @@ def untrained_hq_message(path: str | os.PathLike) -> str:
     )
 
 
-def load_numpy(path: str | os.PathLike) -> tuple[SamHQConfig, dict]:
+def load_numpy(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     """:func:`load_pretrained` with numpy float32 leaves (no device transfer), for conversion tools."""
     weights = read_weights(path)
     if not weights.hq_trained:
@@ -258,7 +258,7 @@ def load_numpy(path: str | os.PathLike) -> tuple[SamHQConfig, dict]:
     return weights.config, weights.params
 
 
-def load_pretrained(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32) -> tuple[SamHQConfig, dict]:
+def load_pretrained(path: str | os.PathLike, dtype: jnp.dtype = jnp.float32) -> tuple[ModelConfig, dict]:
     """Load SAM-HQ weights from any supported source and return ``(config, params)``.
 
     Accepts everything :func:`read_weights` does; foreign formats are converted on the fly.

@@ -197,8 +197,13 @@ class MaskDecoderConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SamHQConfig:
-    """Whole SAM-HQ model. ``name`` is informational (the preset it came from, if any)."""
+class ModelConfig:
+    """Whole SAM-HQ model: what every module, checkpoint and tool here is built from. ``name`` is
+    informational (the preset it came from, if any).
+
+    transformers' field names live in :class:`samhq_jax.SamHQConfig` (:mod:`samhq_jax.hf_config`),
+    made from and converted to this class, so there is one source of truth.
+    """
 
     image_encoder: ImageEncoderConfig | TinyViTConfig
     prompt_encoder: PromptEncoderConfig = PromptEncoderConfig()
@@ -233,25 +238,25 @@ class SamHQConfig:
 
     # ---- presets -------------------------------------------------------------------------------
     @classmethod
-    def vit_b(cls, **decoder_overrides: Any) -> SamHQConfig:
+    def vit_b(cls, **decoder_overrides: Any) -> ModelConfig:
         """HQ-SAM ViT-B: 768 wide, 12 blocks, 12 heads, global attention at 2, 5, 8, 11."""
         enc = ImageEncoderConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11))
         return cls(enc, mask_decoder=MaskDecoderConfig(**decoder_overrides), name="vit_b")
 
     @classmethod
-    def vit_l(cls, **decoder_overrides: Any) -> SamHQConfig:
+    def vit_l(cls, **decoder_overrides: Any) -> ModelConfig:
         """HQ-SAM ViT-L: 1024 wide, 24 blocks, 16 heads, global attention at 5, 11, 17, 23."""
         enc = ImageEncoderConfig(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23))
         return cls(enc, mask_decoder=MaskDecoderConfig(**decoder_overrides), name="vit_l")
 
     @classmethod
-    def vit_h(cls, **decoder_overrides: Any) -> SamHQConfig:
+    def vit_h(cls, **decoder_overrides: Any) -> ModelConfig:
         """HQ-SAM ViT-H: 1280 wide, 32 blocks, 16 heads (head dim 80), global attention at 7, 15, 23, 31."""
         enc = ImageEncoderConfig(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31))
         return cls(enc, mask_decoder=MaskDecoderConfig(**decoder_overrides), name="vit_h")
 
     @classmethod
-    def vit_tiny(cls, **decoder_overrides: Any) -> SamHQConfig:
+    def vit_tiny(cls, **decoder_overrides: Any) -> ModelConfig:
         """Light HQ-SAM: MobileSAM's TinyViT (widths 64/128/160/320, depths 2/2/6/2, windows 7/7/14/7)."""
         enc = TinyViTConfig(
             embed_dims=(64, 128, 160, 320),
@@ -265,7 +270,7 @@ class SamHQConfig:
     @classmethod
     def _tiny(
         cls, name: str, width: int, depth: int, heads: int, global_blocks: tuple[int, ...], overrides: dict[str, Any]
-    ) -> SamHQConfig:
+    ) -> ModelConfig:
         # 160 px input, 16 px patches -> 10x10 grid; window 4 pads it to 12 (3x3 windows), so the
         # padded-window path, rel-pos tables of both sizes and every HQ layer are exercised.
         dim = 32
@@ -288,22 +293,22 @@ class SamHQConfig:
         )
 
     @classmethod
-    def tiny_b(cls, **decoder_overrides: Any) -> SamHQConfig:
+    def tiny_b(cls, **decoder_overrides: Any) -> ModelConfig:
         """Test-size model with ViT-B structure: 4 blocks, global at 1 and 3, head dim 16."""
         return cls._tiny("tiny_b", 32, 4, 2, (1, 3), decoder_overrides)
 
     @classmethod
-    def tiny_l(cls, **decoder_overrides: Any) -> SamHQConfig:
+    def tiny_l(cls, **decoder_overrides: Any) -> ModelConfig:
         """Test-size model with ViT-L structure: 6 blocks, global at 2 and 5, 4 heads."""
         return cls._tiny("tiny_l", 48, 6, 4, (2, 5), decoder_overrides)
 
     @classmethod
-    def tiny_h(cls, **decoder_overrides: Any) -> SamHQConfig:
+    def tiny_h(cls, **decoder_overrides: Any) -> ModelConfig:
         """Test-size model with ViT-H structure: 8 blocks, global at 3 and 7, head dim 20 (not a power of 2)."""
         return cls._tiny("tiny_h", 40, 8, 2, (3, 7), decoder_overrides)
 
     @classmethod
-    def preset(cls, name: str, **decoder_overrides: Any) -> SamHQConfig:
+    def preset(cls, name: str, **decoder_overrides: Any) -> ModelConfig:
         """Build a preset by name: one of :data:`PRESETS`."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -314,7 +319,7 @@ class SamHQConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "config") -> SamHQConfig:
+    def from_dict(cls, d: Any, where: str = "config") -> ModelConfig:
         """The inverse of :meth:`to_dict`, checked: ``ValueError`` naming the first bad key.
 
         Every section and field must be there (``name`` may be left out), with its type (an int
@@ -333,6 +338,18 @@ class SamHQConfig:
 
 
 PRESETS = ("vit_b", "vit_l", "vit_h", "vit_tiny", "tiny_b", "tiny_l", "tiny_h")
+RENAMED = {"SamHQConfig": "ModelConfig"}  # old names of this module -> new (an error names both)
+
+
+def __getattr__(name: str) -> Any:
+    """A clear error for a name this module used to have (``ImportError``, so that ``from ...
+    import`` shows it)."""
+    if name in RENAMED:
+        raise ImportError(
+            f"samhq_jax.config.{name} is now samhq_jax.config.{RENAMED[name]} (also samhq_jax.{RENAMED[name]}); "
+            "samhq_jax.SamHQConfig is transformers' SamHQConfig (samhq_jax.hf_config)"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Hugging Face's SAM-HQ configuration classes under transformers' names and fields, generated from
-and converted to our :class:`samhq_jax.config.SamHQConfig` (the one source of truth).
+and converted to our :class:`samhq_jax.config.ModelConfig` (the one source of truth).
 
     from samhq_jax.hf_config import SamHQConfig, SamHQVisionConfig
     config = SamHQConfig.from_pretrained("syscv-community/sam-hq-vit-base")   # a folder, a config.json
@@ -35,10 +35,10 @@ from samhq_jax.config import (
     HF_TRANSFORMER_LN_EPS,
     ImageEncoderConfig,
     MaskDecoderConfig,
+    ModelConfig,
     PromptEncoderConfig,
     read_json_object,
 )
-from samhq_jax.config import SamHQConfig as OurConfig
 from samhq_jax.errors import InputError
 
 CONFIG_NAME = "config.json"
@@ -50,7 +50,7 @@ MODEL_INIT_RANGE = 0.02  # transformers' SamHQConfig.initializer_range default (
 OURS = "_samhq"  # where a SamHQConfig keeps the dataclass it stands for (not a field)
 
 
-def hf_sections(config: OurConfig) -> dict[str, dict[str, Any]]:
+def hf_sections(config: ModelConfig) -> dict[str, dict[str, Any]]:
     """transformers' three sub-config dicts (every field, no ``model_type``) for our ``config``:
     :func:`convert.hf.hf_config_dict`'s fields plus the ones it leaves at transformers' defaults."""
     from convert.hf import hf_config_dict
@@ -77,7 +77,7 @@ def hf_sections(config: OurConfig) -> dict[str, dict[str, Any]]:
 def hf_defaults() -> dict[str, dict[str, Any]]:
     """transformers' default sections: its ViT-B, i.e. our ``vit_b`` with the two-way LayerNorm eps it
     uses (computed on first use: :mod:`convert.hf` imports this package)."""
-    return hf_sections(OurConfig.vit_b(transformer_layer_norm_eps=HF_TRANSFORMER_LN_EPS))
+    return hf_sections(ModelConfig.vit_b(transformer_layer_norm_eps=HF_TRANSFORMER_LN_EPS))
 
 
 class HFConfig:
@@ -233,14 +233,14 @@ class SamHQConfig(HFConfig):
         super().__init__(**sections, **kwargs)
 
     @classmethod
-    def from_samhq_config(cls, config: OurConfig) -> SamHQConfig:
+    def from_samhq_config(cls, config: ModelConfig) -> SamHQConfig:
         """transformers' config of a model of our ``config`` (ViT encoders only: transformers has no TinyViT)."""
         out = cls(**hf_sections(config))
         out.__dict__[OURS] = config
         return out
 
     @property
-    def samhq_config(self) -> OurConfig:
+    def samhq_config(self) -> ModelConfig:
         """Our dataclass: the one this config was made from, else :meth:`to_samhq_config`'s."""
         if OURS not in self.__dict__:
             self.__dict__[OURS] = self.to_samhq_config()
@@ -251,8 +251,8 @@ class SamHQConfig(HFConfig):
             raise AttributeError(name)
         return getattr(self.samhq_config, name)
 
-    def to_samhq_config(self) -> OurConfig:
-        """Our :class:`samhq_jax.config.SamHQConfig` for these fields (see the module docstring for
+    def to_samhq_config(self) -> ModelConfig:
+        """Our :class:`samhq_jax.config.ModelConfig` for these fields (see the module docstring for
         what is accepted); an :class:`~samhq_jax.errors.InputError` naming the first bad field."""
         v, p, d = self.vision_config, self.prompt_encoder_config, self.mask_decoder_config
         expect = {
@@ -269,7 +269,7 @@ class SamHQConfig(HFConfig):
             if got != want:
                 raise InputError(f"SamHQConfig.{field} = {got!r}: this port computes only {want!r} here")
         try:
-            return OurConfig(
+            return ModelConfig(
                 ImageEncoderConfig(
                     embed_dim=v.hidden_size,
                     depth=v.num_hidden_layers,

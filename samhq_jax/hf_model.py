@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samhq_jax.checkpoint import load_pretrained
-from samhq_jax.config import SamHQConfig, TinyViTConfig
+from samhq_jax.config import ModelConfig, TinyViTConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_config import SamHQConfig as HFSamHQConfig
 from samhq_jax.hf_processor import HF_LABELS, HF_LABELS_TEXT, jax_device
@@ -69,7 +69,7 @@ class SamHQModel:
     ``model = SamHQModel.from_pretrained(path)`` then ``model(**processor(image, ...))``.
     ``config`` is transformers' ``SamHQConfig`` (:mod:`samhq_jax.hf_config`; it also answers our
     dataclass's attributes; ours, a TinyViT model's, for Light HQ-SAM, which transformers cannot
-    describe); ``samhq_config`` our :class:`SamHQConfig` (the constructor takes either);
+    describe); ``samhq_config`` our :class:`ModelConfig` (the constructor takes either);
     ``params`` the parameter pytree; ``policy`` the
     :class:`~samhq_jax.precision.Policy` of ``dtype`` (``float32`` / ``bfloat16``) and ``precision``
     (``"highest"`` / ``"default"``) every call runs under (default ``highest`` / ``float32``, as
@@ -78,7 +78,7 @@ class SamHQModel:
 
     def __init__(
         self,
-        config: SamHQConfig,
+        config: ModelConfig,
         params: dict,
         dtype: jnp.dtype | str = jnp.float32,
         precision: str = LIBRARY.precision,

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from samhq_jax import hf_mask_generation
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_mask_generation import check_return_tensors
 from samhq_jax.prompt_check import LABELS_TEXT, VALID_LABELS, check_boxes, check_finite, check_labels
@@ -480,7 +480,7 @@ def _processor_sizes(path: str | os.PathLike) -> dict[str, int]:
     if cfg_file is not None and cfg_file.is_file():
         cfg = json.loads(cfg_file.read_text())
         if "config" in cfg:  # ours
-            return {"longest_edge": SamHQConfig.from_dict(cfg["config"]).img_size}
+            return {"longest_edge": ModelConfig.from_dict(cfg["config"]).img_size}
         return {"longest_edge": int(cfg.get("vision_config", {}).get("image_size", DEFAULT_IMG_SIZE))}
     return {"longest_edge": DEFAULT_IMG_SIZE}
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from samhq_jax.checkpoint import load_pretrained
-from samhq_jax.config import ImageEncoderConfig, SamHQConfig
+from samhq_jax.config import ImageEncoderConfig, ModelConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_config import SamHQVisionConfig, hf_sections
 from samhq_jax.image_encoder import ImageEncoderViT
@@ -101,7 +101,7 @@ def compiled_vision(config: ImageEncoderConfig, dtype: jnp.dtype, precision: str
 
 
 @lru_cache(maxsize=8)
-def compiled_decode_attentions(config: SamHQConfig, dtype: jnp.dtype, precision: str) -> Callable:
+def compiled_decode_attentions(config: ModelConfig, dtype: jnp.dtype, precision: str) -> Callable:
     """Jitted :meth:`SamHQ.decode` (``all_multimask``, as ``SamHQModel``) that also returns each two-way
     layer's image-to-token attention output: ``(low_res, iou, attentions)``, ``attentions`` a tuple of
     ``(B * P, 1, G * G, C)``, transformers' ``mask_decoder_attentions``."""
@@ -136,7 +136,7 @@ def pixels_nhwc(pixel_values: Any, size: int) -> jax.Array:
 class SamHQVisionModel:
     """transformers' ``SamHQVisionModel``: the image encoder alone.
 
-    ``SamHQVisionModel(config, params)`` with our :class:`~samhq_jax.config.SamHQConfig` and a whole
+    ``SamHQVisionModel(config, params)`` with our :class:`~samhq_jax.config.ModelConfig` and a whole
     model's parameter tree (or the encoder's subtree), or :meth:`from_pretrained` from anything
     :func:`~samhq_jax.load_pretrained` takes. ``config`` is transformers' ``SamHQVisionConfig``
     (:mod:`samhq_jax.hf_config`); ``samhq_config`` ours. ``dtype`` / ``precision`` as for
@@ -147,7 +147,7 @@ class SamHQVisionModel:
 
     def __init__(
         self,
-        config: SamHQConfig,
+        config: ModelConfig,
         params: dict,
         dtype: jnp.dtype | str = jnp.float32,
         precision: str = LIBRARY.precision,

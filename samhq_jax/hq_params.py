@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 
 HQ_PARTS = ("hq_token", "hq_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")
 HQ_PARAM_REGEX = re.compile(rf"^mask_decoder/({'|'.join(HQ_PARTS)})(/|$)")
@@ -43,7 +43,7 @@ def is_hq_path(path: str) -> bool:
     return HQ_PARAM_REGEX.match(path) is not None
 
 
-def hq_paths(config: SamHQConfig) -> list[str]:
+def hq_paths(config: ModelConfig) -> list[str]:
     """Every HQ parameter path of a model with ``config`` (25 tensors for every size)."""
     from samhq_jax.sam_hq import param_shapes
 
@@ -57,7 +57,7 @@ def _fan_in(kind: str, kernel_shape: tuple[int, ...]) -> int:
     return kh * kw * (cout if kind == "conv_transpose" else cin)
 
 
-def init_hq_params(config: SamHQConfig, seed: int = 0) -> dict:
+def init_hq_params(config: ModelConfig, seed: int = 0) -> dict:
     """Fresh HQ parameters (a tree holding only the 25 HQ tensors, float32 numpy), seeded.
 
     Distributions as PyTorch's defaults for the official modules; see the module docstring.

@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from samhq_jax.checkpoint import load_pretrained
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.distributed import DATA_AXIS, data_mesh, device_blocks, replicate, shard_rows
 from samhq_jax.errors import InputError
 from samhq_jax.precision import LIBRARY, Policy
@@ -45,7 +45,7 @@ EMBEDDING_SPECS = ImageEmbeddings(ROWS, ROWS, ROWS, WHOLE)  # image_pe depends o
 
 
 @functools.lru_cache(maxsize=16)
-def sharded_embed(config: SamHQConfig, dtype: str, precision: str, mesh: Mesh) -> Callable:
+def sharded_embed(config: ModelConfig, dtype: str, precision: str, mesh: Mesh) -> Callable:
     """Jitted ``(variables, images (lanes, S, S, 3)) -> ImageEmbeddings`` (split over ``mesh``): the
     one-image encoder of :func:`~samhq_jax.predictor.compiled_model` on every device."""
     _, embed, _ = compiled_model(config, dtype, precision)
@@ -54,7 +54,7 @@ def sharded_embed(config: SamHQConfig, dtype: str, precision: str, mesh: Mesh) -
 
 @functools.lru_cache(maxsize=64)
 def sharded_decode(
-    config: SamHQConfig,
+    config: ModelConfig,
     dtype: str,
     precision: str,
     mesh: Mesh,
@@ -88,7 +88,7 @@ class MeshPredictor:
 
     def __init__(
         self,
-        config: SamHQConfig,
+        config: ModelConfig,
         params: dict,
         mesh: Mesh | None = None,
         dtype: jnp.dtype | str = jnp.float32,

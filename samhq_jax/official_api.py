@@ -38,7 +38,7 @@ import numpy as np
 
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.checkpoint import UntrainedHQWarning, load_pretrained
-from samhq_jax.config import PRESETS, ImageEncoderConfig, SamHQConfig
+from samhq_jax.config import PRESETS, ImageEncoderConfig, ModelConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_processor import jax_device
 from samhq_jax.mesh_predictor import MeshPredictor
@@ -137,7 +137,7 @@ class Sam:
     :class:`SamPredictor` and :class:`SamAutomaticMaskGenerator`.
 
     Attributes:
-      config / params: our :class:`~samhq_jax.config.SamHQConfig` and the parameter tree (on
+      config / params: our :class:`~samhq_jax.config.ModelConfig` and the parameter tree (on
         ``jax_device``); policy: the :class:`~samhq_jax.precision.Policy` its predictors run under.
       image_encoder / prompt_encoder / mask_decoder: read-only sizes (:class:`ImageEncoderInfo`, ...).
       mask_threshold (0.0), image_format ("RGB"), pixel_mean / pixel_std ``(3, 1, 1)``: as the official.
@@ -150,7 +150,7 @@ class Sam:
 
     def __init__(
         self,
-        config: SamHQConfig,
+        config: ModelConfig,
         params: dict,
         dtype: jnp.dtype | str = jnp.float32,
         precision: str = LIBRARY.precision,
@@ -282,7 +282,7 @@ def build_sam_from_preset(
     name = DEFAULT_MODEL_TYPE if model_type == "default" else model_type
     if name not in PRESETS:
         raise InputError(f"unknown model type {model_type!r}; choose one of {', '.join(sam_model_registry)}")
-    preset = SamHQConfig.preset(name)
+    preset = ModelConfig.preset(name)
     if checkpoint is None:
         return Sam(preset, init_params(preset, jax.random.PRNGKey(INIT_SEED)), dtype=dtype, plain_sam=plain_sam)
     with warnings.catch_warnings():
@@ -294,7 +294,7 @@ def build_sam_from_preset(
     return Sam(config, params, dtype=dtype, plain_sam=plain_sam)
 
 
-def structure(config: SamHQConfig) -> tuple:
+def structure(config: ModelConfig) -> tuple:
     """``config`` without its numeric settings (LayerNorm eps, name): equal for two configs exactly
     when their parameters have the same names and shapes."""
     enc, dec = config.image_encoder, config.mask_decoder

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samhq_jax.checkpoint import load_pretrained
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.errors import InputError
 from samhq_jax.precision import LIBRARY, Policy, at_precision, check_dtype, check_precision
 from samhq_jax.prompt_check import VALID_LABELS as VALID_LABELS  # the labels a prompt may have (re-exported)
@@ -101,7 +101,7 @@ def full_masks(low_res: jax.Array, rows: Taps, columns: Taps, long_side: int, re
 
 
 def compiled_model(
-    config: SamHQConfig, dtype: jnp.dtype | str = jnp.float32, precision: str = LIBRARY.precision
+    config: ModelConfig, dtype: jnp.dtype | str = jnp.float32, precision: str = LIBRARY.precision
 ) -> tuple[SamHQ, Callable, Callable]:
     """The Flax module with its jitted ``embed_image`` (HQ features included, computed once per image)
     and ``decode``, shared by every predictor of one ``(config, dtype, precision)``: a prompt
@@ -118,7 +118,7 @@ def compiled_model(
 
 
 @lru_cache(maxsize=16)
-def _compile(config: SamHQConfig, dtype: jnp.dtype, precision: str) -> tuple[SamHQ, Callable, Callable]:
+def _compile(config: ModelConfig, dtype: jnp.dtype, precision: str) -> tuple[SamHQ, Callable, Callable]:
     model = SamHQ(config, dtype=dtype)
 
     def method(fn: Callable, **fixed: Any) -> Callable:
@@ -136,7 +136,7 @@ class SamHQPredictor:
     """Encode an image once, then predict HQ masks for any number of prompts.
 
     Attributes:
-      config: the model's :class:`SamHQConfig`; ``params`` its weights; ``model`` the Flax module.
+      config: the model's :class:`ModelConfig`; ``params`` its weights; ``model`` the Flax module.
       transform: ``ResizeLongestSide(config.img_size)``, the official ``predictor.transform``.
       original_size / input_size: ``(H, W)`` of the image set, and of it resized into the model's
         input frame (longest side ``config.img_size``); None before an image is set.
@@ -146,7 +146,7 @@ class SamHQPredictor:
 
     def __init__(
         self,
-        config: SamHQConfig,
+        config: ModelConfig,
         params: dict,
         dtype: jnp.dtype | str = jnp.float32,
         precision: str = LIBRARY.precision,
@@ -508,7 +508,7 @@ class SamHQPredictor:
 
 
 def prepare_prompts(
-    config: SamHQConfig,
+    config: ModelConfig,
     point_coords: np.ndarray | None,
     point_labels: np.ndarray | None,
     boxes: np.ndarray | None,

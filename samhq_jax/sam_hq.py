@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from samhq_jax.config import SamHQConfig, TinyViTConfig
+from samhq_jax.config import ModelConfig, TinyViTConfig
 from samhq_jax.image_encoder import AUTO, ImageEncoderViT
 from samhq_jax.layers import Dtype
 from samhq_jax.mask_decoder_hq import MaskDecoderHQ
@@ -57,7 +57,7 @@ class SamHQ(nn.Module):
     parameters).
     """
 
-    config: SamHQConfig
+    config: ModelConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention: str = AUTO
@@ -187,7 +187,7 @@ def _prompt_batch_shape(
     return bp
 
 
-def init_params(config: SamHQConfig, rng: jax.Array, param_dtype: Dtype = jnp.float32) -> dict:
+def init_params(config: ModelConfig, rng: jax.Array, param_dtype: Dtype = jnp.float32) -> dict:
     """Randomly initialise every parameter (the mask-prompt path included).
 
     Returns the parameter tree (pass it as ``{"params": params}`` to ``SamHQ.apply``). Use
@@ -203,7 +203,7 @@ def init_params(config: SamHQConfig, rng: jax.Array, param_dtype: Dtype = jnp.fl
     return jax.jit(model.init)(rng, images, points, labels, boxes, masks)["params"]
 
 
-def param_shapes(config: SamHQConfig, param_dtype: Dtype = jnp.float32) -> dict:
+def param_shapes(config: ModelConfig, param_dtype: Dtype = jnp.float32) -> dict:
     """``jax.ShapeDtypeStruct`` tree of :func:`init_params`'s output, computed without allocating.
 
     Traced once per ``(config, param_dtype)``; each call returns a fresh copy of the tree.
@@ -212,5 +212,5 @@ def param_shapes(config: SamHQConfig, param_dtype: Dtype = jnp.float32) -> dict:
 
 
 @functools.lru_cache(maxsize=32)
-def _traced_param_shapes(config: SamHQConfig, param_dtype: jnp.dtype) -> dict:
+def _traced_param_shapes(config: ModelConfig, param_dtype: jnp.dtype) -> dict:
     return jax.eval_shape(lambda rng: init_params(config, rng, param_dtype), jax.random.PRNGKey(0))

@@ -14,7 +14,7 @@ import torch
 
 from convert.core import state_dict_to_params
 from eval.reference import build_official
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 
 # Parity bar from the model issue: every stage within 1e-4 of the reference's largest magnitude.
 PARITY_RTOL = 1e-4
@@ -31,7 +31,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 @functools.cache
 def official_model_and_params(preset: str, seed: int = 0) -> tuple:
     """``(torch model, state dict as numpy, our config, our params)`` for a preset, cached per session."""
-    model = build_official(SamHQConfig.preset(preset), seed=seed)
+    model = build_official(ModelConfig.preset(preset), seed=seed)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     config, params = state_dict_to_params(state)
     return model, state, config, params

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.image_encoder import (
     Attention,
     ImageEncoderViT,
@@ -92,7 +92,7 @@ def test_attention_module_paths_agree(window: int, rel_pos: bool) -> None:
 def _encoder_outputs(dtype: jnp.dtype) -> dict[str, tuple[jax.Array, jax.Array]]:
     """``{path: (embedding, early_feature)}`` of tiny_b's encoder (windows padded 10 -> 12, head dim
     16) under both paths, on the same random parameters; checks both paths' parameter trees agree."""
-    cfg = SamHQConfig.tiny_b().image_encoder
+    cfg = ModelConfig.tiny_b().image_encoder
     images = _randn(11, (2, cfg.img_size, cfg.img_size, cfg.in_chans))
     models = {path: ImageEncoderViT(cfg, dtype=dtype, attention=path) for path in ("blocked", "extended")}
     shapes = {path: jax.eval_shape(m.init, jax.random.PRNGKey(0), images) for path, m in models.items()}
@@ -118,7 +118,7 @@ def test_encoder_extended_equals_blocked_bf16() -> None:
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_extended_encoder_exports_for_cuda_and_tpu_without_custom_calls(dtype: jnp.dtype) -> None:
-    cfg = SamHQConfig.tiny_b().image_encoder
+    cfg = ModelConfig.tiny_b().image_encoder
     model = ImageEncoderViT(cfg, dtype=dtype, attention="extended")
     images = jax.ShapeDtypeStruct((1, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
@@ -131,7 +131,7 @@ def test_cudnn_is_refused_off_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a machine without a GPU, "cudnn" fails at trace time with a clear message. (Exporting for
     "cuda" from here is no way round it: the CPU-only jaxlib's cuDNN lowering itself raises
     ``RuntimeError: cuDNN is not detected``.)"""
-    cfg = SamHQConfig.tiny_b().image_encoder
+    cfg = ModelConfig.tiny_b().image_encoder
     images = jnp.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans))
     model = ImageEncoderViT(cfg, dtype=jnp.bfloat16, attention="cudnn")
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # as here, also where a GPU is present
@@ -170,7 +170,7 @@ def test_extended_head_dims_of_the_sam_blocks() -> None:
 
 
 def test_unknown_attention_is_refused_through_samhq() -> None:
-    model = SamHQ(SamHQConfig.tiny_b(), attention="flash")
+    model = SamHQ(ModelConfig.tiny_b(), attention="flash")
     images = jnp.zeros((1, 160, 160, 3))
     with pytest.raises(ValueError, match="unknown attention 'flash'; choose one of auto, blocked, extended, cudnn"):
         jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, method=SamHQ.embed_image))
@@ -197,7 +197,7 @@ def test_auto_takes_the_measured_fastest_path(
 
 def test_auto_is_the_default_and_blocked_on_cpu() -> None:
     """The modules' default ("auto") is bit-identical to "blocked" on this CPU."""
-    cfg = SamHQConfig.tiny_b().image_encoder
+    cfg = ModelConfig.tiny_b().image_encoder
     images = jnp.asarray(np.random.default_rng(0).normal(size=(1, cfg.img_size, cfg.img_size, 3)), jnp.float32)
     params = ImageEncoderViT(cfg).init(jax.random.PRNGKey(0), images)
     default = ImageEncoderViT(cfg).apply(params, images)

@@ -21,7 +21,7 @@ from samhq_jax.cli import main as samhq_main
 from samhq_jax.cmdkit.args import package_version
 from samhq_jax.cmdkit.guard import DEBUG_ENV
 from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.errors import RunError
 from samhq_jax.mesh_predictor import MeshPredictor
 from train.cli import main as train_main
@@ -75,7 +75,7 @@ def _ours(folder: Path, meta: object) -> Path:
 
 def _meta(change: Callable[[dict], None] = lambda c: None) -> dict:
     """Our config.json content for tiny_b, with ``change`` applied to its "config"."""
-    config = json.loads(json.dumps(SamHQConfig.tiny_b().to_dict()))
+    config = json.loads(json.dumps(ModelConfig.tiny_b().to_dict()))
     change(config)
     return {"format": "samhq_jax", "format_version": 1, "config": config, "hq_trained": True}
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from samhq_jax import amg_ops
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.predictor import SamHQPredictor, full_masks
 from samhq_jax.sam_hq import init_params
 from samhq_jax.transforms import (
@@ -35,7 +35,7 @@ from samhq_jax.transforms import (
     upscale_padded,
 )
 
-CONFIG = SamHQConfig.preset("tiny_b")
+CONFIG = ModelConfig.preset("tiny_b")
 # Ten distinct sizes between 50 and 700 px, portrait and landscape; padded, they fall in 4 sizes.
 SIZES = [(50, 70), (70, 50), (120, 333), (333, 120), (480, 640), (640, 480), (700, 525), (525, 700)]
 SIZES += [(512, 513), (700, 700)]

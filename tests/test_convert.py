@@ -16,7 +16,7 @@ from flax.traverse_util import flatten_dict
 from convert import HF, OFFICIAL, ConversionError, load_torch_checkpoint, params_to_state_dict, state_dict_to_params
 from eval.parity.samples import sample_images
 from eval.reference import build_hf
-from samhq_jax import SamHQConfig, load_pretrained, param_shapes
+from samhq_jax import ModelConfig, load_pretrained, param_shapes
 from tests.conftest import official_model_and_params
 from train.trainable import partition
 
@@ -46,7 +46,7 @@ def test_vit_b_counts_equal_official_state_dict() -> None:
     [("vit_b", 1_071_104), ("vit_l", 1_333_248), ("vit_h", 1_595_392)],
 )
 def test_hq_parameter_counts(preset: str, hq: int) -> None:
-    assert _hq_values(param_shapes(SamHQConfig.preset(preset))) == hq
+    assert _hq_values(param_shapes(ModelConfig.preset(preset))) == hq
 
 
 @pytest.mark.parametrize("preset", ["tiny_b", "tiny_h"])
@@ -65,7 +65,7 @@ def test_hf_round_trip_and_tied_matrix() -> None:
     """HF -> ours -> HF is bit-identical, the exported state dict loads into transformers' ``SamHQModel``
     with ``strict=True`` and reproduces the original model exactly; either copy of the tied random-Fourier
     matrix alone imports to the same parameters; disagreeing copies are refused naming both keys."""
-    model = build_hf(SamHQConfig.tiny_b(), seed=3)
+    model = build_hf(ModelConfig.tiny_b(), seed=3)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     assert set(_TIED) <= set(state) and np.array_equal(state[_TIED[0]], state[_TIED[1]])
     config, params = state_dict_to_params(state)
@@ -192,7 +192,7 @@ def test_truncated_and_pickled_files_fail_clearly(tmp_path) -> None:
 
 def test_hf_folder_and_hub_snapshot(tmp_path, monkeypatch) -> None:
     """A hub repo id resolves offline through a cache laid out like a hub snapshot."""
-    model = build_hf(SamHQConfig.tiny_b(), seed=5)
+    model = build_hf(ModelConfig.tiny_b(), seed=5)
     repo = "syscv-community/sam-hq-tiny-test"
     snap = tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("a" * 40)
     model.save_pretrained(snap)

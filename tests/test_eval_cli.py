@@ -20,7 +20,7 @@ from eval.protocol import OUTPUTS, ImageRecord, evaluate_pairs
 from eval.reference import build_official
 from eval.report import CSV_COLUMNS, paper_results, summary_markdown
 from samhq_jax import save_checkpoint
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.datasets import HQSEG_VAL, folder_pairs
 from tests.conftest import official_model_and_params
 from tests.test_eval_protocol import BATCH, assert_records_match_official, synthetic_pair, write_folder
@@ -102,7 +102,7 @@ def test_tiny_outputs_and_bad_data(tiny_checkpoint, tmp_path, capsys) -> None:
     header = ("dataset", "image", "iou_hq", "biou_hq", "iou_samhq", "biou_samhq", "iou_sam", "biou_sam")
     assert tuple(rows[0]) == CSV_COLUMNS == header
     assert [(r["dataset"], r["image"]) for r in rows] == [("good", f"im{i}") for i in range(4)]
-    config, params = SamHQConfig.preset("tiny_b"), official_model_and_params("tiny_b")[3]
+    config, params = ModelConfig.preset("tiny_b"), official_model_and_params("tiny_b")[3]
     records = evaluate_pairs(config, params, folder_pairs(good), BATCH)
     scored = [r for r in records if r.skipped is None]
     for row, rec in zip(rows, scored, strict=True):
@@ -138,7 +138,7 @@ def test_tiny_outputs_and_bad_data(tiny_checkpoint, tmp_path, capsys) -> None:
 def test_plain_sam_checkpoint_for_the_sam_row(tiny_checkpoint, tmp_path) -> None:
     """An original SAM (segment-anything, other weights) as ``--sam-checkpoint``: the SAM row is that
     model as the official evaluation runs it, the HQ rows are unchanged."""
-    config = SamHQConfig.preset("tiny_b")
+    config = ModelConfig.preset("tiny_b")
     sam = build_official(config, seed=4, plain_sam=True)
     # Converted to our format with a stand-in HQ part (unused by the SAM row), as samhq-convert stores a
     # plain SAM; read_weights' own initialisation of the HQ part is tested with the import.

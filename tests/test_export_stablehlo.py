@@ -32,7 +32,7 @@ from convert.deploy.signature import DecoderOptions
 from convert.deploy.stablehlo import lower_decoder
 from eval.parity.samples import sample_images
 from samhq_jax.checkpoint import save_checkpoint
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.predictor import compiled_model
 from samhq_jax.sam_hq import ImageEmbeddings, param_shapes
 from tests.conftest import assert_close, official_model_and_params
@@ -75,7 +75,7 @@ def test_artifacts_name_their_platforms_config_and_outputs(exported):
     _, _, config, _ = official_model_and_params(PRESET)
     manifest = json.loads((exported / "stablehlo.json").read_text())
     assert manifest["platforms"] == PLATFORMS
-    assert SamHQConfig.from_dict(manifest["config"]) == config
+    assert ModelConfig.from_dict(manifest["config"]) == config
     assert manifest["options"] == {"hq_token_only": False, "multimask_output": False}
     for part in ("encoder", "decoder"):
         artifact = load(exported, manifest[part]["file"])
@@ -97,7 +97,7 @@ def test_encoder_equals_the_model(encoded):
     assert_close(np.asarray(got_interm[0]), early, "encoder.stablehlo interm_embeddings", RTOL)
 
 
-def prompt_cases(config: SamHQConfig, rng: np.random.Generator) -> list[tuple[dict, dict]]:
+def prompt_cases(config: ModelConfig, rng: np.random.Generator) -> list[tuple[dict, dict]]:
     """``(official-decoder inputs, SamHQ.decode keyword arguments)`` pairs asking for the same thing."""
     s, low = config.img_size, config.low_res_mask_size
     cases = []
@@ -175,7 +175,7 @@ def test_decoder_equals_the_model(exported, encoded, options):
 def test_real_size_decoder_lowers_for_any_point_count():
     """vit_b's widths: a symbolic point count must not meet a size-dependent choice (the decoder's
     attention picks its form by the token count; an exported program takes the plain one)."""
-    config = SamHQConfig.vit_b()
+    config = ModelConfig.vit_b()
     weights = flatten_dict(param_shapes(config), sep="/")  # shapes only: nothing allocated
     decoder = lower_decoder(config, weights, DecoderOptions(), PLATFORMS)
     assert list(decoder.platforms) == PLATFORMS

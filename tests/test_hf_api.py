@@ -21,12 +21,12 @@ from eval.parity.samples import IMAGES_DIR
 from eval.parity.stages import mask_agreement
 from eval.reference import build_hf
 from samhq_jax import SamHQImageProcessor, SamHQModel, SamHQProcessor, hf_config
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_vision import SamHQVisionModel
 from tests.conftest import MASK_AGREEMENT, assert_close, official_model_and_params
 
-CONFIG = SamHQConfig.tiny_h()
+CONFIG = ModelConfig.tiny_h()
 PAIRS = [
     (hf_config.SamHQVisionConfig, "SamHQVisionConfig"),
     (hf_config.SamHQPromptEncoderConfig, "SamHQPromptEncoderConfig"),
@@ -91,7 +91,7 @@ def test_config_round_trips_through_both_libraries(folder: Path, tmp_path: Path)
     again = hf_config.SamHQConfig.from_pretrained(tmp_path / "d")
     for key, value in mine.to_dict().items():
         assert again.to_dict()[key] == value, key
-    assert again.to_samhq_config() == SamHQConfig.from_dict({**CONFIG.to_dict(), "name": "custom"})
+    assert again.to_samhq_config() == ModelConfig.from_dict({**CONFIG.to_dict(), "name": "custom"})
     # A sub-config reads its section of a whole model's config.json, as transformers' does.
     vision = hf_config.SamHQVisionConfig.from_pretrained(folder).to_dict()
     ref_vision = transformers.SamHQVisionConfig.from_pretrained(folder).to_dict()

@@ -17,10 +17,10 @@ import samhq_jax
 from eval.parity.samples import IMAGES_DIR
 from eval.parity.stages import mask_agreement
 from eval.reference import build_hf
-from samhq_jax import SamHQConfig
+from samhq_jax import ModelConfig
 from tests.conftest import MASK_AGREEMENT, assert_close
 
-CONFIG = SamHQConfig.tiny_h()
+CONFIG = ModelConfig.tiny_h()
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ from jax import export
 
 from eval.protocol import _forward
 from samhq_jax.amg_ops import _filter_codes, _greedy_nms, _threshold_codes, _upscale_columns, batched_mask_to_box
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.predictor import compiled_model, full_masks
 from samhq_jax.sam_hq import SamHQ, param_shapes
 from samhq_jax.transforms import Taps
@@ -111,18 +111,18 @@ def sds(tree: Any) -> Any:
 @functools.cache
 def params(preset: str) -> dict:
     """``{"params": ...}`` of ShapeDtypeStructs for a preset (float32 parameters, as checkpoints)."""
-    return {"params": param_shapes(SamHQConfig.preset(preset))}
+    return {"params": param_shapes(ModelConfig.preset(preset))}
 
 
 def image(preset: str, batch: int = 1) -> SDS:
-    s = SamHQConfig.preset(preset).img_size
+    s = ModelConfig.preset(preset).img_size
     return SDS((batch, s, s, 3), F32)
 
 
 @functools.cache
 def embeddings(preset: str, dtype: Any) -> Any:
     """The ``ImageEmbeddings`` (as ShapeDtypeStructs) the predictor's encoder hands to ``decode``."""
-    _, embed, _ = compiled_model(SamHQConfig.preset(preset), dtype)
+    _, embed, _ = compiled_model(ModelConfig.preset(preset), dtype)
     return jax.eval_shape(embed, params(preset), image(preset))
 
 
@@ -130,7 +130,7 @@ def embeddings(preset: str, dtype: Any) -> Any:
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("preset", ["vit_b", "vit_l", "vit_h"])
 def test_encoder_lowers(preset: str, dtype: Any) -> None:
-    config = SamHQConfig.preset(preset)
+    config = ModelConfig.preset(preset)
     _, embed, _ = compiled_model(config, dtype)
     exported = lower(embed, params(preset), image(preset))
     portable(exported)
@@ -141,7 +141,7 @@ def test_encoder_lowers(preset: str, dtype: Any) -> None:
 
 def test_encoder_extended_attention_lowers() -> None:
     """The attention path ``"auto"`` picks on a TPU (and a GPU without cuDNN's fused attention)."""
-    model = SamHQ(SamHQConfig.preset("vit_b"), dtype=BF16, attention="extended")
+    model = SamHQ(ModelConfig.preset("vit_b"), dtype=BF16, attention="extended")
 
     @jax.jit
     def embed(variables: dict, images: jax.Array) -> Any:
@@ -161,7 +161,7 @@ DECODE_CASES = {  # name -> (prompts given, static flags)
 }
 
 
-def prompts(config: SamHQConfig, given: tuple[str, ...], count: Any) -> dict[str, SDS | None]:
+def prompts(config: ModelConfig, given: tuple[str, ...], count: Any) -> dict[str, SDS | None]:
     low = config.low_res_mask_size
     return {
         "points": SDS((1, count, 2, 2), F32) if "points" in given else None,
@@ -174,7 +174,7 @@ def prompts(config: SamHQConfig, given: tuple[str, ...], count: Any) -> dict[str
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", list(DECODE_CASES))
 def test_decoder_lowers_for_any_prompt_count(case: str, dtype: Any) -> None:
-    config = SamHQConfig.preset("vit_b")
+    config = ModelConfig.preset("vit_b")
     _, _, decode = compiled_model(config, dtype)
     given, flags = DECODE_CASES[case]
     (p,) = export.symbolic_shape("p")
@@ -186,7 +186,7 @@ def test_decoder_lowers_for_any_prompt_count(case: str, dtype: Any) -> None:
 
 def test_decoder_fixed_count_has_no_custom_call() -> None:
     """A bucketed (fixed) prompt count, as the predictor compiles it: not even ``shape_assertion``."""
-    config = SamHQConfig.preset("vit_b")
+    config = ModelConfig.preset("vit_b")
     _, _, decode = compiled_model(config, F32)
     given, flags = DECODE_CASES["all-prompts-hq-only"]
     text = portable(lower(decode, params("vit_b"), embeddings("vit_b", F32), **prompts(config, given, 8), **flags))
@@ -204,7 +204,7 @@ def taps(n: int) -> Taps:
 
 
 def amg_programs() -> dict[str, tuple[Callable, tuple, dict]]:
-    p, (h, w), low = AMG_MASKS, AMG_IMAGE, SamHQConfig.preset("vit_b").low_res_mask_size
+    p, (h, w), low = AMG_MASKS, AMG_IMAGE, ModelConfig.preset("vit_b").low_res_mask_size
     (n,) = export.symbolic_shape("n")
     i32 = jnp.int32
     return {
@@ -248,7 +248,7 @@ def test_mask_generator_programs_lower(program: str) -> None:
 # ---- 4. evaluation ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("separate_sam_encoder", [False, True], ids=["shared-encoder", "separate-encoder"])
 def test_evaluation_step_lowers(separate_sam_encoder: bool) -> None:
-    config = SamHQConfig.preset("vit_b")
+    config = ModelConfig.preset("vit_b")
     forward = _forward(config, config, separate_sam_encoder)
     p = params("vit_b")["params"]
     exported = lower(forward, p, p, image("vit_b", 2), SDS((2, 1, 4), F32))
@@ -260,7 +260,7 @@ def test_evaluation_step_lowers(separate_sam_encoder: bool) -> None:
 @functools.cache
 def host_batch_layout() -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Per-example shape and dtype of every batch field, as :mod:`train.data` yields them."""
-    return {k: (v.shape[1:], v.dtype) for k, v in synthetic_batch(SamHQConfig.preset("vit_b"), 1, 0).items()}
+    return {k: (v.shape[1:], v.dtype) for k, v in synthetic_batch(ModelConfig.preset("vit_b"), 1, 0).items()}
 
 
 @pytest.mark.parametrize(
@@ -270,7 +270,7 @@ def host_batch_layout() -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 )
 def test_train_step_lowers(trainable: str, encoder_dtype: Any, devices: int) -> None:
     """The jitted step, Adam update included, on a real one-device mesh or an abstract data mesh."""
-    config = SamHQConfig.preset("vit_b")
+    config = ModelConfig.preset("vit_b")
     train, frozen = partition(params("vit_b")["params"], trainable)
     tx = make_optimizer(1e-4, drop_step=10_000)
     state = jax.eval_shape(lambda t: init_state(t, tx), train)
@@ -294,7 +294,7 @@ def test_train_step_lowers(trainable: str, encoder_dtype: Any, devices: int) -> 
 
 # ---- float64 with jax_enable_x64 -------------------------------------------------------------------------
 def x64_programs() -> dict[str, Callable[[], export.Exported]]:
-    config = SamHQConfig.preset("vit_b")
+    config = ModelConfig.preset("vit_b")
 
     def decode(case: str) -> export.Exported:
         _, _, fn = compiled_model(config, F32)

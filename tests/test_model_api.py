@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samhq_jax import ImageEncoderConfig, SamHQ, SamHQConfig, init_params
+from samhq_jax import ImageEncoderConfig, ModelConfig, SamHQ, init_params
 from samhq_jax.image_encoder import ImageEncoderViT
 from samhq_jax.transformer import TwoWayTransformer
 
-CONFIG = SamHQConfig.tiny_b()
+CONFIG = ModelConfig.tiny_b()
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_bad_image_and_config_raise(params: dict) -> None:
     with pytest.raises(ValueError, match="global_attn_indexes"):
         ImageEncoderConfig(embed_dim=32, depth=2, num_heads=4, global_attn_indexes=(2,))
     with pytest.raises(ValueError, match="unknown preset"):
-        SamHQConfig.preset("vit_x")
+        ModelConfig.preset("vit_x")
 
 
 def test_presets_match_the_paper_table() -> None:
@@ -174,7 +174,7 @@ def test_presets_match_the_paper_table() -> None:
         ("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
         ("vit_h", 1280, 32, 16, (7, 15, 23, 31)),
     ]:
-        enc = SamHQConfig.preset(name).image_encoder
+        enc = ModelConfig.preset(name).image_encoder
         assert (enc.embed_dim, enc.depth, enc.num_heads, enc.global_attn_indexes) == (width, depth, heads, glob)
         assert (enc.window_size, enc.img_size, enc.patch_size, enc.out_chans) == (14, 1024, 16, 256)
-    assert SamHQConfig.from_dict(SamHQConfig.vit_h().to_dict()) == SamHQConfig.vit_h()
+    assert ModelConfig.from_dict(ModelConfig.vit_h().to_dict()) == ModelConfig.vit_h()

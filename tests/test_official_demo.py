@@ -20,7 +20,7 @@ from PIL import Image
 from eval.parity.samples import IMAGES_DIR
 from eval.parity.stages import mask_agreement
 from eval.reference import build_official
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.predictor import SamHQPredictor, TensorLikeArray
 from samhq_jax.transforms import ResizeLongestSide
 from tests.conftest import MASK_AGREEMENT, assert_close, official_model_and_params
@@ -269,7 +269,7 @@ def _run_demo(source: str, inputs: Path, workdir: Path, monkeypatch: pytest.Monk
 
 def _official_tiny(checkpoint: str | None = None) -> torch.nn.Module:
     """The official builder for the tiny preset: ``_build_sam``'s steps (build, load the state dict, eval)."""
-    model = build_official(SamHQConfig.preset(PRESET))
+    model = build_official(ModelConfig.preset(PRESET))
     model.load_state_dict(torch.load(checkpoint))
     return model.eval()
 

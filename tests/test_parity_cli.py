@@ -26,7 +26,7 @@ from eval.parity.samples import IMAGES_DIR
 from eval.parity.scenarios import Scenario, frame_prompts, photo_scenarios
 from eval.parity.stages import FLAGS, MIN_MASK_AGREEMENT, PARITY_RTOL, compare, mask_agreement
 from eval.reference import build_hf, build_official
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.transforms import preprocess, to_rgb_uint8
 from tests.conftest import official_model_and_params
 
@@ -57,7 +57,7 @@ def write_lines(path: Path, lines: list) -> Path:
 
 def preset_figures(
     model: torch.nn.Module,
-    config: SamHQConfig,
+    config: ModelConfig,
     params: dict,
     rgb: np.ndarray,
     scenarios: list[Scenario],
@@ -115,7 +115,7 @@ def record_encoders(monkeypatch: pytest.MonkeyPatch) -> dict:
     return calls
 
 
-def shared_image_stages(calls: dict, model: torch.nn.Module, config: SamHQConfig, params: dict, pixels) -> tuple:
+def shared_image_stages(calls: dict, model: torch.nn.Module, config: ModelConfig, params: dict, pixels) -> tuple:
     """The CLI's encoder stages, after checking that they are what the preset-based computation
     would get: the same pixels, and the preset's reference model and parameters to the bit."""
     from flax.traverse_util import flatten_dict
@@ -249,7 +249,7 @@ def test_prompts_file_and_image_restriction(tiny_pth, tmp_path) -> None:
 def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved seeded random Hugging Face SamHQModel of the tiny_h structure."""
     folder = tmp_path_factory.mktemp("hf") / "sam-hq-tiny"
-    build_hf(SamHQConfig.tiny_h(), seed=7).save_pretrained(folder)
+    build_hf(ModelConfig.tiny_h(), seed=7).save_pretrained(folder)
     return folder
 
 
@@ -267,7 +267,7 @@ def test_hf_folder_with_default_prompts(hf_folder, tmp_path) -> None:
     errors = image["decoder"][0]["errors"]
     assert "masks_all" not in errors  # not exposed by transformers; every other stage is compared
     assert {"sparse_embeddings", "dense_embeddings", "transformer_keys", "iou_all", "low_res_masks"} <= set(errors)
-    assert len(image["image_encoder"]) == SamHQConfig.tiny_h().image_encoder.depth + 4
+    assert len(image["image_encoder"]) == ModelConfig.tiny_h().image_encoder.depth + 4
     assert image["preprocess_error"] <= PARITY_RTOL  # SamImageProcessor rescales by 1/255 first
     assert figures["passed"] is True and figures["worst_error"] <= PARITY_RTOL
 
@@ -347,7 +347,7 @@ def test_unusable_inputs(tiny_pth, tmp_path, capsys) -> None:
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a checkpoint")
     plain = tmp_path / "sam_tiny_b.pth"
-    torch.save(build_official(SamHQConfig.tiny_b(), seed=1, plain_sam=True).state_dict(), plain)
+    torch.save(build_official(ModelConfig.tiny_b(), seed=1, plain_sam=True).state_dict(), plain)
     prompts = write_lines(tmp_path / "p.jsonl", [{"points": [[1, 2, 1]]}])
     cases = [
         (["--checkpoint", path, "--image", tmp_path / "missing.jpg"], "no image at"),
@@ -380,7 +380,7 @@ def test_scenarios_map_like_the_predictor() -> None:
     """Pixel prompts reach the model frame as SamHQPredictor maps them (points added to every box)."""
     from samhq_jax.transforms import apply_boxes, apply_coords
 
-    config = SamHQConfig.tiny_b()
+    config = ModelConfig.tiny_b()
     s = Scenario("x", boxes=((0, 0, 100, 50), (10, 10, 20, 20)), points=((5, 6, 1), (7, 8, 0)))
     p = frame_prompts(s, (500, 1000), config, np.ones((1, 1, 40, 40), np.float32))
     assert p.boxes.shape == (1, 2, 4) and p.points.shape == (1, 2, 2, 2) and p.masks.shape == (1, 2, 40, 40)

@@ -17,7 +17,7 @@ import transformers
 from eval.parity.samples import sample_images
 from eval.parity.stages import mask_agreement, relative_error
 from eval.reference import build_hf
-from samhq_jax import SamHQ, SamHQConfig, load_pretrained
+from samhq_jax import ModelConfig, SamHQ, load_pretrained
 from tests.conftest import MASK_AGREEMENT, PARITY_RTOL, assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,14 +28,14 @@ REGRESSED = Path(os.environ.get("SAMHQ_HF_REGRESSED", ROOT / ".hf-regressed"))
 def hf_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     assert transformers.__version__.startswith("4.53."), "mask parity needs transformers 4.53.x"
     folder = tmp_path_factory.mktemp("hf") / "sam-hq-tiny"
-    model = build_hf(SamHQConfig.tiny_h(), seed=7)
+    model = build_hf(ModelConfig.tiny_h(), seed=7)
     model.save_pretrained(folder)
     config, params = load_pretrained(folder)
     images = sample_images(config, 2)
     return model, folder, config, params, images
 
 
-def _prompts(config: SamHQConfig, b: int, p: int) -> dict[str, np.ndarray]:
+def _prompts(config: ModelConfig, b: int, p: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     s = config.img_size
     corners = np.sort(rng.uniform(0, s - 1, (b, p, 2, 2)), axis=2)

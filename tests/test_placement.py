@@ -15,7 +15,7 @@ import pytest
 
 from eval.protocol import compiled_forward
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.hf_model import SamHQModel
 from samhq_jax.hf_processor import SamHQImageProcessor, SamHQProcessor
 from samhq_jax.predictor import SamHQPredictor
@@ -28,7 +28,7 @@ PRESET = "tiny_h"  # the size other tests convert: shared per session
 
 
 @pytest.fixture(scope="module")
-def setup() -> tuple[SamHQConfig, dict]:
+def setup() -> tuple[ModelConfig, dict]:
     """A tiny config and its seeded parameters as NumPy, as ``read_weights`` returns them (the
     session's shared conversion of the official model)."""
     _, _, config, params = official_model_and_params(PRESET)

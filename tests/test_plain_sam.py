@@ -16,7 +16,7 @@ from convert.core import ConversionError, state_dict_to_params
 from eval.parity.stages import mask_agreement
 from eval.reference import build_official, randomize_
 from samhq_jax.checkpoint import UntrainedHQWarning, load_pretrained, read_weights
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.hq_params import HQ_PARTS, hq_paths, init_hq_params, is_hq_path
 from samhq_jax.predictor import SamHQPredictor
 from tests.conftest import MASK_AGREEMENT, assert_close
@@ -28,7 +28,7 @@ PRESET = "tiny_h"
 @pytest.fixture(scope="module")
 def plain_sam(tmp_path_factory) -> tuple:
     """(torch SAM, path of its .pth file) for a randomised original SAM of the tiny_h structure."""
-    model = build_official(SamHQConfig.preset(PRESET), seed=3, plain_sam=True)
+    model = build_official(ModelConfig.preset(PRESET), seed=3, plain_sam=True)
     path = tmp_path_factory.mktemp("sam") / "sam_tiny_h.pth"
     torch.save(model.state_dict(), path)
     return model, path
@@ -38,7 +38,7 @@ def test_plain_sam_file_imports_with_fresh_hq_part(plain_sam) -> None:
     model, path = plain_sam
     weights = read_weights(path, hq_seed=5)
     assert not weights.hq_trained and weights.source_format == "official"
-    assert weights.config == SamHQConfig.preset(PRESET)
+    assert weights.config == ModelConfig.preset(PRESET)
     flat = flatten_dict(weights.params, sep="/")
     assert sorted(k for k in flat if is_hq_path(k)) == hq_paths(weights.config) and len(hq_paths(weights.config)) == 25
     # SAM's tensors are the file's; the HQ tensors are the seeded initialisation.
@@ -74,7 +74,7 @@ def test_plain_sam_warns_outside_training_and_is_recorded_on_conversion(plain_sa
 
 def test_partial_hq_part_is_refused() -> None:
     """Only a checkpoint with none of the 25 HQ tensors is a plain SAM; some of them is an error."""
-    hq = build_official(SamHQConfig.preset(PRESET), seed=0)
+    hq = build_official(ModelConfig.preset(PRESET), seed=0)
     state = {k: v.numpy() for k, v in hq.state_dict().items() if "hf_mlp" not in k}
     with pytest.raises(ConversionError, match=r"missing keys \(6\)"):
         state_dict_to_params(state, allow_plain_sam=True)
@@ -86,7 +86,7 @@ def test_hf_sam_model_folder_imports(tmp_path) -> None:
 
     from convert.hf import hf_config_dict
 
-    config = SamHQConfig.preset(PRESET)
+    config = ModelConfig.preset(PRESET)
     kwargs = {k: v for k, v in hf_config_dict(config).items() if k not in ("model_type", "architectures")}
     kwargs["mask_decoder_config"] = {k: v for k, v in kwargs["mask_decoder_config"].items() if k != "vit_dim"}
     model = SamModel(SamConfig(**kwargs))
@@ -107,7 +107,7 @@ def test_hq_initialisation_matches_pytorch_distributions() -> None:
     initialisation of the official modules (vit_b sizes, so the ConvTranspose fan-in rule shows)."""
     from segment_anything_hq.modeling import MaskDecoderHQ, TwoWayTransformer
 
-    config = SamHQConfig.vit_b()
+    config = ModelConfig.vit_b()
     torch.manual_seed(0)
     ref = MaskDecoderHQ(
         transformer_dim=256,

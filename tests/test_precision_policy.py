@@ -22,7 +22,7 @@ import pytest
 from eval.cli import main as eval_main
 from eval.protocol import ImageRecord, compiled_forward
 from samhq_jax import SamHQModel, SamHQPredictor, save_checkpoint
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.precision import (
     DTYPES,
     EVALUATION,
@@ -46,7 +46,7 @@ from train.synthetic import write_synthetic_dataset
 from train.trainable import partition
 
 PRESET = "tiny_b"
-CONFIG = SamHQConfig.preset(PRESET)
+CONFIG = ModelConfig.preset(PRESET)
 SDS = jax.ShapeDtypeStruct
 F32 = jnp.float32
 LOSSES = ("loss", "loss_mask", "loss_dice")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from samhq_jax.amg import check_settings
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.distributed import data_mesh
 from samhq_jax.errors import InputError
 from samhq_jax.hf_model import SamHQModel
@@ -19,7 +19,7 @@ from samhq_jax.mesh_predictor import MeshPredictor
 from samhq_jax.prompt_check import check_boxes, check_finite, check_labels
 from samhq_jax.sam_hq import param_shapes
 
-CONFIG = SamHQConfig.preset("tiny_b")
+CONFIG = ModelConfig.preset("tiny_b")
 NAN, INF = float("nan"), float("inf")
 
 

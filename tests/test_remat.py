@@ -15,11 +15,11 @@ import numpy as np
 
 from eval.bench.env import analyse_compiled
 from eval.bench.memory import train_program
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.sam_hq import SamHQ, param_shapes
 from train.step import make_embed, remat_compiler_options
 
-CONFIG = SamHQConfig.tiny_b()
+CONFIG = ModelConfig.tiny_b()
 BARRIER = "optimization_barrier"  # how jax.checkpoint keeps XLA from merging the recomputation away
 
 

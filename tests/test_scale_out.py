@@ -26,7 +26,7 @@ from eval.reference import build_official
 from samhq_jax import save_checkpoint
 from samhq_jax.cli import main as samhq
 from samhq_jax.cmdkit.args import distributed_flags
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.distributed import share
 from tests.test_eval_protocol import write_folder
 
@@ -59,7 +59,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("scale_out")
     # tiny_b with half its encoder blocks and one two-way block (the runs' time is mostly compilation),
     # seeded PyTorch weights through the converter as in tests/conftest.py
-    config = SamHQConfig.tiny_b(transformer_depth=1)
+    config = ModelConfig.tiny_b(transformer_depth=1)
     encoder = dataclasses.replace(config.image_encoder, depth=2, global_attn_indexes=(1,))
     config = dataclasses.replace(config, image_encoder=encoder)
     state = {k: v.numpy() for k, v in build_official(config, seed=0).state_dict().items()}

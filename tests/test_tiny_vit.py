@@ -30,7 +30,7 @@ from eval.parity.ours import jax_image_stages
 from eval.parity.samples import IMAGES_DIR, sample_images
 from eval.parity.stages import FLAGS, compare, mask_agreement
 from samhq_jax.checkpoint import UntrainedHQWarning, read_weights
-from samhq_jax.config import SamHQConfig, TinyViTConfig
+from samhq_jax.config import ModelConfig, TinyViTConfig
 from samhq_jax.hq_params import hq_paths, is_hq_path
 from samhq_jax.predictor import SamHQPredictor
 from samhq_jax.sam_hq import param_shapes
@@ -65,8 +65,8 @@ def encoded(tiny: tuple) -> tuple:
 
 def test_preset_counts_equal_the_official_model(tiny: tuple) -> None:
     _, state, config, params = tiny
-    assert config == SamHQConfig.vit_tiny() and config.name == PRESET
-    assert SamHQConfig.from_dict(config.to_dict()) == config
+    assert config == ModelConfig.vit_tiny() and config.name == PRESET
+    assert ModelConfig.from_dict(config.to_dict()) == config
     flat = flatten_dict(params, sep="/")
     used = {k: v for k, v in state.items() if not _unused(k)}
     assert len(flat) == len(used) and sum(v.size for v in flat.values()) == sum(v.size for v in used.values())
@@ -87,7 +87,7 @@ def test_attention_bias_index_equals_the_official_buffer(window: int) -> None:
 
 
 def test_config_checks() -> None:
-    enc = SamHQConfig.vit_tiny().image_encoder
+    enc = ModelConfig.vit_tiny().image_encoder
     with pytest.raises(ValueError, match="one entry per stage"):
         dataclasses.replace(enc, depths=(2, 2, 6))
     with pytest.raises(ValueError, match="early_stage"):
@@ -253,7 +253,7 @@ def test_window_attention_paths_agree() -> None:
 def test_hq_recipe_trains_448512_values_and_never_the_batch_stats() -> None:
     from train.trainable import count, partition
 
-    shapes = param_shapes(SamHQConfig.vit_tiny())
+    shapes = param_shapes(ModelConfig.vit_tiny())
     hq, _ = partition(shapes, "hq")
     assert count(hq) == 448_512
     everything, frozen = partition(shapes, "all")
@@ -278,7 +278,7 @@ def test_training_all_leaves_batch_stats_bit_identical(tmp_path) -> None:
         img_size=160,
         out_chans=32,
     )
-    config = dataclasses.replace(SamHQConfig.tiny_b(), image_encoder=encoder, name="custom")
+    config = dataclasses.replace(ModelConfig.tiny_b(), image_encoder=encoder, name="custom")
     rng = np.random.default_rng(0)
     start = {
         k: np.abs(1 + 0.1 * rng.standard_normal(v.shape)).astype(np.float32) if is_batch_stat(k) else

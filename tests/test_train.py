@@ -31,7 +31,7 @@ from safetensors.numpy import load_file
 
 from eval.reference import build_official
 from samhq_jax.checkpoint import load_pretrained, read_weights
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.datasets import folder_pairs
 from samhq_jax.errors import InputError
 from samhq_jax.hq_params import is_hq_path
@@ -68,7 +68,7 @@ JAX_CACHE = Path(os.environ.get("SAMHQ_TEST_JAX_CACHE", "/tmp/samhq-jax-test-cac
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("train")
-    sam = build_official(SamHQConfig.preset(PRESET), seed=7, plain_sam=True)
+    sam = build_official(ModelConfig.preset(PRESET), seed=7, plain_sam=True)
     torch.save(sam.state_dict(), root / "sam_tiny_b.pth")
     write_synthetic_dataset(root / "data", 24, size=160, seed=0)
     write_synthetic_dataset(root / "val", 4, size=160, seed=1)
@@ -118,7 +118,7 @@ def _run(args: list[str], devices: int = 1) -> subprocess.CompletedProcess:
 
 def test_one_call_decodes_every_prompt_kind_exactly() -> None:
     """The step's single mixed-kind decode equals one ``decode`` per kind (padding masked exactly)."""
-    config = SamHQConfig.tiny_h()
+    config = ModelConfig.tiny_h()
     model, params = SamHQ(config), init_params(config, jax.random.PRNGKey(1))
     rng = np.random.default_rng(0)
     b, s, g = 6, config.img_size, config.low_res_mask_size
@@ -147,7 +147,7 @@ def test_one_call_decodes_every_prompt_kind_exactly() -> None:
 
 
 def test_trainable_selection_by_path() -> None:
-    params = jax.eval_shape(lambda: init_params(SamHQConfig.tiny_b(), jax.random.PRNGKey(0)))
+    params = jax.eval_shape(lambda: init_params(ModelConfig.tiny_b(), jax.random.PRNGKey(0)))
     flat = flatten_dict(params, sep="/")
     hq, frozen = partition(params, "hq")
     assert set(flatten_dict(hq, sep="/")) == {k for k in flat if is_hq_path(k)} and len(flatten_dict(hq)) == 25
@@ -210,7 +210,7 @@ def test_training_moves_only_the_trainable_subtree(setup, tmp_path) -> None:
     assert run["recipe"]["data"]["records"] == 24 and run["recipe"]["schedule"]["total_steps"] == 4
     assert run["recipe"]["start_weights"] == weights_fingerprint(read_weights(setup["sam"], hq_seed=3).params)
     config, params = load_pretrained(out / "final")  # no warning: the HQ part is trained now
-    assert config == SamHQConfig.preset(PRESET)
+    assert config == ModelConfig.preset(PRESET)
     np.testing.assert_array_equal(params["mask_decoder"]["hq_token"], end["mask_decoder/hq_token"])
     hq = load_file(str(out / "final" / "hq_only.safetensors"))
     assert len(hq) == 25 and "mask_decoder.hf_token.weight" in hq
@@ -361,7 +361,7 @@ def test_cut_metrics_keeps_records_up_to_the_step(tmp_path) -> None:
 def test_final_model_is_replaced_whole(tmp_path) -> None:
     """export_final writes a temporary folder and renames it: a stale file of an older final/ is gone,
     and no temporary is left next to it."""
-    config = SamHQConfig.preset(PRESET)
+    config = ModelConfig.preset(PRESET)
     shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     final = tmp_path / "final"
@@ -464,7 +464,7 @@ def test_resume_refuses_any_recipe_change(setup, one_device_run, tmp_path, capsy
     """--resume of a run with another recipe setting, other start weights or other data: one line
     naming the field, exit 2, the run untouched."""
     other_sam = tmp_path / "other_sam.pth"
-    torch.save(build_official(SamHQConfig.preset(PRESET), seed=8, plain_sam=True).state_dict(), other_sam)
+    torch.save(build_official(ModelConfig.preset(PRESET), seed=8, plain_sam=True).state_dict(), other_sam)
     renamed = tmp_path / "copy" / setup["data"].name  # the same folder name, one file renamed: another file list
     shutil.copytree(setup["data"], renamed)
     first = sorted((renamed / "images").iterdir())[0]

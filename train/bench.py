@@ -54,7 +54,7 @@ from eval.bench.env import analyse_compiled, blocking, jax_device_peak, load_ave
 from eval.bench.report import mib
 from samhq_jax.cmdkit.args import COUNT, POSITIVE_INT, OneLineParser
 from samhq_jax.cmdkit.guard import CACHE_ENV, run_guarded
-from samhq_jax.config import PRESETS, SamHQConfig
+from samhq_jax.config import PRESETS, ModelConfig
 from samhq_jax.errors import InputError
 from samhq_jax.sam_hq import init_params
 from train.prompts import BOX, NOISE_MASK, POINTS, sample_prompts
@@ -111,7 +111,7 @@ def default_steps(preset: str) -> int:
     return 20 if preset.startswith("tiny") else 3
 
 
-def synthetic_batch(config: SamHQConfig, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+def synthetic_batch(config: ModelConfig, batch_size: int, seed: int) -> dict[str, np.ndarray]:
     """A host batch as :mod:`train.data` yields it, S = ``config.img_size``, G = the embedding grid.
 
     ``image (B, S, S, 3)`` uint8 (noise background, a tinted noisy disc), ``label (B, S, S)`` float32
@@ -144,7 +144,7 @@ def progress(message: str) -> None:
 
 def bench_preset(name: str, *, batch_size: int, steps: int, encoder_dtype: str, seed: int = 0) -> BenchResult:
     """Compile, then time ``steps`` warm train steps and ``steps`` encoder calls of preset ``name``."""
-    config = SamHQConfig.preset(name)
+    config = ModelConfig.preset(name)
     if batch_size % jax.device_count():
         raise InputError(f"--batch-size {batch_size} is not a multiple of the {jax.device_count()} devices")
     dtype = ENCODER_DTYPES[encoder_dtype]

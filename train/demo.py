@@ -48,10 +48,10 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the four stages; returns the evaluation summary (``eval/summary.json`` content)."""
     from eval.cli import main as eval_main
-    from samhq_jax.config import SamHQConfig
+    from samhq_jax.config import ModelConfig
 
     out = Path(cfg.output)
-    size = SamHQConfig.preset(cfg.preset).img_size
+    size = ModelConfig.preset(cfg.preset).img_size
     started = time.perf_counter()
     print(f"[1/4] synthetic thin-structure data: {cfg.train_images} training, {cfg.val_images} held-out images")
     train_dir = write_synthetic_dataset(out / "data" / "train", cfg.train_images, size=size, seed=cfg.seed)

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from convert.core import OFFICIAL, params_to_state_dict
 from samhq_jax.atomic import atomic_dir, atomic_file
 from samhq_jax.checkpoint import read_weights, save_checkpoint
-from samhq_jax.config import PRESETS, SamHQConfig
+from samhq_jax.config import PRESETS, ModelConfig
 from samhq_jax.datasets import HQSEG_TRAIN, Pair, folder_pairs, hqseg_pairs
 from samhq_jax.distributed import data_mesh, share
 from samhq_jax.errors import InputError, RunError
@@ -256,7 +256,7 @@ def _settings(cfg: TrainConfig, names: tuple[str, ...]) -> dict[str, Any]:
 class TrainResult:
     """What a finished run leaves: final parameters (numpy), last metrics, where the model is."""
 
-    config: SamHQConfig
+    config: ModelConfig
     params: dict
     final_dir: Path
     last_metrics: dict[str, float]
@@ -277,10 +277,10 @@ def _val_sets(cfg: TrainConfig) -> dict[str, list[Pair]]:
     return {k: v[: cfg.val_limit] for k, v in sets.items()}
 
 
-def load_start(cfg: TrainConfig) -> tuple[SamHQConfig, dict]:
+def load_start(cfg: TrainConfig) -> tuple[ModelConfig, dict]:
     """The starting weights (numpy): a checkpoint (HQ part freshly initialised for plain SAM), or a preset."""
     if cfg.preset is not None:
-        config = SamHQConfig.preset(cfg.preset)
+        config = ModelConfig.preset(cfg.preset)
         params = jax.tree.map(np.asarray, init_params(config, jax.random.PRNGKey(cfg.seed)))
         logger.info("starting from random %s weights (seed %d)", cfg.preset, cfg.seed)
         return config, params
@@ -375,7 +375,7 @@ def cut_metrics(path: Path, step: int) -> int:
 
 
 def validate(
-    config: SamHQConfig,
+    config: ModelConfig,
     params: Any,
     sets: dict[str, list[Pair]],
     batch_size: int,
@@ -625,7 +625,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(config, final, final_dir, last, int(state.step))
 
 
-def export_final(final_dir: Path, config: SamHQConfig, params: dict, source: str) -> None:
+def export_final(final_dir: Path, config: ModelConfig, params: dict, source: str) -> None:
     """``final_dir``: one of our model directories, plus ``hq_only.safetensors`` holding the 25 HQ
     tensors under their official PyTorch names and layouts (``mask_decoder.hf_token.weight``, ...),
     loadable into the official model with ``load_state_dict(..., strict=False)``. Written whole or

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.distributed import DATA_AXIS, data_mesh
 from samhq_jax.distributed import replicate as replicate  # the step's placement, for train.loop / train.bench
 from samhq_jax.hq_params import merge_params
@@ -124,7 +124,7 @@ def decode_batch(module: SamHQ, emb: ImageEmbeddings, batch: Batch, output: str)
     return masks[:, 0]
 
 
-def abstract_batch(config: SamHQConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(config: ModelConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch of :func:`make_train_step` as ``jax.ShapeDtypeStruct``s (to lower the step
     without data): ``image (B, S, S, 3)`` uint8, ``label (B, S, S)`` float32, ``box (B, 4)``,
     ``points (B, 10, 2)``, ``noise_mask (B, 4G, 4G)`` float32, ``prompt (B,)`` int32, ``valid (B,)`` bool."""
@@ -142,7 +142,7 @@ def abstract_batch(config: SamHQConfig, batch_size: int) -> dict[str, jax.ShapeD
 
 
 def make_embed(
-    config: SamHQConfig, encoder_dtype: jnp.dtype | str = jnp.float32, remat: bool = False
+    config: ModelConfig, encoder_dtype: jnp.dtype | str = jnp.float32, remat: bool = False
 ) -> Callable[[Any, jax.Array], ImageEmbeddings]:
     """``embed(params, images (B, S, S, 3) uint8) -> ImageEmbeddings`` (float32) as the train step runs
     the image encoder: normalised, computed in ``encoder_dtype`` (``float32`` / ``bfloat16``), each
@@ -157,7 +157,7 @@ def make_embed(
 
 
 def make_train_step(
-    config: SamHQConfig,
+    config: ModelConfig,
     tx: optax.GradientTransformation,
     *,
     seed: int,

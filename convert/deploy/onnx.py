@@ -35,7 +35,7 @@ from convert.deploy.signature import (
     encoder_function,
     encoder_inputs,
 )
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.errors import InputError
 
 ENCODER_FILE = "encoder.onnx"
@@ -93,7 +93,7 @@ def drop_intermediate_shapes(model: Any) -> Any:
     return model
 
 
-def export_encoder(config: SamHQConfig, params: Any, path: Path, opset: int) -> Path:
+def export_encoder(config: ModelConfig, params: Any, path: Path, opset: int) -> Path:
     """Write ``encoder.onnx`` (and ``encoder.onnx.data`` with its weights over 1 MB) to ``path``."""
     to_onnx = converter()
     specs = encoder_inputs(config)
@@ -111,7 +111,7 @@ def export_encoder(config: SamHQConfig, params: Any, path: Path, opset: int) -> 
     return path
 
 
-def decoder_model(config: SamHQConfig, params: Any, options: DecoderOptions, opset: int) -> Any:
+def decoder_model(config: ModelConfig, params: Any, options: DecoderOptions, opset: int) -> Any:
     """The decoder as an ``onnx.ModelProto`` with the official inputs and outputs."""
     from convert.deploy.onnx_postprocess import add_mask_postprocessing
 
@@ -129,7 +129,7 @@ def decoder_model(config: SamHQConfig, params: Any, options: DecoderOptions, ops
     return add_mask_postprocessing(drop_intermediate_shapes(model), config.img_size)
 
 
-def export_decoder(config: SamHQConfig, params: Any, options: DecoderOptions, path: Path, opset: int) -> Path:
+def export_decoder(config: ModelConfig, params: Any, options: DecoderOptions, path: Path, opset: int) -> Path:
     """Write ``decoder.onnx`` to ``path``, checked by ``onnx.checker``."""
     import onnx
 
@@ -140,7 +140,7 @@ def export_decoder(config: SamHQConfig, params: Any, options: DecoderOptions, pa
 
 
 def export_onnx(
-    config: SamHQConfig,
+    config: ModelConfig,
     params: Any,
     folder: Path,
     options: DecoderOptions,

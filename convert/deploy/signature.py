@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.precision import LIBRARY, at_precision
 from samhq_jax.prompt_encoder import LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_POSITIVE, PromptEncoder
 from samhq_jax.sam_hq import SamHQ
@@ -96,19 +96,19 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
-def encoder_inputs(config: SamHQConfig) -> list[TensorSpec]:
+def encoder_inputs(config: ModelConfig) -> list[TensorSpec]:
     """The encoder's one input: the preprocessed image ``(1, 3, S, S)``."""
     s = config.img_size
     return [TensorSpec(ENCODER_INPUT, (1, config.image_encoder.in_chans, s, s))]
 
 
-def encoder_outputs(config: SamHQConfig) -> list[TensorSpec]:
+def encoder_outputs(config: ModelConfig) -> list[TensorSpec]:
     """``image_embeddings (1, C, G, G)`` and ``interm_embeddings (1, 1, G, G, D)``."""
     g, c, d = config.embedding_size, config.prompt_encoder.embed_dim, config.image_encoder.early_dim
     return [TensorSpec(ENCODER_OUTPUTS[0], (1, c, g, g)), TensorSpec(ENCODER_OUTPUTS[1], (1, 1, g, g, d))]
 
 
-def decoder_inputs(config: SamHQConfig, prompts: int | str = 1) -> list[TensorSpec]:
+def decoder_inputs(config: ModelConfig, prompts: int | str = 1) -> list[TensorSpec]:
     """The decoder's inputs (without ``orig_im_size``) for ``prompts`` prompt sets (1 in the official
     ONNX; a name: symbolic); the point count and the interm layer count are symbolic."""
     g, c, d = config.embedding_size, config.prompt_encoder.embed_dim, config.image_encoder.early_dim
@@ -117,7 +117,7 @@ def decoder_inputs(config: SamHQConfig, prompts: int | str = 1) -> list[TensorSp
     return [TensorSpec(name, shape) for name, shape in zip(DECODER_INPUTS, shapes, strict=True)]
 
 
-def decoder_outputs(config: SamHQConfig, prompts: int | str = 1) -> list[TensorSpec]:
+def decoder_outputs(config: ModelConfig, prompts: int | str = 1) -> list[TensorSpec]:
     """``low_res_masks (P, 1, 4G, 4G)`` and ``iou_predictions (P, 1)``."""
     low = config.low_res_mask_size
     return [TensorSpec(DECODER_OUTPUTS[0], (prompts, 1, low, low)), TensorSpec(DECODER_OUTPUTS[1], (prompts, 1))]
@@ -181,7 +181,7 @@ def nhwc_to_nchw(x: jax.Array) -> jax.Array:
     return jnp.transpose(x, (0, 3, 1, 2))
 
 
-def encoder_function(config: SamHQConfig) -> Callable[..., tuple[jax.Array, jax.Array]]:
+def encoder_function(config: ModelConfig) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """``(params, image (1, 3, S, S))`` -> ``(image_embeddings (1, C, G, G), interm_embeddings (1, 1, G,
     G, D))``; ``params`` is the parameter tree (without the ``{"params": ...}`` wrapper). At
     ``"highest"`` matmul precision, as the library computes float32."""
@@ -194,7 +194,7 @@ def encoder_function(config: SamHQConfig) -> Callable[..., tuple[jax.Array, jax.
     return at_precision(encode, LIBRARY.precision)
 
 
-def decoder_function(config: SamHQConfig, options: DecoderOptions) -> Callable[..., tuple[jax.Array, jax.Array]]:
+def decoder_function(config: ModelConfig, options: DecoderOptions) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """The decoder of the module docstring with ``options`` fixed: ``(params, image_embeddings,
     interm_embeddings, point_coords, point_labels, mask_input, has_mask_input)`` -> ``(low_res_masks,
     iou_predictions)``, at ``"highest"`` matmul precision."""

@@ -51,7 +51,7 @@ from convert.deploy.signature import (
     encoder_outputs,
 )
 from samhq_jax.checkpoint import WEIGHTS_FILE, save_checkpoint
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.errors import InputError
 
 ENCODER_FILE = "encoder.stablehlo"
@@ -106,7 +106,7 @@ def weight_specs(weights: dict[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
 
 
-def lower_encoder(config: SamHQConfig, weights: dict[str, Any], platforms: Sequence[str]) -> export.Exported:
+def lower_encoder(config: ModelConfig, weights: dict[str, Any], platforms: Sequence[str]) -> export.Exported:
     """The encoder's ``Exported`` for ``platforms`` (nothing compiled, nothing run)."""
     fn = jax.jit(with_flat_weights(encoder_function(config)))
     return export.export(fn, platforms=check_platforms(platforms))(
@@ -115,7 +115,7 @@ def lower_encoder(config: SamHQConfig, weights: dict[str, Any], platforms: Seque
 
 
 def lower_decoder(
-    config: SamHQConfig, weights: dict[str, Any], options: DecoderOptions, platforms: Sequence[str]
+    config: ModelConfig, weights: dict[str, Any], options: DecoderOptions, platforms: Sequence[str]
 ) -> export.Exported:
     """The decoder's ``Exported`` for ``platforms``, symbolic in the prompt, point and layer counts."""
     names = (LAYERS, PROMPTS, POINTS)
@@ -126,7 +126,7 @@ def lower_decoder(
     )
 
 
-def manifest(config: SamHQConfig, options: DecoderOptions, platforms: Sequence[str]) -> dict[str, Any]:
+def manifest(config: ModelConfig, options: DecoderOptions, platforms: Sequence[str]) -> dict[str, Any]:
     """What ``stablehlo.json`` says: files, inputs and outputs in call order, config, platforms."""
     weights = {"name": "weights", "file": WEIGHTS_FILE, "keys": f"parameter paths joined by {SEP!r}"}
     return {
@@ -158,7 +158,7 @@ def manifest(config: SamHQConfig, options: DecoderOptions, platforms: Sequence[s
 
 
 def export_stablehlo(
-    config: SamHQConfig,
+    config: ModelConfig,
     params: Any,
     folder: Path,
     options: DecoderOptions,

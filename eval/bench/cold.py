@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 COLD_TIMEOUT_S = 1800
@@ -78,7 +78,7 @@ def _one_process(checkpoint: Path, size: tuple[int, int], env: dict[str, str]) -
     return {**figures, "process_wall_s": wall}
 
 
-def cold_start(config: SamHQConfig, params: dict, size: tuple[int, int], folder: Path) -> dict[str, Any]:
+def cold_start(config: ModelConfig, params: dict, size: tuple[int, int], folder: Path) -> dict[str, Any]:
     """Save ``(config, params)`` below ``folder`` and time two fresh processes' first mask on an
     image of ``size = (H, W)``; returns ``{"cache_dir", "runs": [first, second]}``."""
     from samhq_jax.checkpoint import save_checkpoint

@@ -198,12 +198,12 @@ def section_parity(sizes: Sizes, work: Path) -> dict[str, Any]:
     from eval.bench.env import quiet_warnings
     from eval.parity.stages import mask_agreement, relative_error
     from eval.reference import build_official
-    from samhq_jax.config import SamHQConfig
+    from samhq_jax.config import ModelConfig
     from samhq_jax.predictor import SamHQPredictor
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    config = SamHQConfig.preset(sizes.small_model)
+    config = ModelConfig.preset(sizes.small_model)
     official = build_official(config, seed=0)
     _, params = state_dict_to_params({k: v.numpy() for k, v in official.state_dict().items()}, config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -316,7 +316,7 @@ def section_attention(sizes: Sizes, work: Path) -> dict[str, Any]:
     from eval.bench.env import analyse, blocking, time_interleaved
     from eval.parity.stages import relative_error
     from samhq_jax import image_encoder
-    from samhq_jax.config import SamHQConfig
+    from samhq_jax.config import ModelConfig
 
     paths = getattr(image_encoder, "ATTENTION_PATHS", None)
     if paths is None:
@@ -325,7 +325,7 @@ def section_attention(sizes: Sizes, work: Path) -> dict[str, Any]:
     batch = max(sizes.batches)
     result: dict[str, Any] = {"batch": batch, "dtype": "bf16", "platform": platform, "models": {}}
     for model in (sizes.small_model, sizes.large_model):
-        cfg = SamHQConfig.preset(model).image_encoder
+        cfg = ModelConfig.preset(model).image_encoder
         images = jax.device_put(np.random.default_rng(0).normal(size=(batch, cfg.img_size, cfg.img_size, 3)))
         images = images.astype(jnp.float32)
         init_module = image_encoder.ImageEncoderViT(cfg)

@@ -27,7 +27,7 @@ from eval.bench.env import XlaAnalysis, analyse, blocking, jax_device_peak, quie
 from eval.bench.env import torch_cuda_peak as _torch_cuda_peak
 from eval.bench.memory import lower_decode
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.predictor import SamHQPredictor, compiled_model
 from samhq_jax.transforms import apply_boxes
 
@@ -97,7 +97,7 @@ class Ours(Impl):
 
     family = "ours"
 
-    def __init__(self, config: SamHQConfig, params: dict, dtype: str, precision: str = "highest") -> None:
+    def __init__(self, config: ModelConfig, params: dict, dtype: str, precision: str = "highest") -> None:
         self.dtype, self.key, self.label = dtype, f"ours-{dtype}", f"ours {dtype}"
         self.config = config
         self.params = params
@@ -372,7 +372,7 @@ def autocast_dtype(device: str) -> torch.dtype:
     return torch.bfloat16
 
 
-def build_impls(config: SamHQConfig, skip: set[str], seed: int = 0, precision: str = "highest") -> list[Impl]:
+def build_impls(config: ModelConfig, skip: set[str], seed: int = 0, precision: str = "highest") -> list[Impl]:
     """Every implementation not in ``skip``, sharing one seeded random set of weights.
 
     The official model is built and randomised (:func:`eval.reference.build_official`); its state

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from eval.bench.env import XlaAnalysis, analyse_compiled, environment, schedulable_cpus
 from eval.bench.report import mib
 from samhq_jax.cmdkit.guard import doing
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.precision import TRAINING
 from samhq_jax.predictor import compiled_model
 from samhq_jax.sam_hq import param_shapes
@@ -92,12 +92,12 @@ class MemoryRow:
 
 
 # ---- the programs, on abstract arguments -----------------------------------------------------------
-def abstract_variables(config: SamHQConfig) -> dict[str, Any]:
+def abstract_variables(config: ModelConfig) -> dict[str, Any]:
     """``{"params": ...}`` of float32 ``ShapeDtypeStruct``s, as a checkpoint loads them."""
     return {"params": param_shapes(config)}
 
 
-def encoder_program(config: SamHQConfig, dtype: jnp.dtype, batch: int, precision: str) -> jax.stages.Lowered:
+def encoder_program(config: ModelConfig, dtype: jnp.dtype, batch: int, precision: str) -> jax.stages.Lowered:
     """The predictor's ``embed_image`` on ``(batch, S, S, 3)`` float32 images, compute ``dtype``."""
     _, embed, _ = compiled_model(config, dtype, precision)
     s = config.img_size
@@ -113,7 +113,7 @@ def lower_decode(decode: Callable, variables: Any, embeddings: Any, boxes: Any) 
     )
 
 
-def decoder_program(config: SamHQConfig, dtype: jnp.dtype, prompts: int, precision: str) -> jax.stages.Lowered:
+def decoder_program(config: ModelConfig, dtype: jnp.dtype, prompts: int, precision: str) -> jax.stages.Lowered:
     """The predictor's ``decode`` for ``prompts`` boxes on one encoded image, compute ``dtype``."""
     _, embed, decode = compiled_model(config, dtype, precision)
     variables = abstract_variables(config)
@@ -123,7 +123,7 @@ def decoder_program(config: SamHQConfig, dtype: jnp.dtype, prompts: int, precisi
 
 
 def train_program(
-    config: SamHQConfig, batch: int, trainable: str, remat: bool, encoder_dtype: jnp.dtype
+    config: ModelConfig, batch: int, trainable: str, remat: bool, encoder_dtype: jnp.dtype
 ) -> jax.stages.Lowered:
     """``samhq-train``'s jitted step (:func:`train.step.make_train_step`, training precision, Adam,
     state donated; with ``remat`` as ``--remat`` compiles it) on a global ``batch`` of
@@ -164,7 +164,7 @@ def programs(
     """``(row fields, lower)`` of every program asked for, model by model, in the order of :data:`STAGES`."""
     dtypes = [(name, dtype) for name, dtype in DTYPES.items() if name not in skip]
     for model in models:
-        config = SamHQConfig.preset(model)
+        config = ModelConfig.preset(model)
         for name, dtype in dtypes:
             row = {"model": model, "dtype": name}
             if "encoder" not in skip:

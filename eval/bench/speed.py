@@ -297,10 +297,10 @@ class Bench:
 
         from eval.bench.env import device_peak, environment, schedulable_cpus
         from eval.bench.impls import Ours, autocast_dtype, build_impls, torch_device
-        from samhq_jax.config import SamHQConfig
+        from samhq_jax.config import ModelConfig
 
         self.args = args
-        self.config = SamHQConfig.preset(args.model[0])
+        self.config = ModelConfig.preset(args.model[0])
         threads = schedulable_cpus()
         torch.set_num_threads(threads)
         device = torch_device()

@@ -20,7 +20,7 @@ from eval.parity.samples import default_prompts, sample_images
 from eval.parity.scenarios import photo_scenarios, read_scenarios
 from eval.parity.stages import MIN_MASK_AGREEMENT, PARITY_RTOL
 from samhq_jax.cmdkit.guard import UsageError, one_line
-from samhq_jax.config import HF_TRANSFORMER_LN_EPS, SamHQConfig
+from samhq_jax.config import HF_TRANSFORMER_LN_EPS, ModelConfig
 from samhq_jax.errors import InputError
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def reference_kind(path: Path) -> str:
     if is_hf_folder(path):
         return "hf"
     if is_checkpoint_dir(path):
-        config = SamHQConfig.from_dict(json.loads((path / CONFIG_FILE).read_text())["config"])
+        config = ModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text())["config"])
         return "hf" if config.mask_decoder.transformer_layer_norm_eps == HF_TRANSFORMER_LN_EPS else "official"
     raise UsageError(f"{path} is neither one of our checkpoint folders nor a Hugging Face SAM-HQ folder")
 
@@ -182,7 +182,7 @@ def run_preset(args: Any) -> ParityReport:
     from convert.core import state_dict_to_params
     from eval.reference import build_official
 
-    config = SamHQConfig.preset(args.preset)
+    config = ModelConfig.preset(args.preset)
     torch_model = build_official(config, seed=0)
     state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
     config, params = state_dict_to_params(state)

@@ -14,20 +14,20 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from eval.parity.stages import FLAGS, Arrays, Flags, Prompts, Size
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
 from samhq_jax.transforms import postprocess_masks
 
 
 @functools.cache
-def _embed_fn(config: SamHQConfig, dtype: Any) -> Callable:
+def _embed_fn(config: ModelConfig, dtype: Any) -> Callable:
     """Jitted ``embed_image`` with the sown intermediates, compiled once per config and dtype."""
     model = SamHQ(config, dtype=dtype)
     return jax.jit(functools.partial(model.apply, method=SamHQ.embed_image, mutable=["intermediates"]))
 
 
 @functools.cache
-def _decode_fn(config: SamHQConfig, dtype: Any) -> Callable:
+def _decode_fn(config: ModelConfig, dtype: Any) -> Callable:
     """Jitted decode for all four :data:`FLAGS` at once (XLA shares their common work: one compile,
     not four), with the sown intermediates; returns a list in :data:`FLAGS` order."""
     model = SamHQ(config, dtype=dtype)
@@ -52,7 +52,7 @@ def _decode_fn(config: SamHQConfig, dtype: Any) -> Callable:
     return jax.jit(run)
 
 
-def jax_image_stages(config: SamHQConfig, params: dict, images: np.ndarray, dtype: Any = jnp.float32) -> Arrays:
+def jax_image_stages(config: ModelConfig, params: dict, images: np.ndarray, dtype: Any = jnp.float32) -> Arrays:
     """Our image encoder with its sown intermediates, as numpy (same keys and shapes as
     :func:`official_image_stages`); ``dtype`` is the compute dtype."""
     embedded, state = _embed_fn(config, dtype)({"params": params}, jnp.asarray(images))
@@ -65,7 +65,7 @@ def jax_image_stages(config: SamHQConfig, params: dict, images: np.ndarray, dtyp
 
 
 def jax_decode_all(
-    config: SamHQConfig, params: dict, image_stages: Arrays, prompts: Prompts, dtype: Any = jnp.float32
+    config: ModelConfig, params: dict, image_stages: Arrays, prompts: Prompts, dtype: Any = jnp.float32
 ) -> dict[Flags, Arrays]:
     """Our prompt encoder + decoder on all B images for every ``(multimask_output, hq_token_only)``;
     per flag pair the stages of :func:`official_decode_stages`, shaped ``(B, P, ...)``."""
@@ -98,7 +98,7 @@ def _decode_arrays(outputs: tuple[jax.Array, jax.Array], state: dict) -> Arrays:
 
 
 def jax_decode_stages(
-    config: SamHQConfig,
+    config: ModelConfig,
     params: dict,
     image_stages: Arrays,
     prompts: Prompts,
@@ -117,7 +117,7 @@ def jax_decode_stages(
 class Ours:
     """samhq-jax with a parameter tree (moved to the device once) and a compute dtype."""
 
-    config: SamHQConfig
+    config: ModelConfig
     params: dict
     dtype: Any = jnp.float32
 

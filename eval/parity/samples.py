@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from eval.parity.stages import Prompts
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.transforms import normalize_and_pad, resize_longest_side, to_rgb_uint8
 
 IMAGES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "images"
 
 
-def sample_images(config: SamHQConfig, count: int, seed: int = 0) -> np.ndarray:
+def sample_images(config: ModelConfig, count: int, seed: int = 0) -> np.ndarray:
     """``(count, S, S, 3)`` normalised, zero-padded real photos from ``shared/images`` at input size S.
 
     SAM's pre-processing (longest-side resize, normalise, pad) with a little seeded noise added
@@ -34,7 +34,7 @@ def sample_images(config: SamHQConfig, count: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def default_prompts(config: SamHQConfig, b: int, seed: int = 0) -> dict[str, Prompts]:
+def default_prompts(config: ModelConfig, b: int, seed: int = 0) -> dict[str, Prompts]:
     """Named prompt sets for ``b`` images: points, boxes, points+boxes, mask input; 3 prompts each."""
     rng = np.random.default_rng(seed)
     s, low, p = config.img_size, config.low_res_mask_size, 3

@@ -12,7 +12,7 @@ import numpy as np
 from eval.parity.stages import Prompts, Size
 from samhq_jax.cmdkit.guard import UsageError
 from samhq_jax.cmdkit.prompts import prompt_arrays, read_prompt_lines
-from samhq_jax.config import SamHQConfig
+from samhq_jax.config import ModelConfig
 from samhq_jax.transforms import apply_boxes, apply_coords
 
 
@@ -49,7 +49,7 @@ def photo_scenarios(original_size: Size) -> list[Scenario]:
 
 
 def frame_prompts(
-    scenario: Scenario, original_size: Size, config: SamHQConfig, masks: np.ndarray | None = None
+    scenario: Scenario, original_size: Size, config: ModelConfig, masks: np.ndarray | None = None
 ) -> Prompts:
     """A scenario's prompts mapped into the model's input frame for one image: ``(1, P, ...)``
     arrays (as :class:`SamHQPredictor` maps them); ``masks``: ``(1, 1, 4G, 4G)`` logits, repeated
