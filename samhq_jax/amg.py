@@ -190,19 +190,39 @@ class SamHQAutomaticMaskGenerator:
         self.progress = progress
 
     def generate(
-        self, image: np.ndarray, multimask_output: bool = True, hq_token_only: bool = False
+        self,
+        image: np.ndarray,
+        multimask_output: bool = True,
+        hq_token_only: bool = False,
+        image_is_set: bool = False,
     ) -> list[dict[str, Any]]:
         """Masks for the whole of ``image`` (``(H, W, 3)`` uint8 RGB; grayscale / RGBA converted).
 
         ``multimask_output``: each point's mask is the best of SAM's three plus the HQ mask (else
-        SAM's single mask plus HQ); ``hq_token_only``: the HQ mask alone.
+        SAM's single mask plus HQ); ``hq_token_only``: the HQ mask alone. ``image_is_set``: the
+        predictor (a :class:`SamHQPredictor`) already holds ``image``'s embeddings (its
+        ``set_image(image)``, or embeddings kept from it, e.g. by ``samhq serve``'s cache), so the
+        whole-image crop is not encoded again; the records are the same. Only the image size is
+        checked against the predictor's: giving another image's embeddings is the caller's error.
 
         Returns the official records, best first as the official orders them (an empty list when no
         mask survives): ``segmentation`` (``(H, W)`` bool, or an RLE dict), ``area`` int, ``bbox``
         ``[x, y, w, h]`` ints (inclusive pixel box: ``w = x1 - x0``), ``predicted_iou`` float,
         ``point_coords`` ``[[x, y]]``, ``stability_score`` float, ``crop_box`` ``[x, y, w, h]``.
         """
-        return self.generate_images([image], multimask_output, hq_token_only)[0]
+        if not image_is_set:
+            return self.generate_images([image], multimask_output, hq_token_only)[0]
+        image = to_rgb_uint8(image)
+        p = self.predictor
+        if not isinstance(p, SamHQPredictor):
+            raise TypeError(f"image_is_set needs a SamHQPredictor, got {type(p).__name__}")
+        if not p.is_image_set or tuple(p.original_size) != image.shape[:2]:
+            held = f"one of {p.original_size[1]}x{p.original_size[0]}" if p.is_image_set else "none"
+            raise InputError(
+                f"image_is_set: the predictor must hold this {image.shape[1]}x{image.shape[0]} image's embeddings "
+                f"(set_image), it holds {held}"
+            )
+        return self._generate([image], (multimask_output, hq_token_only), first_crop_set=True)[0]
 
     def generate_images(
         self, images: list[np.ndarray], multimask_output: bool = True, hq_token_only: bool = False
@@ -224,9 +244,12 @@ class SamHQAutomaticMaskGenerator:
             for records in self._generate(images[start : start + lanes], flags)
         ]
 
-    def _generate(self, images: list[np.ndarray], flags: tuple[bool, bool]) -> list[list[dict[str, Any]]]:
+    def _generate(
+        self, images: list[np.ndarray], flags: tuple[bool, bool], first_crop_set: bool = False
+    ) -> list[list[dict[str, Any]]]:
         """The records of 1 to ``lanes`` RGB images, generated in lockstep (their crops differ in
-        size, not in number: crop ``i`` of every image is in the same layer)."""
+        size, not in number: crop ``i`` of every image is in the same layer). ``first_crop_set``:
+        the predictor already holds the embeddings of crop 0 (the whole image, one image)."""
         crops = [generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio) for image in images]
         for image, (boxes, _) in zip(images, crops, strict=True):
             empty = next((b for b in boxes if b[2] <= b[0] or b[3] <= b[1]), None)
@@ -243,7 +266,9 @@ class SamHQAutomaticMaskGenerator:
         try:
             with tqdm(total=total, desc="segment everything", unit="batch", disable=not shown, leave=False) as bar:
                 parts = [
-                    self._process_crops(images, [boxes[i] for boxes, _ in crops], i, layer, batch, flags, bar)
+                    self._process_crops(
+                        images, [boxes[i] for boxes, _ in crops], i, layer, batch, flags, bar, first_crop_set and i == 0
+                    )
                     for i, (layer, batch) in enumerate(zip(layers, batches, strict=True))
                 ]
         finally:
@@ -282,17 +307,19 @@ class SamHQAutomaticMaskGenerator:
         batch: int,
         flags: tuple[bool, bool],
         bar: tqdm,
+        encoded: bool = False,
     ) -> list[MaskSet]:
-        """Crop ``index`` of each image (``crop_boxes[i]`` of ``images[i]``): encode, decode and
-        filter its grid in batches, NMS within the crop; boxes and points move to the image frame.
-        One :class:`MaskSet` per image."""
+        """Crop ``index`` of each image (``crop_boxes[i]`` of ``images[i]``): encode (unless
+        ``encoded``: the predictor holds it already), decode and filter its grid in batches, NMS
+        within the crop; boxes and points move to the image frame. One :class:`MaskSet` per image."""
         p = self.predictor
         crops = [image[y0:y1, x0:x1] for image, (x0, y0, x1, y1) in zip(images, crop_boxes, strict=True)]
         if isinstance(p, MeshPredictor):
             p.set_images(crops)
             input_sizes = p.input_sizes
         else:
-            p.set_image(crops[0])
+            if not encoded:
+                p.set_image(crops[0])
             input_sizes = [p.input_size]
         points = [self.point_grids[layer] * np.array(crop.shape[:2])[None, ::-1] for crop in crops]
         model_points = [

@@ -12,7 +12,14 @@ PY=${PYTHON:-python3}
 # the ONNX converter without its declared orbax-checkpoint<0.11.37 pin (pyproject.toml, extra "export")
 .venv/bin/python -m pip install -q --no-deps "jax2onnx==0.17.1"
 .venv/bin/python -m pip install -q --target .hf-regressed --no-deps --upgrade "transformers==4.57.3" "tokenizers==0.22.1"
-# node runs the serve page's JavaScript in tests/test_serve.py (Debian's nodejs; apt where allowed)
-if ! command -v node >/dev/null && command -v apt-get >/dev/null; then
-  { apt-get update -q && apt-get install -y -q nodejs; } >/dev/null 2>&1 || echo "setup.sh: could not install nodejs (apt)" >&2
+# node runs the serve page's JavaScript in tests/test_serve.py, chromium shows the page to Playwright
+# in tests/test_serve_browser.py (Debian's packages; apt where allowed; Playwright cannot download
+# its own browsers here)
+missing=""
+command -v node >/dev/null || missing="$missing nodejs"
+command -v chromium >/dev/null || [ -n "${SAMHQ_CHROMIUM:-}" ] || missing="$missing chromium"
+if [ -n "$missing" ] && command -v apt-get >/dev/null; then
+  # shellcheck disable=SC2086  # one word per package
+  { apt-get update -q && apt-get install -y -q $missing; } >/dev/null 2>&1 \
+    || echo "setup.sh: could not install$missing (apt)" >&2
 fi

@@ -5,7 +5,6 @@ JSON error, no traceback) and concurrent clients."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -23,17 +22,12 @@ from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.cli import main
 from samhq_jax.cmdkit.prompts import prompt_arrays
 from samhq_jax.commands.serve_app import create_app, page_html
+from samhq_jax.errors import InputError
 from samhq_jax.predictor import SamHQPredictor
-from tests.conftest import official_model_and_params
+from tests.serve_support import count_encodes, decoded_masks, png_bytes, predictor_masks, tiny_predictor
 
 MAX_UPLOAD = 2**20  # 1 MiB: the oversized-body tests send more
 MAX_PIXELS = 100_000  # a larger image is refused
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +39,13 @@ def photos() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def predictor() -> SamHQPredictor:
-    _, _, config, params = official_model_and_params("tiny_b")
-    return SamHQPredictor(config, params)
+    return tiny_predictor()
 
 
 @pytest.fixture(scope="module")
 def encodes(predictor: SamHQPredictor) -> list[int]:
     """A counter of the predictor's image encodings (``set_image`` calls)."""
-    count = [0]
-    original = predictor.set_image
-
-    def counted(image: np.ndarray, image_format: str = "RGB") -> None:
-        count[0] += 1
-        original(image, image_format)
-
-    predictor.set_image = counted
-    return count
+    return count_encodes(predictor)
 
 
 @pytest.fixture(scope="module")
@@ -69,24 +54,12 @@ def client(predictor: SamHQPredictor, encodes: list[int]) -> TestClient:
         yield c
 
 
-def _expected(predictor: SamHQPredictor, image: np.ndarray, prompts: dict, hq: bool, multi: bool) -> tuple:
-    """``(masks (P, H, W), scores (P,))`` of the predictor itself for ``prompts``."""
-    predictor.set_image(image)
-    arrays = prompt_arrays(prompts.get("boxes", []), prompts.get("points", []))
-    masks, iou, _ = predictor.predict_batch(**arrays, multimask_output=multi, hq_token_only=hq)
-    return masks[:, 0], iou[:, 0]
-
-
 def _segment(client: TestClient, image: np.ndarray | None = None, image_id: str | None = None, **fields):
-    files = {"image": ("photo.png", _png(image), "image/png")} if image is not None else None
+    files = {"image": ("photo.png", png_bytes(image), "image/png")} if image is not None else None
     data = {k: json.dumps(v) if isinstance(v, dict) else str(v).lower() for k, v in fields.items()}
     if image_id is not None:
         data["image_id"] = image_id
     return client.post("/api/segment", files=files, data=data)
-
-
-def _decoded(answer: dict) -> np.ndarray:
-    return np.stack([mask_utils.decode(rle).astype(bool) for rle in answer["masks"]])
 
 
 def test_healthz_page_and_docs(client: TestClient) -> None:
@@ -110,10 +83,10 @@ def test_segment_equals_predictor(client, predictor, photos, prompts: dict, hq: 
     answer = _segment(client, photos[0], prompts=prompts, hq_token_only=hq, multimask=multi)
     assert answer.status_code == 200, answer.text
     answer = answer.json()
-    masks, scores = _expected(predictor, photos[0], prompts, hq, multi)
+    masks, scores = predictor_masks(predictor, photos[0], prompts, hq, multi)
     assert len(answer["masks"]) == len(masks) == max(len(prompts.get("boxes", [])), 1)
     assert all(rle["size"] == list(photos[0].shape[:2]) for rle in answer["masks"])
-    np.testing.assert_array_equal(_decoded(answer), masks)
+    np.testing.assert_array_equal(decoded_masks(answer), masks)
     # the encoding is pycocotools' own, string for string
     coco = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
     assert [rle["counts"] for rle in answer["masks"]] == [c["counts"].decode() for c in coco]
@@ -145,7 +118,7 @@ def _chunks(size: int):
         yield b"x" * 65536
 
 
-BIG_PNG = _png(np.zeros((300, 400, 3), np.uint8))
+BIG_PNG = png_bytes(np.zeros((300, 400, 3), np.uint8))
 BAD = {
     "not an image": (400, "a.png: not an image", {"files": {"image": ("a.png", b"hello, not a png", "image/png")}}),
     "empty file": (400, "a.png: the file is empty", {"files": {"image": ("a.png", b"", "image/png")}}),
@@ -170,7 +143,9 @@ BAD = {
 def test_bad_request_is_4xx_json_and_next_is_served(client, photos, case: str) -> None:
     status, text, spec = BAD[case]
     spec = dict(spec)
-    files = spec.pop("files", None) or (None if spec.pop("no_image", False) else {"image": ("p.png", _png(photos[1]))})
+    files = spec.pop("files", None) or (
+        None if spec.pop("no_image", False) else {"image": ("p.png", png_bytes(photos[1]))}
+    )
     data = {k: v for k, v in {"prompts": '{"points": [[10, 10, 1]]}', **spec}.items() if v is not None}
     answer = client.post("/api/segment", files=files, data=data)
     assert answer.status_code == status, answer.text
@@ -202,22 +177,51 @@ def test_our_failure_is_500_json(client, predictor, photos, monkeypatch) -> None
     assert _segment(client, photos[1], prompts={"points": [[10, 10, 1]]}).status_code == 200
 
 
-def test_everything_equals_generator(client, predictor, photos) -> None:
+def test_everything_equals_generator_and_uses_the_cache(client, predictor, photos, encodes: list[int]) -> None:
     settings = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}
-    files = {"image": ("p.png", _png(photos[1]))}
+    image = np.ascontiguousarray(photos[1][:, ::-1])  # not sent before
+    before = encodes[0]
+    files = {"image": ("p.png", png_bytes(image))}
     answer = client.post("/api/everything", files=files, data={k: str(v) for k, v in settings.items()})
     assert answer.status_code == 200, answer.text
+    assert encodes[0] == before + 1  # the image, once: the generator reuses its embedding
     answer = answer.json()
-    records = SamHQAutomaticMaskGenerator(predictor, output_mode="coco_rle", progress=False, **settings).generate(
-        photos[1]
-    )
+    generator = SamHQAutomaticMaskGenerator(predictor, output_mode="coco_rle", progress=False, **settings)
+    records = generator.generate(image)
     assert len(records) > 0 and len(answer["masks"]) == len(records) == len(answer["records"])
     assert answer["masks"] == [r["segmentation"] for r in records]
     np.testing.assert_allclose(answer["scores"], [r["predicted_iou"] for r in records], rtol=1e-6)
+    before = encodes[0]
+    data = {"image_id": answer["image_id"], "hq_token_only": "true", **{k: str(v) for k, v in settings.items()}}
+    again = client.post("/api/everything", data=data)
+    assert again.status_code == 200 and encodes[0] == before  # a cached image_id: nothing encoded
+    hq = generator.generate(image, hq_token_only=True)
+    assert again.json()["masks"] == [r["segmentation"] for r in hq] and hq != records
     bad = client.post("/api/everything", data={"image_id": answer["image_id"], "points_per_side": "0"})
     assert bad.status_code == 400 and "points_per_side" in bad.json()["error"]
     bad = client.post("/api/everything", data={"image_id": answer["image_id"], "pred_iou_thresh": "nan"})
     assert bad.status_code == 400 and "pred_iou_thresh" in bad.json()["error"]
+
+
+def test_generator_reuses_a_set_image(predictor, photos, encodes: list[int]) -> None:
+    """``generate(image, image_is_set=True)`` on the predictor's current image: the same records,
+    one encoding fewer; a predictor holding another image (or none) is refused."""
+    generator = SamHQAutomaticMaskGenerator(
+        predictor, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, progress=False
+    )
+    records = generator.generate(photos[0])
+    predictor.set_image(photos[0])
+    before = encodes[0]
+    reused = generator.generate(photos[0], image_is_set=True)
+    assert encodes[0] == before and len(reused) == len(records) > 0
+    for a, b in zip(reused, records, strict=True):
+        np.testing.assert_array_equal(a.pop("segmentation"), b.pop("segmentation"))
+        assert a == b
+    with pytest.raises(InputError, match="holds none"):  # generate resets the predictor after
+        generator.generate(photos[0], image_is_set=True)
+    predictor.set_image(photos[1])
+    with pytest.raises(InputError, match="150x100"):
+        generator.generate(photos[0], image_is_set=True)
 
 
 def test_concurrent_clients_get_their_own_answers(client, predictor, photos) -> None:
@@ -247,7 +251,7 @@ def test_concurrent_clients_get_their_own_answers(client, predictor, photos) -> 
         t.join()
     for i, answer in enumerate(answers):
         assert answer.status_code == 200, answer.text
-        np.testing.assert_array_equal(_decoded(answer.json()), expected[i], err_msg=f"job {i}")
+        np.testing.assert_array_equal(decoded_masks(answer.json()), expected[i], err_msg=f"job {i}")
     assert client.get("/healthz").json()["cached_images"] == 2
 
 

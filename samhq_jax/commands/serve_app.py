@@ -191,25 +191,33 @@ class Engine:
             )
         return image_id, entry
 
+    def restore(self, entry: CachedImage) -> None:
+        """Make ``entry`` the predictor's current image (no encoding); call under the lock."""
+        p = self.predictor
+        p.embeddings, p.input_size, p.original_size = entry.embeddings, entry.input_size, entry.original_size
+
     def segment(
         self, image: np.ndarray | None, image_id: str | None, prompts: tuple[list, list], multimask: bool, hq: bool
     ) -> dict[str, Any]:
         """``/api/segment``'s answer for checked prompts on ``image`` or a cached ``image_id``."""
         with self.lock:
             key, entry = self.encoded(image, image_id)
-            p = self.predictor
-            p.embeddings, p.input_size, p.original_size = entry.embeddings, entry.input_size, entry.original_size
-            masks, iou, _ = p.predict_batch(**prompt_arrays(*prompts), multimask_output=multimask, hq_token_only=hq)
+            self.restore(entry)
+            masks, iou, _ = self.predictor.predict_batch(
+                **prompt_arrays(*prompts), multimask_output=multimask, hq_token_only=hq
+            )
         return {"image_id": key, "masks": rle_masks(masks[:, 0]), "scores": [float(s) for s in iou[:, 0]]}
 
     def everything(
         self, image: np.ndarray | None, image_id: str | None, settings: dict[str, Any], multimask: bool, hq: bool
     ) -> dict[str, Any]:
-        """``/api/everything``'s answer: the automatic mask generator's records with RLE masks."""
+        """``/api/everything``'s answer: the automatic mask generator's records with RLE masks (the
+        whole image's embedding taken from the cache, not encoded again)."""
         generator = SamHQAutomaticMaskGenerator(self.predictor, output_mode="coco_rle", progress=False, **settings)
         with self.lock:
             key, entry = self.encoded(image, image_id)
-            records = generator.generate(entry.image, multimask_output=multimask, hq_token_only=hq)
+            self.restore(entry)
+            records = generator.generate(entry.image, multimask_output=multimask, hq_token_only=hq, image_is_set=True)
         masks = [r.pop("segmentation") for r in records]
         return {"image_id": key, "masks": masks, "scores": [r["predicted_iou"] for r in records], "records": records}
 

@@ -1,0 +1,267 @@
+"""``samhq serve``'s page in a real browser: Playwright drives Debian's chromium against the app on a
+real uvicorn server (seeded tiny_b model). It opens a photo, left-clicks a point, right-clicks a
+background point, toggles HQ only and drags a box; after each, the overlay drawn on the canvas, the
+downloaded mask PNG and the downloaded COCO RLE JSON must equal the predictor's own answer for the
+prompts the page actually sent (read from the intercepted request), and the page must send the image
+once and its ``image_id`` after.
+
+The README screenshot comes from the same steps (any checkpoint; default the tiny random model):
+
+    .venv/bin/python -m tests.test_serve_browser --screenshot docs/serve.png [--checkpoint CKPT]
+
+chromium: ``$SAMHQ_CHROMIUM`` or ``chromium`` on the PATH (``scripts/setup.sh`` installs Debian's
+package where apt is available); Playwright cannot download its own browsers here. Without them the
+test fails under CI (``CI`` set) and is skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from eval.parity.samples import IMAGES_DIR
+from samhq_jax.commands.serve_app import create_app
+from samhq_jax.image_io import read_rgb
+from samhq_jax.predictor import SamHQPredictor
+from tests.serve_support import count_encodes, predictor_masks, running_server, tiny_predictor
+
+PHOTO = IMAGES_DIR / "dog.jpg"
+VIEWPORT = {"width": 1280, "height": 1000}  # the whole canvas is in view (it is 95vw wide at most)
+TIMEOUT_MS = 60_000  # one answer (a compile of the decoder for a new prompt shape included)
+OVERLAY_SLACK = 1e-4  # a masked pixel equal to its tint ((p + c) >> 1 == p) looks unchanged
+# The canvas pixels that differ from the bare photo, bit-packed (row-major), as base64.
+CHANGED_PIXELS_JS = """() => {
+  const c = document.getElementById("canvas"), w = c.width, h = c.height;
+  const shown = c.getContext("2d").getImageData(0, 0, w, h).data;
+  const bare = document.createElement("canvas"); bare.width = w; bare.height = h;
+  const g = bare.getContext("2d"); g.drawImage(photo, 0, 0);
+  const base = g.getImageData(0, 0, w, h).data, bits = new Uint8Array(Math.ceil(w * h / 8));
+  for (let i = 0; i < w * h; i++)
+    if (shown[4 * i] !== base[4 * i] || shown[4 * i + 1] !== base[4 * i + 1] || shown[4 * i + 2] !== base[4 * i + 2])
+      bits[i >> 3] |= 128 >> (i & 7);
+  let s = "";
+  for (let i = 0; i < bits.length; i += 8192) s += String.fromCharCode.apply(null, bits.subarray(i, i + 8192));
+  return btoa(s);
+}"""
+
+
+def chromium_path() -> str | None:
+    """The chromium executable to drive: ``$SAMHQ_CHROMIUM`` or ``chromium`` on the PATH."""
+    return os.environ.get("SAMHQ_CHROMIUM") or shutil.which("chromium")
+
+
+def launch(playwright: Any) -> Any:
+    """A headless chromium browser (no sandbox: the tests may run as root)."""
+    return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=["--no-sandbox"])
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Chromium under Playwright; missing: a failure under CI, a skip elsewhere."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    absent = {"playwright (the test extra)": sync_playwright is None, "chromium": not chromium_path()}
+    missing = [what for what, gone in absent.items() if gone]
+    if missing:
+        message = f"{' and '.join(missing)} not installed (scripts/setup.sh installs them): the page is not checked"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+# Records the fields of every form the page sends (Playwright gives no body for a request with a
+# file in it): ``window.sentForms``, file fields as ``"<file NAME>"``.
+RECORD_FORMS_JS = """window.sentForms = [];
+const pageFetch = window.fetch;
+window.fetch = (url, options) => {
+  const sent = { route: String(url) };
+  if (options && options.body instanceof FormData)
+    for (const [k, v] of options.body.entries()) sent[k] = typeof v === "string" ? v : `<file ${v.name}>`;
+  window.sentForms.push(sent);
+  return pageFetch(url, options);
+};"""
+
+
+class PageDriver:
+    """The page at ``base_url`` in ``browser``: open a photo, click, drag, read the overlay, download."""
+
+    def __init__(self, browser: Any, base_url: str) -> None:
+        self.context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+        self.context.add_init_script(RECORD_FORMS_JS)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.page.goto(base_url + "/")
+
+    def open(self, photo: Path) -> None:
+        """Open ``photo`` with the file picker; wait until the page shows it."""
+        self.page.set_input_files("#file", str(photo))
+        self.page.wait_for_function(f"document.getElementById('status').textContent.startsWith({photo.name!r})")
+
+    def at(self, fx: float, fy: float) -> tuple[float, float]:
+        """The viewport position of the canvas point at fractions ``(fx, fy)`` of its width and height."""
+        box = self.page.locator("#canvas").bounding_box()
+        return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+    def answered(self, action: Any) -> dict[str, str]:
+        """Run ``action()``; wait for the page's /api/segment answer and its redrawn overlay; return
+        the fields the page sent."""
+        with self.page.expect_response("**/api/segment") as response:
+            action()
+        assert response.value.status == 200, response.value.text()
+        self.page.wait_for_function("document.getElementById('status').textContent.startsWith('score')")
+        fields = self.page.evaluate("window.sentForms.pop()")
+        assert fields.pop("route") == "/api/segment"
+        return fields
+
+    def click(self, fx: float, fy: float, button: str = "left") -> dict[str, str]:
+        return self.answered(lambda: self.page.mouse.click(*self.at(fx, fy), button=button))
+
+    def drag(self, start: tuple[float, float], end: tuple[float, float]) -> dict[str, str]:
+        def action() -> None:
+            self.page.mouse.move(*self.at(*start))
+            self.page.mouse.down()
+            self.page.mouse.move(*self.at(*end), steps=5)
+            self.page.mouse.up()
+
+        return self.answered(action)
+
+    def toggle(self, selector: str) -> dict[str, str]:
+        return self.answered(lambda: self.page.click(selector))
+
+    def changed_pixels(self) -> np.ndarray:
+        """``(H, W)`` bool: where the canvas differs from the bare photo (the overlay, dots, box)."""
+        h, w = self.page.evaluate("[canvas.height, canvas.width]")
+        bits = np.frombuffer(base64.b64decode(self.page.evaluate(CHANGED_PIXELS_JS)), np.uint8)
+        return np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
+
+    def download(self, selector: str, folder: Path) -> Path:
+        with self.page.expect_download() as download:
+            self.page.click(selector)
+        path = folder / download.value.suggested_filename
+        download.value.save_as(path)
+        return path
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def prompts_of(fields: dict[str, str]) -> tuple[dict, bool, bool]:
+    """``(prompts, hq_token_only, multimask)`` of a request's fields."""
+    return json.loads(fields["prompts"]), fields["hq_token_only"] == "true", fields["multimask"] == "true"
+
+
+def drawn_prompts(shape: tuple[int, int], prompts: dict) -> np.ndarray:
+    """``(H, W)`` bool: the pixels near the point dots and box lines the page draws over the mask."""
+    h, w = shape
+    r = max(4, w / 150) + 3  # the page's dot radius, its stroke and antialiasing
+    y, x = np.mgrid[:h, :w]
+    near = np.zeros(shape, bool)
+    for px, py, _ in prompts.get("points", []):
+        near |= (x - px) ** 2 + (y - py) ** 2 <= r**2
+    for x0, y0, x1, y1 in prompts.get("boxes", []):
+        inside = (x >= x0 - r) & (x <= x1 + r) & (y >= y0 - r) & (y <= y1 + r)
+        core = (x > x0 + r) & (x < x1 - r) & (y > y0 + r) & (y < y1 - r)
+        near |= inside & ~core
+    return near
+
+
+@pytest.fixture(scope="module")
+def served(browser: Any) -> Iterator[tuple[str, list[int], SamHQPredictor]]:
+    """``(base URL, encode counter, reference predictor)``: the app on a real server, and a second
+    predictor of the same model for the expected answers (not sharing the server's state)."""
+    server_predictor = tiny_predictor()
+    encodes = count_encodes(server_predictor)
+    with running_server(create_app(server_predictor, cache_size=4)) as url:
+        yield url, encodes, tiny_predictor()
+
+
+def test_page_masks_equal_the_predictor(browser, served, tmp_path: Path) -> None:
+    url, encodes, reference = served
+    image = read_rgb(PHOTO)
+    driver = PageDriver(browser, url)
+    try:
+        driver.open(PHOTO)
+
+        def check(fields: dict[str, str], expect_points: list[int], expect_boxes: int, files: str) -> np.ndarray:
+            prompts, hq, multi = prompts_of(fields)
+            assert [p[2] for p in prompts.get("points", [])] == expect_points
+            assert len(prompts.get("boxes", [])) == expect_boxes
+            masks, scores = predictor_masks(reference, image, prompts, hq=hq, multi=multi)
+            assert len(masks) == 1 and masks[0].any() and not masks[0].all()
+            changed = driver.changed_pixels() & ~drawn_prompts(image.shape[:2], prompts)
+            wrong = np.count_nonzero(changed != (masks[0] & ~drawn_prompts(image.shape[:2], prompts)))
+            assert wrong <= OVERLAY_SLACK * changed.size, f"{wrong} overlay pixels differ from the mask"
+            if "png" in files:
+                png = np.asarray(Image.open(driver.download("#png", tmp_path)).convert("L"))
+                np.testing.assert_array_equal(png, masks[0] * np.uint8(255))
+            if "rle" in files:
+                answer = json.loads(driver.download("#rle", tmp_path).read_text())
+                assert answer["image_id"] == driver.page.evaluate("imageId")
+                got = np.stack([mask_utils.decode(rle).astype(bool) for rle in answer["masks"]])
+                np.testing.assert_array_equal(got, masks)
+                np.testing.assert_allclose(answer["scores"], scores, rtol=1e-5)
+            return masks[0]
+
+        first = driver.click(0.45, 0.6)  # left click: a foreground point, the photo uploaded
+        assert first["image"] == f"<file {PHOTO.name}>" and "image_id" not in first
+        check(first, [1], 0, "png")
+        assert encodes[0] == 1
+
+        second = driver.click(0.2, 0.25, button="right")  # right click: a background point, by image_id
+        assert "image" not in second and len(second["image_id"]) == 32
+        check(second, [1, 0], 0, "rle")
+
+        hq = driver.toggle("#hq")  # HQ only: the same prompts again
+        assert prompts_of(hq)[1:] == (True, False) and json.loads(hq["prompts"]) == json.loads(second["prompts"])
+        check(hq, [1, 0], 0, "")
+
+        boxed = driver.drag((0.3, 0.35), (0.7, 0.9))  # drag: a box, with the points
+        check(boxed, [1, 0], 1, "png,rle")
+        assert encodes[0] == 1  # one encoding for all of it
+    finally:
+        driver.close()
+
+
+def screenshot(path: Path, checkpoint: str | None, photo: Path) -> None:
+    """Save a screenshot of the page with ``photo``, a point, a box and the mask overlay to ``path``."""
+    from playwright.sync_api import sync_playwright
+
+    predictor = tiny_predictor() if checkpoint is None else SamHQPredictor.from_pretrained(checkpoint)
+    with running_server(create_app(predictor)) as url, sync_playwright() as playwright:
+        browser = launch(playwright)
+        driver = PageDriver(browser, url)
+        driver.page.set_viewport_size({"width": 1000, "height": 760})
+        driver.open(photo)
+        driver.drag((0.25, 0.2), (0.75, 0.97))
+        driver.click(0.5, 0.55)
+        kind = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
+        driver.page.screenshot(path=str(path), type=kind, **({"quality": 85} if kind == "jpeg" else {}))
+        driver.close()
+        browser.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Screenshot of the samhq serve page (for the README).")
+    parser.add_argument("--screenshot", type=Path, required=True, help="output .png or .jpg")
+    parser.add_argument("--checkpoint", help="a checkpoint (default: the seeded tiny random model)")
+    parser.add_argument("--photo", type=Path, default=PHOTO, help=f"the photo (default {PHOTO})")
+    args = parser.parse_args()
+    screenshot(args.screenshot, args.checkpoint, args.photo)
+    print(f"wrote {args.screenshot} ({args.screenshot.stat().st_size / 1e3:.0f} kB)")
