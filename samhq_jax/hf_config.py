@@ -80,6 +80,14 @@ def hf_defaults() -> dict[str, dict[str, Any]]:
     return hf_sections(ModelConfig.vit_b(transformer_layer_norm_eps=HF_TRANSFORMER_LN_EPS))
 
 
+def check_fields(expect: dict[str, tuple[Any, Any]]) -> None:
+    """``{field: (got, want)}``: an :class:`~samhq_jax.errors.InputError` naming the first field whose
+    value is not the one this port computes."""
+    for field, (got, want) in expect.items():
+        if got != want:
+            raise InputError(f"SamHQConfig.{field} = {got!r}: this port computes only {want!r} here")
+
+
 class HFConfig:
     """Common part of the four classes: fields as attributes (defaults filled in, unknown keys
     kept), ``to_dict`` / ``from_dict``, ``from_pretrained`` / ``save_pretrained``, equality by
@@ -162,6 +170,37 @@ class SamHQVisionConfig(HFConfig):
         super().__init__(**kwargs)
         if self.mlp_dim is None:
             self.mlp_dim = int(self.hidden_size * self.mlp_ratio)
+
+    def field_checks(self) -> dict[str, tuple[Any, Any]]:
+        """``{field: (value, the one value our encoder computes)}`` for :func:`check_fields`."""
+        return {
+            "vision_config.hidden_act": (self.hidden_act, ENCODER_ACT),
+            "vision_config.mlp_dim": (self.mlp_dim, int(self.hidden_size * self.mlp_ratio)),
+        }
+
+    def to_encoder_config(self) -> ImageEncoderConfig:
+        """Our :class:`~samhq_jax.config.ImageEncoderConfig` for these fields; an
+        :class:`~samhq_jax.errors.InputError` naming the first one our encoder cannot compute."""
+        check_fields(self.field_checks())
+        try:
+            return ImageEncoderConfig(
+                embed_dim=self.hidden_size,
+                depth=self.num_hidden_layers,
+                num_heads=self.num_attention_heads,
+                global_attn_indexes=tuple(self.global_attn_indexes),
+                img_size=self.image_size,
+                patch_size=self.patch_size,
+                in_chans=self.num_channels,
+                mlp_ratio=self.mlp_ratio,
+                out_chans=self.output_channels,
+                window_size=self.window_size,
+                qkv_bias=self.qkv_bias,
+                use_abs_pos=self.use_abs_pos,
+                use_rel_pos=self.use_rel_pos,
+                layer_norm_eps=self.layer_norm_eps,
+            )
+        except (TypeError, ValueError) as err:
+            raise InputError(f"SamHQVisionConfig: {err}") from err
 
 
 class SamHQPromptEncoderConfig(HFConfig):
@@ -255,37 +294,21 @@ class SamHQConfig(HFConfig):
         """Our :class:`samhq_jax.config.ModelConfig` for these fields (see the module docstring for
         what is accepted); an :class:`~samhq_jax.errors.InputError` naming the first bad field."""
         v, p, d = self.vision_config, self.prompt_encoder_config, self.mask_decoder_config
-        expect = {
-            "vision_config.hidden_act": (v.hidden_act, ENCODER_ACT),
-            "prompt_encoder_config.hidden_act": (p.hidden_act, ENCODER_ACT),
-            "mask_decoder_config.hidden_act": (d.hidden_act, DECODER_ACT),
-            "vision_config.mlp_dim": (v.mlp_dim, int(v.hidden_size * v.mlp_ratio)),
-            "vision_config.num_pos_feats": (2 * v.num_pos_feats, p.hidden_size),
-            "prompt_encoder_config.image_size": (p.image_size, v.image_size),
-            "prompt_encoder_config.patch_size": (p.patch_size, v.patch_size),
-            "mask_decoder_config.vit_dim": (d.vit_dim, v.hidden_size),
-        }
-        for field, (got, want) in expect.items():
-            if got != want:
-                raise InputError(f"SamHQConfig.{field} = {got!r}: this port computes only {want!r} here")
+        check_fields(
+            {
+                **v.field_checks(),
+                "prompt_encoder_config.hidden_act": (p.hidden_act, ENCODER_ACT),
+                "mask_decoder_config.hidden_act": (d.hidden_act, DECODER_ACT),
+                "vision_config.num_pos_feats": (2 * v.num_pos_feats, p.hidden_size),
+                "prompt_encoder_config.image_size": (p.image_size, v.image_size),
+                "prompt_encoder_config.patch_size": (p.patch_size, v.patch_size),
+                "mask_decoder_config.vit_dim": (d.vit_dim, v.hidden_size),
+            }
+        )
+        encoder = v.to_encoder_config()
         try:
             return ModelConfig(
-                ImageEncoderConfig(
-                    embed_dim=v.hidden_size,
-                    depth=v.num_hidden_layers,
-                    num_heads=v.num_attention_heads,
-                    global_attn_indexes=tuple(v.global_attn_indexes),
-                    img_size=v.image_size,
-                    patch_size=v.patch_size,
-                    in_chans=v.num_channels,
-                    mlp_ratio=v.mlp_ratio,
-                    out_chans=v.output_channels,
-                    window_size=v.window_size,
-                    qkv_bias=v.qkv_bias,
-                    use_abs_pos=v.use_abs_pos,
-                    use_rel_pos=v.use_rel_pos,
-                    layer_norm_eps=v.layer_norm_eps,
-                ),
+                encoder,
                 PromptEncoderConfig(
                     embed_dim=p.hidden_size,
                     mask_in_chans=p.mask_input_channels,

@@ -32,7 +32,7 @@ from samhq_jax.config import ModelConfig, TinyViTConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_config import SamHQConfig as HFSamHQConfig
 from samhq_jax.hf_processor import HF_LABELS, HF_LABELS_TEXT, jax_device
-from samhq_jax.hf_vision import OutputFields, compiled_decode_attentions, compiled_vision
+from samhq_jax.hf_vision import OutputFields, compiled_decode_attentions, compiled_vision, pixels_nhwc
 from samhq_jax.precision import LIBRARY, Policy
 from samhq_jax.predictor import compiled_model
 from samhq_jax.prompt_check import check_boxes, check_finite, check_labels
@@ -117,7 +117,7 @@ class SamHQModel:
         first global-attention block, the only one the HQ decoder uses (``transformers`` returns all
         four; pass either list back as ``intermediate_embeddings=``).
         """
-        emb = self._embed({"params": self.params}, _pixels(pixel_values, self.config.img_size))
+        emb = self._embed({"params": self.params}, pixels_nhwc(pixel_values, self.config.img_size))
         return emb.image_embeddings.transpose(0, 3, 1, 2), [emb.early_features]
 
     def __call__(
@@ -177,7 +177,7 @@ class SamHQModel:
         if pixel_values is not None and (attentions or hidden):
             emb, extras = self._vision_outputs(pixel_values, attentions, hidden)
         elif pixel_values is not None:
-            emb = self._embed({"params": self.params}, _pixels(pixel_values, self.config.img_size))
+            emb = self._embed({"params": self.params}, pixels_nhwc(pixel_values, self.config.img_size))
         else:
             emb = self._embeddings(image_embeddings, intermediate_embeddings)
         flags = dict(multimask_output=multimask_output, hq_token_only=hq_token_only)
@@ -202,7 +202,7 @@ class SamHQModel:
         run = compiled_vision(self.samhq_config.image_encoder, self.policy.dtype, self.policy.precision)
         out = run(
             self.params["image_encoder"],
-            _pixels(pixel_values, self.config.img_size),
+            pixels_nhwc(pixel_values, self.config.img_size),
             hidden_states=hidden,
             attentions=attentions,
         )
@@ -273,14 +273,6 @@ class SamHQModel:
                 raise InputError(f"input_masks must be ({b}, 1, {low}, {low}) low-res logits, got {masks.shape}")
             masks = np.broadcast_to(masks[:, None], (b, p or 1, low, low))
         return jax.device_put((points, labels, boxes, masks))
-
-
-def _pixels(pixel_values: Any, size: int) -> jax.Array:
-    """``(B, 3, S, S)`` NCHW pixels -> ``(B, S, S, 3)`` float32 NHWC."""
-    x = on_device(pixel_values, jnp.float32)
-    if x.ndim != 4 or x.shape[1:] != (3, size, size):
-        raise InputError(f"pixel_values must be (B, 3, {size}, {size}) from the processor, got {x.shape}")
-    return x.transpose(0, 2, 3, 1)
 
 
 __all__ = ["SamHQImageSegmentationOutput", "SamHQModel"]

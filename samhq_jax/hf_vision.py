@@ -7,6 +7,7 @@ attentions), over our image encoder and decoder (port of ``modeling_sam_hq.py``,
     out.intermediate_embeddings    # [(B, G, G, D)] * global blocks: each global-attention block's output
     out.hidden_states              # (B, G, G, D) * (depth + 1): embeddings + position, then each block
     out.attentions                 # per block (B * windows * heads, n, n) float32 softmax probabilities
+    model.save_pretrained("vision")  # config.json + model.safetensors: transformers' SamHQVisionModel loads it
 
 The outputs are the ones transformers 4.53 defines, in its layouts (``image_embeds`` is None, as there:
 SAM-HQ has no projection). The extra outputs come from what the modules sow: each block's output
@@ -20,15 +21,17 @@ import dataclasses
 import os
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax.traverse_util import flatten_dict, unflatten_dict
 
-from samhq_jax.checkpoint import load_pretrained
-from samhq_jax.config import ImageEncoderConfig, ModelConfig
+from samhq_jax.checkpoint import load_pretrained, resolve_source
+from samhq_jax.config import ImageEncoderConfig, ModelConfig, read_json_object
 from samhq_jax.errors import InputError
-from samhq_jax.hf_config import SamHQVisionConfig, hf_sections
+from samhq_jax.hf_config import CONFIG_NAME, SamHQVisionConfig, hf_sections
 from samhq_jax.image_encoder import ImageEncoderViT
 from samhq_jax.precision import LIBRARY, Policy, at_precision
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
@@ -133,39 +136,95 @@ def pixels_nhwc(pixel_values: Any, size: int) -> jax.Array:
     return x.transpose(0, 2, 3, 1)
 
 
+def is_vision_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder with a ``config.json`` of transformers' ``SamHQVisionModel``."""
+    file = path / CONFIG_NAME
+    return path.is_dir() and file.is_file() and read_json_object(file).get("model_type") == SamHQVisionConfig.model_type
+
+
+def read_vision_folder(path: Path) -> tuple[SamHQVisionConfig, dict]:
+    """``(config, encoder params)`` of a ``SamHQVisionModel`` folder (``config.json`` and
+    ``model.safetensors`` or shards, ``vision_encoder.*`` keys); an
+    :class:`~samhq_jax.errors.InputError` listing every unexpected, missing and misshaped tensor."""
+    from convert.core import HF, rename_to_ours
+    from convert.sources import read_hf_folder
+
+    state, raw = read_hf_folder(path)
+    config = SamHQVisionConfig.from_dict(raw)
+    encoder = config.to_encoder_config()
+    flat, problems = rename_to_ours(state, HF)
+    module = ImageEncoderViT(encoder)
+    images = jax.ShapeDtypeStruct((1, encoder.img_size, encoder.img_size, encoder.in_chans), jnp.float32)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), images)["params"]
+    want = {f"{ENCODER}/{k}": tuple(v.shape) for k, v in flatten_dict(shapes, sep="/").items()}
+    problems += [f"  not a tensor of the encoder: {k}" for k in sorted(set(flat) - set(want))]
+    problems += [f"  missing: {k}" for k in sorted(set(want) - set(flat))]
+    problems += [
+        f"  {k}: {flat[k].shape} in the file, {want[k]} in the model"
+        for k in sorted(set(want) & set(flat))
+        if tuple(flat[k].shape) != want[k]
+    ]
+    if problems:
+        raise InputError(f"{path} does not fit its SamHQVisionConfig:\n" + "\n".join(problems))
+    return config, unflatten_dict(flat, sep="/")[ENCODER]
+
+
 class SamHQVisionModel:
     """transformers' ``SamHQVisionModel``: the image encoder alone.
 
-    ``SamHQVisionModel(config, params)`` with our :class:`~samhq_jax.config.ModelConfig` and a whole
-    model's parameter tree (or the encoder's subtree), or :meth:`from_pretrained` from anything
-    :func:`~samhq_jax.load_pretrained` takes. ``config`` is transformers' ``SamHQVisionConfig``
-    (:mod:`samhq_jax.hf_config`); ``samhq_config`` ours. ``dtype`` / ``precision`` as for
-    :class:`~samhq_jax.SamHQModel`.
+    ``SamHQVisionModel(config, params)`` with our :class:`~samhq_jax.config.ModelConfig` (or
+    transformers' ``SamHQVisionConfig``, :mod:`samhq_jax.hf_config`) and a whole model's parameter tree
+    (or the encoder's subtree), or :meth:`from_pretrained`. ``config`` is transformers'
+    ``SamHQVisionConfig``; ``encoder_config`` our :class:`~samhq_jax.config.ImageEncoderConfig`.
+    ``dtype`` / ``precision`` as for :class:`~samhq_jax.SamHQModel`.
     """
 
     main_input_name = "pixel_values"
 
     def __init__(
         self,
-        config: ModelConfig,
+        config: ModelConfig | SamHQVisionConfig,
         params: dict,
         dtype: jnp.dtype | str = jnp.float32,
         precision: str = LIBRARY.precision,
     ) -> None:
-        if not isinstance(config.image_encoder, ImageEncoderConfig):
+        if isinstance(config, SamHQVisionConfig):
+            self.config, self.encoder_config = config, config.to_encoder_config()
+        elif not isinstance(config.image_encoder, ImageEncoderConfig):
             raise InputError(f"SamHQVisionModel is transformers' ViT encoder; {config.name} has a TinyViT encoder")
-        self.samhq_config = config
-        self.config = SamHQVisionConfig(**hf_sections(config)["vision_config"])
+        else:
+            self.config = SamHQVisionConfig(**hf_sections(config)["vision_config"])
+            self.encoder_config = config.image_encoder
         self.policy = Policy(precision, dtype)
         self.params = jax.device_put(params.get(ENCODER, params))
-        self._run = compiled_vision(config.image_encoder, self.policy.dtype, self.policy.precision)
+        self._run = compiled_vision(self.encoder_config, self.policy.dtype, self.policy.precision)
 
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike, dtype: jnp.dtype | str = jnp.float32, precision: str = LIBRARY.precision
     ) -> SamHQVisionModel:
+        """From a folder :meth:`save_pretrained` (or transformers' ``SamHQVisionModel``) wrote, or anything
+        :func:`~samhq_jax.load_pretrained` takes (a whole model's weights: its encoder is kept)."""
+        source = resolve_source(path)
+        if is_vision_folder(source):
+            config, params = read_vision_folder(source)
+            return cls(config, params, dtype=dtype, precision=precision)
         config, params = load_pretrained(path)
         return cls(config, params, dtype=dtype, precision=precision)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write a folder ``transformers.SamHQVisionModel.from_pretrained`` loads (strict keys) and
+        :meth:`from_pretrained` reads back: ``config.json`` (``SamHQVisionConfig``) and
+        ``model.safetensors`` (the ``vision_encoder.*`` tensors). Returns the folder."""
+        from safetensors.numpy import save_file
+
+        from convert.core import HF, params_to_state_dict
+        from convert.sources import HF_WEIGHTS
+
+        state = params_to_state_dict({ENCODER: jax.device_get(self.params)}, HF)
+        folder = self.config.save_pretrained(save_directory).parent
+        save_file(state, str(folder / HF_WEIGHTS), metadata={"format": "pt"})
+        return folder
 
     def eval(self) -> SamHQVisionModel:
         return self
@@ -188,7 +247,7 @@ class SamHQVisionModel:
             output_hidden_states = getattr(self.config, "output_hidden_states", False)
         out = self._run(
             self.params,
-            pixels_nhwc(pixel_values, self.samhq_config.img_size),
+            pixels_nhwc(pixel_values, self.encoder_config.img_size),
             hidden_states=bool(output_hidden_states),
             attentions=bool(output_attentions),
         )
@@ -215,5 +274,7 @@ __all__ = [
     "SamHQVisionModel",
     "compiled_decode_attentions",
     "compiled_vision",
+    "is_vision_folder",
     "pixels_nhwc",
+    "read_vision_folder",
 ]

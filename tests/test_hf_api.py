@@ -121,9 +121,54 @@ def test_vision_model_equals_transformers(folder: Path, inputs: dict) -> None:
     assert len(plain) == 2 and np.array_equal(plain[0], o.last_hidden_state)
 
 
+def test_vision_model_save_pretrained_round_trip(folder: Path, inputs: dict, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    ours = SamHQVisionModel.from_pretrained(folder)
+    pixels = inputs["pixel_values"][:1]
+    want = ours(pixels).last_hidden_state
+    assert ours.save_pretrained(tmp_path / "ours") == tmp_path / "ours"
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "sam_hq_vision_model"
+    ref, info = transformers.SamHQVisionModel.from_pretrained(
+        tmp_path / "ours", output_loading_info=True, attn_implementation="eager"
+    )
+    assert not any(info.values()), info
+    assert ref.config.to_dict()["hidden_size"] == CONFIG.image_encoder.embed_dim
+    with torch.no_grad():
+        assert_close(want, ref.eval()(torch.from_numpy(pixels)).last_hidden_state.numpy(), "saved last_hidden_state")
+    # transformers' own vision folder, read back: same fields, same weights.
+    ref.save_pretrained(tmp_path / "ref")
+    back = SamHQVisionModel.from_pretrained(tmp_path / "ref")
+    fields = _fields(transformers.SamHQVisionConfig)
+    assert {k: back.config.to_dict()[k] for k in fields} == {k: ours.config.to_dict()[k] for k in fields}
+    assert back.encoder_config == CONFIG.image_encoder
+    np.testing.assert_array_equal(back(pixels).last_hidden_state, want)
+    # A tensor missing, another misshaped: refused, each named.
+    state = load_file(tmp_path / "ours" / "model.safetensors")
+    del state["vision_encoder.neck.conv1.weight"]
+    state["vision_encoder.pos_embed"] = state["vision_encoder.pos_embed"][:, :-1]
+    (tmp_path / "bad").mkdir()
+    save_file(state, tmp_path / "bad" / "model.safetensors")
+    (tmp_path / "bad" / "config.json").write_text((tmp_path / "ours" / "config.json").read_text())
+    with pytest.raises(InputError, match=r"(?s)missing: image_encoder/neck.*pos_embed: \(1, 9,"):
+        SamHQVisionModel.from_pretrained(tmp_path / "bad")
+
+
+def test_top_level_names_are_transformers() -> None:
+    for name in ("SamHQConfig", "SamHQVisionConfig", "SamHQPromptEncoderConfig", "SamHQMaskDecoderConfig"):
+        assert name in samhq_jax.__all__ and getattr(samhq_jax, name) is getattr(hf_config, name)
+        assert getattr(samhq_jax, name).__name__ == getattr(transformers, name).__name__
+    for name in ("SamHQModel", "SamHQProcessor", "SamHQVisionModel", "SamHQImageProcessor"):
+        assert name in samhq_jax.__all__ and hasattr(transformers, name.replace("SamHQImage", "SamImage"))
+    assert samhq_jax.ModelConfig is ModelConfig and "ModelConfig" in samhq_jax.__all__
+    with pytest.raises(ImportError, match=r"samhq_jax\.config\.ModelConfig.*transformers' SamHQConfig"):
+        from samhq_jax.config import SamHQConfig  # noqa: F401
+
+
 def test_model_optional_outputs_and_save_pretrained(folder: Path, inputs: dict, tmp_path: Path) -> None:
     ref = transformers.SamHQModel.from_pretrained(folder, attn_implementation="eager").eval()
     ours = SamHQModel.from_pretrained(folder)
+    assert isinstance(ours.config, samhq_jax.SamHQConfig)
     assert ours.config.vision_config.hidden_size == ref.config.vision_config.hidden_size
     assert ours.config.mask_decoder_config.vit_dim == ref.config.mask_decoder_config.vit_dim
     with torch.no_grad():
