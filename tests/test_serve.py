@@ -21,13 +21,16 @@ from eval.parity.samples import IMAGES_DIR
 from samhq_jax.amg import SamHQAutomaticMaskGenerator
 from samhq_jax.cli import main
 from samhq_jax.cmdkit.prompts import prompt_arrays
+from samhq_jax.commands import serve_app
 from samhq_jax.commands.serve_app import create_app, page_html
 from samhq_jax.errors import InputError
+from samhq_jax.image_io import read_rgb
 from samhq_jax.predictor import SamHQPredictor
 from tests.serve_support import count_encodes, decoded_masks, png_bytes, predictor_masks, tiny_predictor
 
 MAX_UPLOAD = 2**20  # 1 MiB: the oversized-body tests send more
 MAX_PIXELS = 100_000  # a larger image is refused
+ORIENTATION = 0x0112  # the EXIF orientation tag
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +80,7 @@ def test_healthz_page_and_docs(client: TestClient) -> None:
     [
         ({"boxes": [[20, 15, 150, 110], [5, 5, 60, 60]], "points": [[80, 60, 1]]}, False, False),
         ({"points": [[80, 60, 1], [10, 10, 0]]}, True, True),
+        ({"boxes": [[20, 15, 150, 110], [5, 5, 60, 60], [90, 10, 180, 70]]}, False, True),  # best of 3, per box
     ],
 )
 def test_segment_equals_predictor(client, predictor, photos, prompts: dict, hq: bool, multi: bool) -> None:
@@ -163,6 +167,88 @@ def test_oversized_bodies_are_413(client, photos) -> None:
     assert streamed.status_code == 413 and "limit" in streamed.json()["error"]  # no Content-Length: counted
     assert client.get("/nowhere").json() == {"error": "Not Found"}
     assert _segment(client, photos[1], prompts={"points": [[10, 10, 1]]}).status_code == 200
+
+
+def _upload(tmp_path, name: str, image: Image.Image, **save) -> tuple[dict, np.ndarray]:
+    """``image`` saved as the file ``name`` (``save``: PIL options): the upload and how
+    ``samhq predict`` reads that file."""
+    path = tmp_path / name
+    image.save(path, **save)
+    return {"image": (name, path.read_bytes())}, read_rgb(path)
+
+
+def _rotated_jpeg_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # shown rotated 90 degrees clockwise
+    return exif
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "save", "prompts"),
+    [
+        (
+            "16-bit grey PNG",
+            lambda a: Image.fromarray(a[..., 0].astype(np.uint16) * 257),
+            {},
+            {"points": [[40, 30, 1]]},
+        ),
+        ("RGBA PNG", lambda a: Image.fromarray(np.dstack([a, a[..., 0]])), {}, {"points": [[40, 30, 1]]}),
+        ("EXIF-rotated JPEG", Image.fromarray, {"exif": _rotated_jpeg_exif()}, {"points": [[40, 100, 1]]}),
+        ("box outside the image", Image.fromarray, {}, {"boxes": [[-50, -20, 500, 400]]}),
+        ("points only, many", Image.fromarray, {}, {"points": [[i * 3, i * 2, i % 2] for i in range(40)]}),
+    ],
+)
+def test_what_labeling_tools_send(client, predictor, photos, tmp_path, case, make, save, prompts) -> None:
+    """Uploads and prompts a labeling tool sends get ``samhq predict``'s answer for that file."""
+    name = "photo.jpg" if "JPEG" in case else "photo.png"
+    files, pixels = _upload(tmp_path, name, make(photos[1]), **save)
+    answer = client.post("/api/segment", files=files, data={"prompts": json.dumps(prompts)})
+    assert answer.status_code == 200, answer.text
+    masks, scores = predictor_masks(predictor, pixels, prompts)
+    if "EXIF" in case:
+        assert pixels.shape[:2] == photos[1].shape[1::-1]  # upright: height and width swapped
+    assert [rle["size"] for rle in answer.json()["masks"]] == [list(pixels.shape[:2])] * len(masks)
+    np.testing.assert_array_equal(decoded_masks(answer.json()), masks)
+    np.testing.assert_allclose(answer.json()["scores"], scores, rtol=1e-5)
+
+
+def test_prompt_counts_and_mask_pixels_are_limited(client, photos, monkeypatch) -> None:
+    """Too many boxes or points, or masks of too many pixels in all (each at the photo's size), are
+    a 400 naming the limit, not a server out of memory."""
+    files = {"image": ("p.png", png_bytes(photos[1]))}
+    many = {"boxes": [[1, 1, 9, 9]] * (serve_app.MAX_BOXES + 1)}
+    answer = client.post("/api/segment", files=files, data={"prompts": json.dumps(many)})
+    assert answer.status_code == 400 and f"limit of {serve_app.MAX_BOXES}" in answer.json()["error"]
+    many = {"points": [[1, 1, 1]] * (serve_app.MAX_POINTS + 1)}
+    answer = client.post("/api/segment", files=files, data={"prompts": json.dumps(many)})
+    assert answer.status_code == 400 and f"limit of {serve_app.MAX_POINTS}" in answer.json()["error"]
+    h, w = photos[1].shape[:2]
+    monkeypatch.setattr(serve_app, "MAX_MASK_PIXELS", 2 * h * w + 1)
+    boxes = {"boxes": [[1, 1, 9, 9]] * 3}
+    answer = client.post("/api/segment", files=files, data={"prompts": json.dumps(boxes)})
+    assert answer.status_code == 400 and "send at most 2 boxes" in answer.json()["error"]
+    boxes = {"boxes": [[1, 1, 9, 9]] * 2}
+    assert client.post("/api/segment", files=files, data={"prompts": json.dumps(boxes)}).status_code == 200
+
+
+def test_same_new_image_at_once_is_encoded_once(client, predictor, photos, encodes: list[int]) -> None:
+    image = np.ascontiguousarray(photos[0][::-1, ::-1])  # not sent before
+    expected, _ = predictor_masks(predictor, image, {"points": [[50, 40, 1]]})
+    before = encodes[0]
+    answers: list = [None] * 4
+
+    def worker(i: int) -> None:
+        answers[i] = _segment(client, image, prompts={"points": [[50, 40, 1]]})
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(answers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert encodes[0] == before + 1
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_array_equal(decoded_masks(answer.json()), expected)
 
 
 def test_our_failure_is_500_json(client, predictor, photos, monkeypatch) -> None:

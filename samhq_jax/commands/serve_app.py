@@ -56,6 +56,9 @@ PROMPT_FIELDS = ("boxes", "points", "image")  # "image" (a file name in a prompt
 MAX_POINTS_PER_SIDE = 128  # /api/everything: a grid of at most 128^2 points
 MAX_ERROR_CHARS = 500  # an error message is cut to this length
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo: 120 MB decoded; a small PNG can claim far more
+MAX_POINTS = 512  # points in one request (each is a decoder token of every prompt)
+MAX_BOXES = 512  # boxes in one request
+MAX_MASK_PIXELS = 2**28  # masks x height x width of one answer: each mask is computed at the photo's size
 # The multipart fields of the routes.
 ImageFile = Annotated[UploadFile | None, File(description="the image (or give image_id)")]
 ImageId = Annotated[str | None, Form(description="the image_id of an image sent before (or give image)")]
@@ -152,7 +155,24 @@ def parse_prompts(text: str) -> tuple[list, list]:
     unknown = sorted(set(record) - set(PROMPT_FIELDS))
     if unknown:
         raise ApiError(400, f"prompts: unknown key(s) {', '.join(unknown)}; expected boxes and/or points")
-    return check_prompts(record.get("boxes", []), record.get("points", []), "prompts")
+    boxes, points = check_prompts(record.get("boxes", []), record.get("points", []), "prompts")
+    for name, rows, most in (("boxes", boxes, MAX_BOXES), ("points", points, MAX_POINTS)):
+        if len(rows) > most:
+            raise ApiError(400, f"prompts: {len(rows)} {name}, over the limit of {most} a request; send them in parts")
+    return boxes, points
+
+
+def check_mask_pixels(boxes: list, size: tuple[int, int]) -> None:
+    """Refuse (:class:`ApiError` 400) an answer of more than :data:`MAX_MASK_PIXELS` mask pixels:
+    one mask per box (one for points alone) at the image's ``size`` ``(H, W)``."""
+    h, w = size
+    if max(len(boxes), 1) * h * w > MAX_MASK_PIXELS:
+        most = max(MAX_MASK_PIXELS // (h * w), 1)
+        raise ApiError(
+            400,
+            f"prompts: {len(boxes)} boxes on a {w}x{h} image is over the limit of {MAX_MASK_PIXELS / 1e6:g} million "
+            f"mask pixels an answer; send at most {most} boxes a request",
+        )
 
 
 def rle_masks(masks: np.ndarray) -> list[dict[str, Any]]:
@@ -202,6 +222,7 @@ class Engine:
         """``/api/segment``'s answer for checked prompts on ``image`` or a cached ``image_id``."""
         with self.lock:
             key, entry = self.encoded(image, image_id)
+            check_mask_pixels(prompts[0], entry.original_size)
             self.restore(entry)
             masks, iou, _ = self.predictor.predict_batch(
                 **prompt_arrays(*prompts), multimask_output=multimask, hq_token_only=hq
