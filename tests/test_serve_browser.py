@@ -39,6 +39,7 @@ from tests.serve_support import count_encodes, predictor_masks, running_server, 
 PHOTO = IMAGES_DIR / "dog.jpg"
 VIEWPORT = {"width": 1280, "height": 1000}  # the whole canvas is in view (it is 95vw wide at most)
 TIMEOUT_MS = 60_000  # one answer (a compile of the decoder for a new prompt shape included)
+EXIF_ORIENTATION = 0x0112
 OVERLAY_SLACK = 1e-4  # a masked pixel equal to its tint ((p + c) >> 1 == p) looks unchanged
 # The canvas pixels that differ from the bare photo, bit-packed (row-major), as base64.
 CHANGED_PIXELS_JS = """() => {
@@ -192,49 +193,78 @@ def served(browser: Any) -> Iterator[tuple[str, list[int], SamHQPredictor]]:
         yield url, encodes, tiny_predictor()
 
 
+def check_answer(
+    driver: PageDriver, reference: SamHQPredictor, image: np.ndarray, fields: dict[str, str], folder: Path, files: str
+) -> tuple[dict, np.ndarray]:
+    """The page's answer to the request it sent with ``fields`` equals ``reference``'s for ``image``
+    (``(H, W, 3)`` uint8, as the server reads the photo): the overlay on the canvas, and the mask PNG
+    and COCO RLE JSON downloads named in ``files``. Returns the prompts sent and the mask."""
+    prompts, hq, multi = prompts_of(fields)
+    masks, scores = predictor_masks(reference, image, prompts, hq=hq, multi=multi)
+    assert len(masks) == 1 and masks[0].any() and not masks[0].all()
+    drawn = drawn_prompts(image.shape[:2], prompts)
+    changed = driver.changed_pixels()
+    assert changed.shape == masks[0].shape, f"the canvas is {changed.shape}, the photo {masks[0].shape}"
+    wrong = np.count_nonzero((changed & ~drawn) != (masks[0] & ~drawn))
+    assert wrong <= OVERLAY_SLACK * changed.size, f"{wrong} overlay pixels differ from the mask"
+    if "png" in files:
+        png = np.asarray(Image.open(driver.download("#png", folder)).convert("L"))
+        np.testing.assert_array_equal(png, masks[0] * np.uint8(255))
+    if "rle" in files:
+        answer = json.loads(driver.download("#rle", folder).read_text())
+        assert answer["image_id"] == driver.page.evaluate("imageId")
+        got = np.stack([mask_utils.decode(rle).astype(bool) for rle in answer["masks"]])
+        np.testing.assert_array_equal(got, masks)
+        np.testing.assert_allclose(answer["scores"], scores, rtol=1e-5)
+    return prompts, masks[0]
+
+
+def labels(prompts: dict) -> tuple[list[int], int]:
+    """``(point labels, box count)`` of a request's prompts."""
+    return [p[2] for p in prompts.get("points", [])], len(prompts.get("boxes", []))
+
+
 def test_page_masks_equal_the_predictor(browser, served, tmp_path: Path) -> None:
     url, encodes, reference = served
     image = read_rgb(PHOTO)
     driver = PageDriver(browser, url)
     try:
         driver.open(PHOTO)
-
-        def check(fields: dict[str, str], expect_points: list[int], expect_boxes: int, files: str) -> np.ndarray:
-            prompts, hq, multi = prompts_of(fields)
-            assert [p[2] for p in prompts.get("points", [])] == expect_points
-            assert len(prompts.get("boxes", [])) == expect_boxes
-            masks, scores = predictor_masks(reference, image, prompts, hq=hq, multi=multi)
-            assert len(masks) == 1 and masks[0].any() and not masks[0].all()
-            changed = driver.changed_pixels() & ~drawn_prompts(image.shape[:2], prompts)
-            wrong = np.count_nonzero(changed != (masks[0] & ~drawn_prompts(image.shape[:2], prompts)))
-            assert wrong <= OVERLAY_SLACK * changed.size, f"{wrong} overlay pixels differ from the mask"
-            if "png" in files:
-                png = np.asarray(Image.open(driver.download("#png", tmp_path)).convert("L"))
-                np.testing.assert_array_equal(png, masks[0] * np.uint8(255))
-            if "rle" in files:
-                answer = json.loads(driver.download("#rle", tmp_path).read_text())
-                assert answer["image_id"] == driver.page.evaluate("imageId")
-                got = np.stack([mask_utils.decode(rle).astype(bool) for rle in answer["masks"]])
-                np.testing.assert_array_equal(got, masks)
-                np.testing.assert_allclose(answer["scores"], scores, rtol=1e-5)
-            return masks[0]
-
         first = driver.click(0.45, 0.6)  # left click: a foreground point, the photo uploaded
         assert first["image"] == f"<file {PHOTO.name}>" and "image_id" not in first
-        check(first, [1], 0, "png")
+        assert labels(check_answer(driver, reference, image, first, tmp_path, "png")[0]) == ([1], 0)
         assert encodes[0] == 1
 
         second = driver.click(0.2, 0.25, button="right")  # right click: a background point, by image_id
         assert "image" not in second and len(second["image_id"]) == 32
-        check(second, [1, 0], 0, "rle")
+        assert labels(check_answer(driver, reference, image, second, tmp_path, "rle")[0]) == ([1, 0], 0)
 
         hq = driver.toggle("#hq")  # HQ only: the same prompts again
         assert prompts_of(hq)[1:] == (True, False) and json.loads(hq["prompts"]) == json.loads(second["prompts"])
-        check(hq, [1, 0], 0, "")
+        check_answer(driver, reference, image, hq, tmp_path, "")
 
         boxed = driver.drag((0.3, 0.35), (0.7, 0.9))  # drag: a box, with the points
-        check(boxed, [1, 0], 1, "png,rle")
+        assert labels(check_answer(driver, reference, image, boxed, tmp_path, "png,rle")[0]) == ([1, 0], 1)
         assert encodes[0] == 1  # one encoding for all of it
+    finally:
+        driver.close()
+
+
+def test_page_shows_an_exif_rotated_photo_as_the_server_reads_it(browser, served, tmp_path: Path) -> None:
+    """A phone photo (EXIF orientation 6: stored landscape, shown portrait): the canvas, the clicks
+    and the masks are all in the upright frame."""
+    url, _, reference = served
+    stored = Image.open(PHOTO).reduce(4)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    photo = tmp_path / "phone.jpg"
+    stored.save(photo, exif=exif)
+    image = read_rgb(photo)
+    assert image.shape[:2] == (stored.width, stored.height)  # upright: portrait
+    driver = PageDriver(browser, url)
+    try:
+        driver.open(photo)
+        check_answer(driver, reference, image, driver.click(0.5, 0.3), tmp_path, "png")
     finally:
         driver.close()
 
