@@ -30,22 +30,33 @@ from samhq_jax.amg_ops import (
 )
 from samhq_jax.amg_ops import generate_crop_boxes as official_crop_boxes
 from samhq_jax.errors import InputError
+from samhq_jax.torch_style import host_tensor
 from samhq_jax.transforms import apply_coords, as_numpy, to_rgb_uint8
 
-RETURN_TENSORS = ("np", "jax")
+RETURN_TENSORS = ("np", "jax", "pt")
 
 
 def check_return_tensors(kind: str | None) -> str:
-    """``return_tensors`` checked: ``"np"`` (also for None) or ``"jax"``; anything else is an ``InputError``."""
+    """``return_tensors`` checked: ``"np"`` (also for None), ``"jax"`` or ``"pt"``; anything else is an
+    ``InputError``."""
     kind = "np" if kind is None else kind
     if kind not in RETURN_TENSORS:
-        raise InputError(f"return_tensors must be 'np' or 'jax' (samhq-jax has no torch tensors), got {kind!r}")
+        raise InputError(f"return_tensors must be 'np', 'jax' or 'pt', got {kind!r}")
     return kind
+
+
+def as_tensor(kind: str, array: Any) -> Any:
+    """``array`` as ``return_tensors=kind`` asks: ``"np"`` NumPy, ``"jax"`` a JAX array on the default
+    device, ``"pt"`` a host :class:`~samhq_jax.torch_style.OfficialTensor` (NumPy answering ``.cpu()``,
+    ``.numpy()``, ``.to(device)``: no torch tensor is made)."""
+    if kind == "jax":
+        return jax.device_put(array)
+    return host_tensor(array) if kind == "pt" else np.asarray(jax.device_get(array))
 
 
 def _tensors(kind: str, *arrays: np.ndarray) -> tuple:
     kind = check_return_tensors(kind)
-    return arrays if kind == "np" else tuple(jax.device_put(a) for a in arrays)
+    return tuple(as_tensor(kind, a) for a in arrays)
 
 
 def generate_crop_boxes(

@@ -11,7 +11,8 @@ Hugging Face's layouts (NCHW pixels and embeddings) and output semantics:
 * ``pred_masks`` are the correct (``transformers`` <= 4.53) masks: releases 4.54 and later feed the
   pre-transformer image tokens to the mask path (see ``shared/reference/samhq_hf.md``).
 
-Differences, all loud: outputs are JAX arrays; ``image_embeddings`` without
+Differences, all loud: outputs are JAX arrays (host arrays answering torch's ``.cpu()`` / ``.numpy()``
+/ ``.to()`` when the inputs came from ``processor(..., return_tensors="pt")``); ``image_embeddings`` without
 ``intermediate_embeddings`` raises (``transformers`` silently drops the HQ branch's ViT feature);
 prompt labels outside {1, 0, -1, -10} raise.
 """
@@ -32,11 +33,12 @@ from samhq_jax.config import ModelConfig, TinyViTConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_config import SamHQConfig as HFSamHQConfig
 from samhq_jax.hf_processor import HF_LABELS, HF_LABELS_TEXT, jax_device
-from samhq_jax.hf_vision import OutputFields, compiled_decode_attentions, compiled_vision, pixels_nhwc
+from samhq_jax.hf_vision import OutputFields, compiled_decode_attentions, compiled_vision, in_kind, pixels_nhwc
 from samhq_jax.precision import LIBRARY, Policy
 from samhq_jax.predictor import compiled_model
 from samhq_jax.prompt_check import check_boxes, check_finite, check_labels
 from samhq_jax.sam_hq import ImageEmbeddings
+from samhq_jax.torch_style import OfficialTensor, host_tensor
 from samhq_jax.transforms import as_numpy, on_device
 
 
@@ -118,7 +120,8 @@ class SamHQModel:
         four; pass either list back as ``intermediate_embeddings=``).
         """
         emb = self._embed({"params": self.params}, pixels_nhwc(pixel_values, self.config.img_size))
-        return emb.image_embeddings.transpose(0, 3, 1, 2), [emb.early_features]
+        out = emb.image_embeddings.transpose(0, 3, 1, 2), [emb.early_features]
+        return jax.tree.map(host_tensor, out) if isinstance(pixel_values, OfficialTensor) else out
 
     def __call__(
         self,
@@ -191,6 +194,7 @@ class SamHQModel:
                 {"params": self.params}, emb, points, labels_, boxes, masks, **flags, all_multimask=True
             )
         out = SamHQImageSegmentationOutput(iou_scores=iou, pred_masks=low_res, **extras)
+        out = in_kind(out, isinstance(source, OfficialTensor))
         return out.to_tuple() if return_dict is False else out
 
     forward = __call__

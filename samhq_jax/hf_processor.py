@@ -12,8 +12,10 @@ Code written against the Hugging Face model page ports by changing the import::
     )
 
 Same nesting, shapes, coordinate rescaling and keys as ``transformers`` 4.53, with three
-deliberate differences: tensors are NumPy (``return_tensors="np"``, the default) or JAX
-(``"jax"``), never torch; ragged point lists are padded with label and coordinate -10 by default
+deliberate differences: tensors are NumPy (``return_tensors="np"``, the default), JAX
+(``"jax"``), or for ``"pt"`` host NumPy arrays that answer torch's ``.to(device)``, ``.cpu()`` and
+``.numpy()`` (:class:`~samhq_jax.torch_style.OfficialTensor`; the model then answers in kind), never
+torch tensors; ragged point lists are padded with label and coordinate -10 by default
 (``transformers``' ``SamHQProcessor`` defaults to ``None`` and fails with a ``TypeError``), also when
 no labels are given (real points get label 1); and inputs it would silently misread (prompts for
 more images than given, labels outside {1, 0, -1, -10}, prompts of different lengths along an
@@ -35,9 +37,10 @@ from PIL import Image
 from samhq_jax import hf_mask_generation
 from samhq_jax.config import ModelConfig
 from samhq_jax.errors import InputError
-from samhq_jax.hf_mask_generation import check_return_tensors
+from samhq_jax.hf_mask_generation import as_tensor, check_return_tensors
 from samhq_jax.prompt_check import LABELS_TEXT, VALID_LABELS, check_boxes, check_finite, check_labels
 from samhq_jax.prompt_encoder import LABEL_NEGATIVE, LABEL_NOT_A_POINT, LABEL_PAD, LABEL_POSITIVE
+from samhq_jax.torch_style import OfficialTensor
 from samhq_jax.transforms import (
     PIXEL_MEAN,
     PIXEL_STD,
@@ -67,9 +70,10 @@ class BatchFeature(dict):
             raise AttributeError(name) from err
 
     def to(self, device: Any) -> BatchFeature:
-        """Arrays to a JAX device (a ``jax.Device``, or ``"cpu"`` / ``"gpu"`` / ``"cuda"`` / ``"tpu"``)."""
-        import jax
-
+        """Arrays to a JAX device (a ``jax.Device``, or ``"cpu"`` / ``"gpu"`` / ``"cuda"`` / ``"tpu"``);
+        those of a ``return_tensors="pt"`` call stay host arrays (as :meth:`OfficialTensor.to`)."""
+        if all(isinstance(v, OfficialTensor) for v in self.values()):
+            return BatchFeature({k: v.to(device) for k, v in self.items()})
         dev = jax_device(device)
         return BatchFeature({k: jax.device_put(v, dev) for k, v in self.items()})
 
@@ -128,7 +132,8 @@ class SamHQImageProcessor:
         Args:
           images: a PIL image, an ``(H, W[, C])`` / ``(C, H, W)`` uint8 array (C in 1, 3, 4), or a list.
           segmentation_maps: optional mask(s) per image (bool / integer 0..255, ``(H, W)``).
-          return_tensors: ``"np"`` (default; ``None`` means the same) or ``"jax"``.
+          return_tensors: ``"np"`` (default; ``None`` means the same), ``"jax"`` or ``"pt"`` (host
+            arrays answering torch's ``.to(device)`` / ``.cpu()`` / ``.numpy()``; no torch tensor).
 
         Returns:
           ``pixel_values (B, 3, S, S)`` float32, ``original_sizes (B, 2)`` and
@@ -182,7 +187,7 @@ class SamHQImageProcessor:
         mask_threshold: float = 0.0,
         binarize: bool = True,
         pad_size: int | dict | None = None,
-        return_tensors: str = "np",
+        return_tensors: str | None = None,
     ) -> list:
         """Low-res logits -> masks at each image's original size (``transformers``' signature).
 
@@ -192,9 +197,12 @@ class SamHQImageProcessor:
 
         Returns:
           A list with one ``(P, K, H_i, W_i)`` array per image: bool with ``binarize``, else float32
-          logits; NumPy (``return_tensors="np"``) or JAX (``"jax"``).
+          logits; NumPy (``return_tensors="np"``), JAX (``"jax"``) or host arrays answering torch's
+          methods (``"pt"``); left at None, ``"pt"`` for masks from a ``"pt"`` call (transformers'
+          default), else ``"np"``.
         """
-        kind = check_return_tensors(return_tensors)
+        torch_style = isinstance(masks, OfficialTensor) or any(isinstance(m, OfficialTensor) for m in masks)
+        kind = check_return_tensors(return_tensors or ("pt" if torch_style else "np"))
         side = self.pad_size if pad_size is None else pad_size
         if isinstance(side, dict):
             if side.get("height") != side.get("width"):
@@ -215,7 +223,7 @@ class SamHQImageProcessor:
                 raise InputError(f"masks[{i}] must be (P, K, H, W) low-res logits, got {low.shape}")
             full = postprocess_masks(low, tuple(resh), tuple(orig), side)
             full = full > threshold if binarize else full
-            out.append(full if kind == "jax" else jax.device_get(full))
+            out.append(as_tensor(kind, full))
         return out
 
     # ---- transformers' SamImageProcessor surface beyond preprocessing ------------------------------
@@ -322,7 +330,8 @@ class SamHQProcessor:
           input_labels: per image ``[point]`` or ``[prompt][point]``: 1 foreground, 0 background,
             -1 ignore (-10 padding). Default: 1 for every given point.
           input_boxes: per image ``[box][x0, y0, x1, y1]``: a nested list or ``(B, nb, 4)``.
-          return_tensors: ``"np"`` (default; ``None`` means the same) or ``"jax"``.
+          return_tensors: ``"np"`` (default; ``None`` means the same), ``"jax"`` or ``"pt"`` (host
+            arrays answering torch's ``.to(device)`` / ``.cpu()`` / ``.numpy()``; no torch tensor).
           point_pad_value: coordinate and label of padding points (-10, as ``SamProcessor``).
 
         Returns:
@@ -386,7 +395,7 @@ class SamHQProcessor:
 
 
 def _convert(arrays: dict[str, np.ndarray], kind: str) -> BatchFeature:
-    return BatchFeature({k: jax.device_put(v) if kind == "jax" else v for k, v in arrays.items()})
+    return BatchFeature({k: as_tensor(kind, v) for k, v in arrays.items()})
 
 
 def _as_list(x: Any) -> list:

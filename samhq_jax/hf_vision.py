@@ -35,6 +35,7 @@ from samhq_jax.hf_config import CONFIG_NAME, SamHQVisionConfig, hf_sections
 from samhq_jax.image_encoder import ImageEncoderViT
 from samhq_jax.precision import LIBRARY, Policy, at_precision
 from samhq_jax.sam_hq import ImageEmbeddings, SamHQ
+from samhq_jax.torch_style import OfficialTensor, host_tensor
 from samhq_jax.transforms import on_device
 
 ENCODER = "image_encoder"  # the encoder's subtree in our parameter tree
@@ -73,6 +74,14 @@ class SamHQVisionEncoderOutput(OutputFields):
     hidden_states: tuple[jax.Array, ...] | None = None
     attentions: tuple[jax.Array, ...] | None = None
     intermediate_embeddings: list[jax.Array] | None = None
+
+
+def in_kind(out: OutputFields, torch_style: bool) -> OutputFields:
+    """``out`` as is, or with ``torch_style`` (the inputs came from ``return_tensors="pt"``) every
+    array (also inside tuples and lists) as a host :class:`~samhq_jax.torch_style.OfficialTensor`."""
+    if not torch_style:
+        return out
+    return type(out)(**{f.name: jax.tree.map(host_tensor, getattr(out, f.name)) for f in dataclasses.fields(out)})
 
 
 @lru_cache(maxsize=8)
@@ -257,6 +266,7 @@ class SamHQVisionModel:
             attentions=out["attentions"],
             intermediate_embeddings=out["intermediate"],
         )
+        result = in_kind(result, isinstance(pixel_values, OfficialTensor))
         if return_dict is False:
             optional = tuple(x for x in (result.hidden_states, result.attentions) if x is not None)
             return (result.last_hidden_state, result.intermediate_embeddings, *optional)
@@ -274,6 +284,7 @@ __all__ = [
     "SamHQVisionModel",
     "compiled_decode_attentions",
     "compiled_vision",
+    "in_kind",
     "is_vision_folder",
     "pixels_nhwc",
     "read_vision_folder",

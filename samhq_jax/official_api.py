@@ -43,8 +43,9 @@ from samhq_jax.errors import InputError
 from samhq_jax.hf_processor import jax_device
 from samhq_jax.mesh_predictor import MeshPredictor
 from samhq_jax.precision import LIBRARY, Policy
-from samhq_jax.predictor import SamHQPredictor, TensorLikeArray
+from samhq_jax.predictor import SamHQPredictor
 from samhq_jax.sam_hq import init_params
+from samhq_jax.torch_style import OfficialTensor
 from samhq_jax.transforms import (
     MASK_THRESHOLD,
     PIXEL_MEAN,
@@ -67,22 +68,6 @@ def torch_facing_device(device: jax.Device) -> Any:
     import torch
 
     return torch.device("cpu")
-
-
-class OfficialTensor(TensorLikeArray):
-    """What this API hands out where the official hands out torch tensors: a
-    :class:`~samhq_jax.predictor.TensorLikeArray` (``.cpu()``, ``.detach()``, ``.numpy()``) that also
-    answers ``.to(...)``: a device (name, ``torch.device`` or JAX device) leaves it as it is (host
-    NumPy); a dtype (NumPy's, or torch's such as ``torch.float32``) converts it."""
-
-    def to(self, *args: Any, **kwargs: Any) -> OfficialTensor:
-        out = self
-        for arg in (*args, *kwargs.values()):
-            if type(arg).__name__ == "dtype" and str(arg).startswith("torch."):
-                out = out.astype(str(arg).removeprefix("torch."))
-            elif isinstance(arg, (type, np.dtype)):
-                out = out.astype(arg)
-        return out
 
 
 class OfficialResizeLongestSide(ResizeLongestSide):

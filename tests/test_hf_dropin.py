@@ -195,8 +195,14 @@ def test_processor_return_tensors_and_sizes(folder: str, apis: dict, tmp_path: P
     assert processor.image_processor.longest_edge == CONFIG.img_size
     out = processor(_photo("example7.png"), input_boxes=[[[1, 2, 30, 40]]], return_tensors="jax")
     assert all(isinstance(v, jax.Array) for v in out.values())
-    with pytest.raises(ValueError, match="'np' or 'jax'"):
-        processor(_photo("example7.png"), return_tensors="pt")
+    # "pt": host arrays answering torch's .to(device) / .to(dtype) / .cpu() / .numpy(), values as "np".
+    pt = processor(_photo("example7.png"), input_boxes=[[[1, 2, 30, 40]]], return_tensors="pt").to("cpu")
+    ref = processor(_photo("example7.png"), input_boxes=[[[1, 2, 30, 40]]], return_tensors="np")
+    for key, value in pt.items():
+        assert type(value.cpu().numpy()) is np.ndarray and value.dtype == ref[key].dtype, key
+        np.testing.assert_array_equal(value.to(torch.float64).numpy(), ref[key].astype(np.float64))
+    with pytest.raises(ValueError, match="'np', 'jax' or 'pt'"):
+        processor(_photo("example7.png"), return_tensors="tf")
     # Without a preprocessor_config.json the input size comes from the model config.
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -229,3 +235,58 @@ def test_hub_id_through_an_offline_cache(folder: str, apis: dict, tmp_path: Path
     )
     same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), model.params, apis["ours"][0].params)
     assert all(jax.tree.leaves(same)) and model.config == apis["ours"][0].config
+
+
+# The model card's example (syscv-community/sam-hq-vit-base, transformers' sam_hq docs) with the
+# download replaced by local files: return_tensors="pt", .to(device), torch.no_grad(), .cpu(); then
+# the card's image-embeddings variant.
+MODEL_CARD = """
+import torch
+from PIL import Image
+from transformers import SamHQModel, SamHQProcessor
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+model = SamHQModel.from_pretrained(FOLDER).to(device)
+processor = SamHQProcessor.from_pretrained(FOLDER)
+
+raw_image = Image.open(IMAGE).convert("RGB")
+input_points = [[[450, 600]]]  # 2D location of a window in the image
+
+inputs = processor(raw_image, input_points=input_points, return_tensors="pt").to(device)
+with torch.no_grad():
+    outputs = model(**inputs)
+
+masks = processor.image_processor.post_process_masks(
+    outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
+)
+scores = outputs.iou_scores
+
+inputs = processor(raw_image, return_tensors="pt").to(device)
+image_embeddings, intermediate_embeddings = model.get_image_embeddings(inputs["pixel_values"])
+inputs.pop("pixel_values", None)
+inputs.update({"image_embeddings": image_embeddings, "intermediate_embeddings": intermediate_embeddings})
+inputs["input_points"] = torch.tensor([[[[450, 600]]]], dtype=torch.float32, device=device)
+with torch.no_grad():
+    outputs = model(**inputs, multimask_output=False)
+masks2 = processor.image_processor.post_process_masks(
+    outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
+)
+result = (masks[0].numpy(), scores.cpu().numpy(), masks2[0].numpy(), outputs.iou_scores.cpu().numpy())
+"""
+
+
+def test_model_card_example_runs_with_only_the_import_changed(folder: str) -> None:
+    """The card's code as it is (torch tensors on transformers' side; host arrays answering
+    ``.to`` / ``.cpu()`` / ``.numpy()`` on ours): the same masks and scores."""
+    results = {}
+    for name, module in (("hf", "transformers"), ("ours", "samhq_jax")):
+        source = MODEL_CARD.replace("from transformers import", f"from {module} import")
+        scope = {"FOLDER": folder, "IMAGE": str(IMAGES_DIR / "dog.jpg")}
+        exec(compile(source, f"model_card_{name}.py", "exec"), scope)
+        results[name] = scope["result"]
+    for what, ours, ref in zip(("masks", "scores", "masks2", "scores2"), results["ours"], results["hf"], strict=True):
+        assert type(ours) is np.ndarray and ours.shape == ref.shape and ours.dtype == ref.dtype, what
+        if ours.dtype == bool:
+            assert mask_agreement(ours, ref) >= MASK_AGREEMENT, what
+        else:
+            assert_close(ours, ref, what)
