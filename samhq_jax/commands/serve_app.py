@@ -8,14 +8,18 @@ Routes:
                            label], ...]}``, a line of ``samhq predict --prompts``), optional
                            ``hq_token_only`` and ``multimask`` (booleans) -> ``{"image_id", "masks":
                            [COCO RLE {"size": [H, W], "counts": str}, ...], "scores": [...]}``, one mask
-                           per box (one for points alone), as ``samhq predict``.
+                           per box (one for points alone), as ``samhq predict`` (with ``multimask``
+                           the best of SAM's three plus HQ: still one mask per box). At most
+                           :data:`MAX_BOXES` boxes, :data:`MAX_POINTS` points and
+                           :data:`MAX_MASK_PIXELS` mask pixels (boxes x H x W) a request.
   ``POST /api/everything`` multipart: ``image`` or ``image_id``; optional ``hq_token_only``,
                            ``multimask`` (default true), ``points_per_side``, ``pred_iou_thresh``,
                            ``stability_score_thresh``, ``box_nms_thresh`` -> ``{"image_id", "masks",
                            "scores" (predicted IoU), "records"}`` (the generator's other record fields).
 
 Each image's embedding is computed once, keyed by a hash of its pixels (``image_id``), and kept in a
-bounded LRU (``cache_size`` images): a click costs only the decoder. One lock serialises every use
+bounded LRU (``cache_size`` images): a click costs only the decoder, and "segment everything"
+starts from the cached embedding. One lock serialises every use
 of the model, so concurrent requests never mix images. Bad requests are a 4xx with ``{"error":
 message}`` (400 bad input, 404 unknown ``image_id`` or route, 413 body too large, 422 a missing or
 mistyped field); our own failures a 500 with ``{"error": message}``, never a traceback.
@@ -46,6 +50,7 @@ from samhq_jax.amg import SamHQAutomaticMaskGenerator, check_settings
 from samhq_jax.amg_ops import coco_encode_rle, mask_to_rle
 from samhq_jax.cmdkit.guard import one_line
 from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE, check_prompts, prompt_arrays
+from samhq_jax.commands.serve import MAX_BOXES, MAX_MASK_PIXELS, MAX_POINTS
 from samhq_jax.errors import InputError
 from samhq_jax.image_io import check_image, read_rgb
 from samhq_jax.predictor import SamHQPredictor
@@ -56,9 +61,6 @@ PROMPT_FIELDS = ("boxes", "points", "image")  # "image" (a file name in a prompt
 MAX_POINTS_PER_SIDE = 128  # /api/everything: a grid of at most 128^2 points
 MAX_ERROR_CHARS = 500  # an error message is cut to this length
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo: 120 MB decoded; a small PNG can claim far more
-MAX_POINTS = 512  # points in one request (each is a decoder token of every prompt)
-MAX_BOXES = 512  # boxes in one request
-MAX_MASK_PIXELS = 2**28  # masks x height x width of one answer: each mask is computed at the photo's size
 # The multipart fields of the routes.
 ImageFile = Annotated[UploadFile | None, File(description="the image (or give image_id)")]
 ImageId = Annotated[str | None, Form(description="the image_id of an image sent before (or give image)")]
