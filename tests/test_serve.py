@@ -126,6 +126,8 @@ BIG_PNG = png_bytes(np.zeros((300, 400, 3), np.uint8))
 BAD = {
     "not an image": (400, "a.png: not an image", {"files": {"image": ("a.png", b"hello, not a png", "image/png")}}),
     "empty file": (400, "a.png: the file is empty", {"files": {"image": ("a.png", b"", "image/png")}}),
+    "odd file name": (400, "not an image", {"files": {"image": ("..", b"hello, not a png", "image/png")}}),
+    "long file name": (400, "x" * 100 + ": not an image", {"files": {"image": ("x" * 300, b"hello, not a png")}}),
     "too many pixels": (400, "big.png: 400x300 is over the limit", {"files": {"image": ("big.png", BIG_PNG)}}),
     "bad JSON": (400, "not valid JSON", {"prompts": "{points: [[1, 2, 1]]"}),
     "not an object": (400, "JSON object", {"prompts": "[[1, 2, 1]]"}),
@@ -199,9 +201,11 @@ def _rotated_jpeg_exif() -> Image.Exif:
     ],
 )
 def test_what_labeling_tools_send(client, predictor, photos, tmp_path, case, make, save, prompts) -> None:
-    """Uploads and prompts a labeling tool sends get ``samhq predict``'s answer for that file."""
+    """Uploads and prompts a labeling tool sends get ``samhq predict``'s answer for that file (sent
+    under a long file name with a path: it is only shown in messages)."""
     name = "photo.jpg" if "JPEG" in case else "photo.png"
     files, pixels = _upload(tmp_path, name, make(photos[1]), **save)
+    files = {"image": ("../../" + "x" * 300 + files["image"][0], files["image"][1])}
     answer = client.post("/api/segment", files=files, data={"prompts": json.dumps(prompts)})
     assert answer.status_code == 200, answer.text
     masks, scores = predictor_masks(predictor, pixels, prompts)

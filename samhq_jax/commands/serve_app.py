@@ -60,6 +60,7 @@ PAGE = "serve_page.html"  # next to this module (package data)
 PROMPT_FIELDS = ("boxes", "points", "image")  # "image" (a file name in a prompts file) is ignored here
 MAX_POINTS_PER_SIDE = 128  # /api/everything: a grid of at most 128^2 points
 MAX_ERROR_CHARS = 500  # an error message is cut to this length
+MAX_NAME_CHARS = 100  # an upload's file name is cut to this length in messages
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo: 120 MB decoded; a small PNG can claim far more
 # The multipart fields of the routes.
 ImageFile = Annotated[UploadFile | None, File(description="the image (or give image_id)")]
@@ -126,11 +127,11 @@ def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> np.ndar
     """An uploaded file as ``(H, W, 3)`` uint8 RGB, read as ``samhq predict`` reads a file
     (:func:`~samhq_jax.image_io.read_rgb`), refused before decoding when it has over ``max_pixels``
     pixels; :class:`ApiError` 400 naming the upload otherwise."""
-    name = Path(filename or "upload").name or "upload"
+    name = Path(filename or "upload").name[:MAX_NAME_CHARS] or "upload"  # only shown in messages
     if not data:
         raise ApiError(400, f"image {name}: the file is empty")
     with tempfile.TemporaryDirectory(prefix="samhq-serve-") as folder:
-        path = Path(folder) / name
+        path = Path(folder) / "upload"  # not the client's name: it may be "..", too long for a file name, ...
         path.write_bytes(data)
         try:
             check_image(path, "image: ")
@@ -140,7 +141,7 @@ def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> np.ndar
                 raise ApiError(400, f"image {name}: {w}x{h} is over the limit of {max_pixels / 1e6:g} megapixels")
             return read_rgb(path)
         except (InputError, OSError) as err:
-            raise ApiError(400, str(err).replace(f"{folder}/", "")) from None
+            raise ApiError(400, str(err).replace(str(path), name)) from None
 
 
 def parse_prompts(text: str) -> tuple[list, list]:
