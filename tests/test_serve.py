@@ -131,6 +131,8 @@ BAD = {
     "too many pixels": (400, "big.png: 400x300 is over the limit", {"files": {"image": ("big.png", BIG_PNG)}}),
     "bad JSON": (400, "not valid JSON", {"prompts": "{points: [[1, 2, 1]]"}),
     "not an object": (400, "JSON object", {"prompts": "[[1, 2, 1]]"}),
+    "JSON nested too deep": (400, "recursion", {"prompts": '{"points": ' + "[" * 100_000 + "]" * 100_000 + "}"}),
+    "5000-digit number": (400, "digits", {"prompts": '{"points": [[1' + "0" * 5000 + ", 2, 1]]}"}),
     "NaN coordinate": (400, "finite", {"prompts": '{"points": [[NaN, 2, 1]]}'}),
     "label 7": (400, "label", {"prompts": '{"points": [[1, 2, 7]]}'}),
     "box upside down": (400, "x1 >= x0", {"prompts": '{"boxes": [[50, 2, 10, 9]]}'}),

@@ -153,6 +153,10 @@ def parse_prompts(text: str) -> tuple[list, list]:
         raise ApiError(
             400, f"prompts: not valid JSON ({err.msg}, column {err.colno}); e.g. {PROMPTS_EXAMPLE}"
         ) from None
+    except (RecursionError, ValueError) as err:  # nested too deep; an integer of over 4300 digits
+        raise ApiError(
+            400, f"prompts: JSON the server does not read ({one_line(err)}); e.g. {PROMPTS_EXAMPLE}"
+        ) from None
     if not isinstance(record, dict):
         raise ApiError(400, f"prompts: expected a JSON object; e.g. {PROMPTS_EXAMPLE}")
     unknown = sorted(set(record) - set(PROMPT_FIELDS))
