@@ -2,12 +2,13 @@
 real uvicorn server (seeded tiny_b model). It opens a photo, left-clicks a point, right-clicks a
 background point, toggles HQ only and drags a box; after each, the overlay drawn on the canvas, the
 downloaded mask PNG and the downloaded COCO RLE JSON must equal the predictor's own answer for the
-prompts the page actually sent (read from the intercepted request), and the page must send the image
-once and its ``image_id`` after.
+prompts the page actually sent (recorded from its ``fetch`` calls), and the page must send the image
+once and its ``image_id`` after. An EXIF-rotated phone photo must be shown and masked upright, and
+the multimask toggle must give the predictor's multimask answer.
 
 The README screenshot comes from the same steps (any checkpoint; default the tiny random model):
 
-    .venv/bin/python -m tests.test_serve_browser --screenshot docs/serve.png [--checkpoint CKPT]
+    .venv/bin/python -m tests.test_serve_browser --screenshot docs/serve.jpg [--checkpoint CKPT]
 
 chromium: ``$SAMHQ_CHROMIUM`` or ``chromium`` on the PATH (``scripts/setup.sh`` installs Debian's
 package where apt is available); Playwright cannot download its own browsers here. Without them the
@@ -36,7 +37,8 @@ from samhq_jax.image_io import read_rgb
 from samhq_jax.predictor import SamHQPredictor
 from tests.serve_support import count_encodes, predictor_masks, running_server, tiny_predictor
 
-PHOTO = IMAGES_DIR / "dog.jpg"
+PHOTO = IMAGES_DIR / "example8.png"  # 1280x720; the screenshot shows SCREENSHOT_PHOTO
+SCREENSHOT_PHOTO = IMAGES_DIR / "dog.jpg"
 VIEWPORT = {"width": 1280, "height": 1000}  # the whole canvas is in view (it is 95vw wide at most)
 TIMEOUT_MS = 60_000  # one answer (a compile of the decoder for a new prompt shape included)
 EXIF_ORIENTATION = 0x0112
@@ -252,7 +254,7 @@ def test_page_masks_equal_the_predictor(browser, served, tmp_path: Path) -> None
 
 def test_page_shows_an_exif_rotated_photo_as_the_server_reads_it(browser, served, tmp_path: Path) -> None:
     """A phone photo (EXIF orientation 6: stored landscape, shown portrait): the canvas, the clicks
-    and the masks are all in the upright frame."""
+    and the masks are all in the upright frame; then the multimask toggle."""
     url, _, reference = served
     stored = Image.open(PHOTO).reduce(4)
     exif = Image.Exif()
@@ -265,6 +267,9 @@ def test_page_shows_an_exif_rotated_photo_as_the_server_reads_it(browser, served
     try:
         driver.open(photo)
         check_answer(driver, reference, image, driver.click(0.5, 0.3), tmp_path, "png")
+        multi = driver.toggle("#multi")  # multimask: SAM's best of three plus HQ, still one mask
+        assert prompts_of(multi)[1:] == (False, True)
+        check_answer(driver, reference, image, multi, tmp_path, "rle")
     finally:
         driver.close()
 
@@ -291,7 +296,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Screenshot of the samhq serve page (for the README).")
     parser.add_argument("--screenshot", type=Path, required=True, help="output .png or .jpg")
     parser.add_argument("--checkpoint", help="a checkpoint (default: the seeded tiny random model)")
-    parser.add_argument("--photo", type=Path, default=PHOTO, help=f"the photo (default {PHOTO})")
+    parser.add_argument("--photo", type=Path, default=SCREENSHOT_PHOTO, help=f"the photo (default {SCREENSHOT_PHOTO})")
     args = parser.parse_args()
     screenshot(args.screenshot, args.checkpoint, args.photo)
     print(f"wrote {args.screenshot} ({args.screenshot.stat().st_size / 1e3:.0f} kB)")
