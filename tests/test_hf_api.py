@@ -103,6 +103,24 @@ def test_config_round_trips_through_both_libraries(folder: Path, tmp_path: Path)
         hf_config.SamHQConfig(vision_config={"hidden_size": 1024}).to_samhq_config()
 
 
+def test_sub_configs_round_trip_through_both_libraries(tmp_path: Path) -> None:
+    # Non-default values in every section, ours -> transformers -> ours, field by field.
+    changed = {
+        "SamHQVisionConfig": {"hidden_size": 48, "global_attn_indexes": [1, 3], "window_size": 7},
+        "SamHQPromptEncoderConfig": {"hidden_size": 64, "mask_input_channels": 8},
+        "SamHQMaskDecoderConfig": {"hidden_size": 64, "num_multimask_outputs": 2, "vit_dim": 48},
+    }
+    for ours, name in PAIRS:
+        mine = ours(**changed[name])
+        mine.save_pretrained(tmp_path / name)
+        ref = getattr(transformers, name).from_pretrained(tmp_path / name)
+        assert all(getattr(ref, k) == v for k, v in changed[name].items()), name
+        ref.save_pretrained(tmp_path / f"{name}_back")
+        back = ours.from_pretrained(tmp_path / f"{name}_back").to_dict()
+        for key, value in mine.to_dict().items():
+            assert back[key] == value, (name, key)
+
+
 def test_vision_model_equals_transformers(folder: Path, inputs: dict) -> None:
     ref = transformers.SamHQVisionModel.from_pretrained(folder, attn_implementation="eager").eval()
     ours = SamHQVisionModel.from_pretrained(folder)
