@@ -22,6 +22,8 @@ import base64
 import json
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ SCREENSHOT_PHOTO = IMAGES_DIR / "dog.jpg"
 VIEWPORT = {"width": 1280, "height": 1000}  # the whole canvas is in view (it is 95vw wide at most)
 TIMEOUT_MS = 60_000  # one answer (a compile of the decoder for a new prompt shape included)
 EXIF_ORIENTATION = 0x0112
+LATE_S = 0.5  # how much later than the second click's answer the first click's comes
 OVERLAY_SLACK = 1e-4  # a masked pixel equal to its tint ((p + c) >> 1 == p) looks unchanged
 # The canvas pixels that differ from the bare photo, bit-packed (row-major), as base64.
 CHANGED_PIXELS_JS = """() => {
@@ -186,13 +189,15 @@ def drawn_prompts(shape: tuple[int, int], prompts: dict) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def served(browser: Any) -> Iterator[tuple[str, list[int], SamHQPredictor]]:
-    """``(base URL, encode counter, reference predictor)``: the app on a real server, and a second
-    predictor of the same model for the expected answers (not sharing the server's state)."""
+def served(browser: Any) -> Iterator[tuple[str, list[int], SamHQPredictor, Any]]:
+    """``(base URL, encode counter, reference predictor, the app's engine)``: the app on a real
+    server, and a second predictor of the same model for the expected answers (not sharing the
+    server's state)."""
     server_predictor = tiny_predictor()
     encodes = count_encodes(server_predictor)
-    with running_server(create_app(server_predictor, cache_size=4)) as url:
-        yield url, encodes, tiny_predictor()
+    app = create_app(server_predictor, cache_size=4)
+    with running_server(app) as url:
+        yield url, encodes, tiny_predictor(), app.state.engine
 
 
 def check_answer(
@@ -227,7 +232,7 @@ def labels(prompts: dict) -> tuple[list[int], int]:
 
 
 def test_page_masks_equal_the_predictor(browser, served, tmp_path: Path) -> None:
-    url, encodes, reference = served
+    url, encodes, reference, _ = served
     image = read_rgb(PHOTO)
     driver = PageDriver(browser, url)
     try:
@@ -255,7 +260,7 @@ def test_page_masks_equal_the_predictor(browser, served, tmp_path: Path) -> None
 def test_page_shows_an_exif_rotated_photo_as_the_server_reads_it(browser, served, tmp_path: Path) -> None:
     """A phone photo (EXIF orientation 6: stored landscape, shown portrait): the canvas, the clicks
     and the masks are all in the upright frame; then the multimask toggle."""
-    url, _, reference = served
+    url, _, reference, _ = served
     stored = Image.open(PHOTO).reduce(4)
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
@@ -270,6 +275,45 @@ def test_page_shows_an_exif_rotated_photo_as_the_server_reads_it(browser, served
         multi = driver.toggle("#multi")  # multimask: SAM's best of three plus HQ, still one mask
         assert prompts_of(multi)[1:] == (False, True)
         check_answer(driver, reference, image, multi, tmp_path, "rle")
+    finally:
+        driver.close()
+
+
+def test_a_late_answer_does_not_replace_a_later_clicks(browser, served, tmp_path: Path, monkeypatch) -> None:
+    """Two quick clicks whose answers cross (the server holds the first until the second is
+    answered): the page shows the second click's mask, not the late answer of the first."""
+    url, _, reference, engine = served
+    second_done = threading.Event()
+    order: list[int] = []
+    segment = engine.segment
+
+    def crossing(image, image_id, prompts, multimask, hq):
+        n = len(prompts[1])
+        if n == 1:  # the first click: answered after the second
+            second_done.wait(TIMEOUT_MS / 1000)
+            time.sleep(LATE_S)
+        answer = segment(image, image_id, prompts, multimask, hq)
+        order.append(n)
+        if n == 2:
+            second_done.set()
+        return answer
+
+    monkeypatch.setattr(engine, "segment", crossing)
+    image = read_rgb(PHOTO)
+    driver = PageDriver(browser, url)
+    answers: list[Any] = []
+    driver.page.on("response", lambda r: answers.append(r) if "/api/segment" in r.url else None)
+    try:
+        driver.open(PHOTO)
+        driver.page.mouse.click(*driver.at(0.45, 0.6))  # not waited for
+        second = driver.click(0.2, 0.25, button="right")
+        while len(answers) < 2:
+            driver.page.wait_for_timeout(50)
+        driver.page.wait_for_timeout(1000 * LATE_S)  # the late answer reaches the page's code
+        assert order == [2, 1]
+        prompts, _ = check_answer(driver, reference, image, second, tmp_path, "rle")
+        assert labels(prompts) == ([1, 0], 0)
+        assert driver.page.evaluate("document.getElementById('status').textContent").startswith("score")
     finally:
         driver.close()
 
