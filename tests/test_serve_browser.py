@@ -318,6 +318,43 @@ def test_a_late_answer_does_not_replace_a_later_clicks(browser, served, tmp_path
         driver.close()
 
 
+def test_an_answer_for_the_previous_photo_is_dropped(browser, served, tmp_path: Path, monkeypatch) -> None:
+    """A click, then another photo opened before the click's answer comes: the late answer is not
+    drawn on the new photo and does not set the image_id the next click sends."""
+    url, _, reference, engine = served
+    other = tmp_path / "other.png"
+    Image.open(SCREENSHOT_PHOTO).reduce(4).save(other)
+    first_shape = read_rgb(PHOTO).shape[:2]
+    reopened = threading.Event()
+    segment = engine.segment
+
+    def held(image, image_id, prompts, multimask, hq):
+        if image is not None and image.shape[:2] == first_shape:
+            reopened.wait(TIMEOUT_MS / 1000)
+        return segment(image, image_id, prompts, multimask, hq)
+
+    monkeypatch.setattr(engine, "segment", held)
+    driver = PageDriver(browser, url)
+    answers: list[Any] = []
+    driver.page.on("response", lambda r: answers.append(r) if "/api/segment" in r.url else None)
+    try:
+        driver.open(PHOTO)
+        driver.page.mouse.click(*driver.at(0.45, 0.6))  # answered only once the other photo is open
+        driver.page.wait_for_function("window.sentForms.length === 1")
+        driver.open(other)
+        reopened.set()
+        while not answers:
+            driver.page.wait_for_timeout(50)
+        driver.page.wait_for_timeout(1000 * LATE_S)  # the late answer reaches the page's code
+        assert driver.page.evaluate("[imageId, result]") == [None, None]
+        assert not driver.changed_pixels().any()  # nothing drawn over the new photo
+        fields = driver.click(0.5, 0.5)
+        assert fields["image"] == "<file other.png>" and "image_id" not in fields
+        check_answer(driver, reference, read_rgb(other), fields, tmp_path, "png")
+    finally:
+        driver.close()
+
+
 def screenshot(path: Path, checkpoint: str | None, photo: Path) -> None:
     """Save a screenshot of the page with ``photo``, a point, a box and the mask overlay to ``path``."""
     from playwright.sync_api import sync_playwright
