@@ -79,16 +79,15 @@ class BatchFeature(dict):
 
 
 def jax_device(device: Any) -> Any:
-    """A ``jax.Device`` as is; ``"cpu"``, ``"gpu"``, ``"cuda[:i]"``, ``"tpu"`` -> that JAX device."""
-    import jax
-
-    if not isinstance(device, str):
+    """A ``jax.Device`` as is; ``"cpu"``, ``"gpu"``, ``"cuda[:i]"``, ``"tpu"`` or a ``torch.device`` of
+    these -> that JAX device."""
+    if isinstance(device, jax.Device):
         return device
+    device = str(device)
     platform = {"cuda": "gpu"}.get(device.split(":")[0], device.split(":")[0])
-    index = int(device.split(":")[1]) if ":" in device else 0
     try:
-        return jax.devices(platform)[index]
-    except RuntimeError as err:
+        return jax.devices(platform)[int(device.split(":")[1]) if ":" in device else 0]
+    except (RuntimeError, IndexError, ValueError) as err:
         raise InputError(f"no JAX {platform!r} device for {device!r}: {err}") from err
 
 

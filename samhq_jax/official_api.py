@@ -177,7 +177,7 @@ class Sam:
         device = kwargs.pop("device", device)
         if args or kwargs or device is None:
             raise InputError(f"Sam.to takes a device only (dtype: Sam(..., dtype=...)), got {args} {kwargs}")
-        self.params = jax.device_put(self.params, jax_device(device if isinstance(device, jax.Device) else str(device)))
+        self.params = jax.device_put(self.params, jax_device(device))
         self._predictor = None
         return self
 

@@ -290,3 +290,13 @@ def test_model_card_example_runs_with_only_the_import_changed(folder: str) -> No
             assert mask_agreement(ours, ref) >= MASK_AGREEMENT, what
         else:
             assert_close(ours, ref, what)
+
+
+def test_model_to_takes_torch_devices(apis: dict) -> None:
+    model, processor = apis["ours"]
+    assert model.to(torch.device("cpu")) is model and model.to("cpu") is model
+    assert all(leaf.devices() == {jax.devices("cpu")[0]} for leaf in jax.tree.leaves(model.params))
+    inputs = processor(_photo("example7.png"), return_tensors="np").to(torch.device("cpu"))
+    assert all(v.devices() == {jax.devices("cpu")[0]} for v in inputs.values())
+    with pytest.raises(ValueError, match="no JAX 'gpu' device for 'cuda:99'"):
+        model.to(torch.device("cuda:99"))
