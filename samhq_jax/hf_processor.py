@@ -161,6 +161,8 @@ class SamHQImageProcessor:
             out["labels"] = np.stack([self._preprocess_mask(m) for m in maps])
         return _convert(out, kind)
 
+    preprocess = __call__  # transformers' name for the call
+
     def _preprocess_mask(self, mask: Any) -> np.ndarray:
         """``(H, W)`` mask -> ``(M, M)`` int64: nearest resize to the longest side, zero padding."""
         arr = np.asarray(mask)

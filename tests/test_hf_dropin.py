@@ -201,6 +201,8 @@ def test_processor_return_tensors_and_sizes(folder: str, apis: dict, tmp_path: P
     for key, value in pt.items():
         assert type(value.cpu().numpy()) is np.ndarray and value.dtype == ref[key].dtype, key
         np.testing.assert_array_equal(value.to(torch.float64).numpy(), ref[key].astype(np.float64))
+    again = processor.image_processor.preprocess(_photo("example7.png"), return_tensors="np")
+    np.testing.assert_array_equal(again["pixel_values"], ref["pixel_values"])
     with pytest.raises(ValueError, match="'np', 'jax' or 'pt'"):
         processor(_photo("example7.png"), return_tensors="tf")
     # Without a preprocessor_config.json the input size comes from the model config.
