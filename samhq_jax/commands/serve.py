@@ -14,9 +14,6 @@ from samhq_jax.cmdkit.args import CHECKPOINT_HELP, POSITIVE, POSITIVE_INT, help_
 from samhq_jax.cmdkit.guard import doing
 
 MAX_PORT = 65535
-MAX_POINTS = 512  # points in one request (each is a decoder token of every prompt)
-MAX_BOXES = 512  # boxes in one request
-MAX_MASK_PIXELS = 2**28  # masks x height x width of one answer: each mask is computed at the photo's size
 SERVE_HELP = """\
 routes (OpenAPI docs at /docs):
   GET  /                the page: open a photo, left click a foreground point, right click a
@@ -32,18 +29,12 @@ routes (OpenAPI docs at /docs):
                         -> {"image_id", "masks", "scores", "records"}
   Each image is encoded once (keyed by its pixels; the last --cache images kept), so a click costs
   only the decoder. With multimask each mask is the best of SAM's three plus HQ (one mask per box).
-  At most MAX_BOXES boxes, MAX_POINTS points and MAX_MASK_PIXELS mask pixels (boxes x H x W) a
-  request. Bad requests get a 4xx {"error": message}.
+  Bad requests get a 4xx {"error": message}, among them too many boxes or points, or masks of too
+  many pixels in all (boxes x H x W), with the limit.
 
 examples:
   samhq serve --checkpoint sam_hq_vit_b.pth            # then open http://127.0.0.1:8000/
   curl -F image=@dog.jpg -F 'prompts={"points": [[500, 600, 1]]}' http://127.0.0.1:8000/api/segment"""
-for _name, _text in (
-    ("MAX_BOXES", str(MAX_BOXES)),
-    ("MAX_POINTS", str(MAX_POINTS)),
-    ("MAX_MASK_PIXELS", f"{MAX_MASK_PIXELS:,}"),
-):
-    SERVE_HELP = SERVE_HELP.replace(_name, _text)
 
 
 def port_number(text: str) -> int:

@@ -50,7 +50,6 @@ from samhq_jax.amg import SamHQAutomaticMaskGenerator, check_settings
 from samhq_jax.amg_ops import coco_encode_rle, mask_to_rle
 from samhq_jax.cmdkit.guard import one_line
 from samhq_jax.cmdkit.prompts import PROMPTS_EXAMPLE, check_prompts, prompt_arrays
-from samhq_jax.commands.serve import MAX_BOXES, MAX_MASK_PIXELS, MAX_POINTS
 from samhq_jax.errors import InputError
 from samhq_jax.image_io import check_image, read_rgb
 from samhq_jax.predictor import SamHQPredictor
@@ -61,6 +60,9 @@ PROMPT_FIELDS = ("boxes", "points", "image")  # "image" (a file name in a prompt
 MAX_POINTS_PER_SIDE = 128  # /api/everything: a grid of at most 128^2 points
 MAX_ERROR_CHARS = 500  # an error message is cut to this length
 MAX_NAME_CHARS = 100  # an upload's file name is cut to this length in messages
+MAX_POINTS = 512  # points in one request (each is a decoder token of every prompt)
+MAX_BOXES = 512  # boxes in one request
+MAX_MASK_PIXELS = 2**28  # masks x height x width of one answer: each mask is computed at the photo's size
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo: 120 MB decoded; a small PNG can claim far more
 # The multipart fields of the routes.
 ImageFile = Annotated[UploadFile | None, File(description="the image (or give image_id)")]
