@@ -308,6 +308,23 @@ class ModelConfig:
         return cls._tiny("tiny_h", 40, 8, 2, (3, 7), decoder_overrides)
 
     @classmethod
+    def tiny_t(cls, **decoder_overrides: Any) -> ModelConfig:
+        """Test-size Light HQ-SAM (TinyViT structure, tiny_b's prompt encoder and decoder): widths
+        16/16/24/32, depths 1/1/2/1, head dim 8. As in vit_tiny, windows 7, 4 and 3 pad the 20x20 and
+        10x10 maps, the last merge keeps 10x10, and the early feature (24 channels) is narrower than
+        the decoder (32)."""
+        enc = TinyViTConfig(
+            embed_dims=(16, 16, 24, 32),
+            depths=(1, 1, 2, 1),
+            num_heads=(1, 2, 3, 4),
+            window_sizes=(7, 7, 4, 3),
+            merge_strides=(2, 2, 1),
+            img_size=160,
+            out_chans=32,
+        )
+        return dataclasses.replace(cls.tiny_b(**decoder_overrides), image_encoder=enc, name="tiny_t")
+
+    @classmethod
     def preset(cls, name: str, **decoder_overrides: Any) -> ModelConfig:
         """Build a preset by name: one of :data:`PRESETS`."""
         if name not in PRESETS:
@@ -337,7 +354,7 @@ class ModelConfig:
         return _build(cls, values, where)
 
 
-PRESETS = ("vit_b", "vit_l", "vit_h", "vit_tiny", "tiny_b", "tiny_l", "tiny_h")
+PRESETS = ("vit_b", "vit_l", "vit_h", "vit_tiny", "tiny_b", "tiny_l", "tiny_h", "tiny_t")
 RENAMED = {"SamHQConfig": "ModelConfig"}  # old names of this module -> new (an error names both)
 
 
