@@ -291,7 +291,11 @@ class SamHQAutomaticMaskGenerator:
         masks = _uncrop(data, crop_boxes, image.shape[:2])
         if self.min_mask_region_area > 0 and len(data):
             data, masks = self._remove_small_regions(data, masks)
-        return self._records(data, masks, crop_boxes)
+        # The official concatenates each crop's ``crop_boxes`` tensor; a crop that kept no mask adds
+        # ``torch.tensor([])`` (float32), which promotes the whole column: then every record's
+        # ``crop_box`` holds floats (e.g. ``[0.0, 0.0, 640.0, 480.0]``), else ints.
+        float_crops = len(crop_boxes) > 1 and any(len(part) == 0 for part in parts)
+        return self._records(data, masks, crop_boxes, float_crops)
 
     def _batch_size(self, n_points: int) -> int:
         """Points per compiled call for a crop of ``n_points``: ``points_per_batch``, or fewer (a
@@ -455,8 +459,12 @@ class SamHQAutomaticMaskGenerator:
         data.boxes = boxes[keep]
         return data, masks[keep]
 
-    def _records(self, data: MaskSet, masks: np.ndarray, crop_boxes: list[list[int]]) -> list[dict[str, Any]]:
-        """The official record per mask, in ``data``'s order."""
+    def _records(
+        self, data: MaskSet, masks: np.ndarray, crop_boxes: list[list[int]], float_crops: bool = False
+    ) -> list[dict[str, Any]]:
+        """The official record per mask, in ``data``'s order; ``crop_box`` values as floats with
+        ``float_crops`` (see :meth:`_image_records`), else ints."""
+        kind = float if float_crops else int
         if self.output_mode == "binary_mask":
             segmentations: list[Any] = list(masks)
         else:
@@ -476,7 +484,7 @@ class SamHQAutomaticMaskGenerator:
                     "predicted_iou": float(data.iou[i]),
                     "point_coords": [data.points[i].tolist()],
                     "stability_score": float(data.stability[i]),
-                    "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
+                    "crop_box": [kind(v) for v in (cx0, cy0, cx1 - cx0, cy1 - cy0)],
                 }
             )
         return records
