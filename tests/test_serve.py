@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -255,6 +256,41 @@ def test_same_new_image_at_once_is_encoded_once(client, predictor, photos, encod
     for answer in answers:
         assert answer.status_code == 200, answer.text
         np.testing.assert_array_equal(decoded_masks(answer.json()), expected)
+
+
+def test_decoded_uploads_in_flight_are_bounded(client, predictor, photos, monkeypatch) -> None:
+    """With the model held busy, 5 clients uploading at once: only MAX_UPLOADS_IN_FLIGHT photos are
+    decoded (the rest wait undecoded), and every client gets its answer once the model is free."""
+    started, release = threading.Semaphore(0), threading.Event()
+    decoded = []
+    decode, predict = serve_app.decode_upload, predictor.predict_batch
+
+    def counting_decode(*args, **kwargs):
+        decoded.append(1)
+        return decode(*args, **kwargs)
+
+    def held_predict(*args, **kwargs):
+        started.release()
+        release.wait(30)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(serve_app, "decode_upload", counting_decode)
+    monkeypatch.setattr(predictor, "predict_batch", held_predict)
+    answers: list = [None] * 5
+
+    def worker(i: int) -> None:
+        answers[i] = _segment(client, photos[i % 2], prompts={"points": [[5 + i, 5, 1]]})
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(answers))]
+    for t in threads:
+        t.start()
+    assert started.acquire(timeout=60)  # one request is at the model
+    time.sleep(1.0)  # give the others every chance to decode
+    assert len(decoded) == serve_app.MAX_UPLOADS_IN_FLIGHT
+    release.set()
+    for t in threads:
+        t.join()
+    assert [a.status_code for a in answers] == [200] * 5 and len(decoded) == 5
 
 
 def test_our_failure_is_500_json(client, predictor, photos, monkeypatch) -> None:

@@ -28,6 +28,7 @@ mistyped field); our own failures a 500 with ``{"error": message}``, never a tra
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -64,6 +65,7 @@ MAX_POINTS = 512  # points in one request (each is a decoder token of every prom
 MAX_BOXES = 512  # boxes in one request
 MAX_MASK_PIXELS = 2**28  # masks x height x width of one answer: each mask is computed at the photo's size
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo: 120 MB decoded; a small PNG can claim far more
+MAX_UPLOADS_IN_FLIGHT = 2  # requests holding a decoded upload at once (one at the model, one decoding); the rest wait
 # The multipart fields of the routes.
 ImageFile = Annotated[UploadFile | None, File(description="the image (or give image_id)")]
 ImageId = Annotated[str | None, Form(description="the image_id of an image sent before (or give image)")]
@@ -201,6 +203,13 @@ class Engine:
         self.predictor = predictor
         self.cache = EmbeddingCache(cache_size)
         self.lock = threading.Lock()
+        self.uploads = threading.BoundedSemaphore(MAX_UPLOADS_IN_FLIGHT)
+
+    def admitted(self, image: UploadFile | None) -> contextlib.AbstractContextManager:
+        """Hold this around decoding an upload and answering it: at most :data:`MAX_UPLOADS_IN_FLIGHT`
+        decoded photos exist at once (the server's memory is the cache plus these, whatever the
+        number of clients); requests naming an ``image_id`` pass straight through."""
+        return contextlib.nullcontext() if image is None else self.uploads
 
     def encoded(self, image: np.ndarray | None, image_id: str | None) -> tuple[str, CachedImage]:
         """The cache entry of ``image`` (encoded now unless cached) or of ``image_id``; call under the lock."""
@@ -375,8 +384,9 @@ def create_app(
     ) -> JSONResponse:
         def work() -> dict[str, Any]:
             parsed = parse_prompts(prompts)
-            pixels = read_image_field(image, image_id, max_pixels)
-            return engine.segment(pixels, image_id, parsed, multimask, hq_token_only)
+            with engine.admitted(image):
+                pixels = read_image_field(image, image_id, max_pixels)
+                return engine.segment(pixels, image_id, parsed, multimask, hq_token_only)
 
         return guarded(work)
 
@@ -398,8 +408,9 @@ def create_app(
                 "box_nms_thresh": box_nms_thresh,
             }
             settings = check_everything_settings(points_per_side, thresholds)
-            pixels = read_image_field(image, image_id, max_pixels)
-            return engine.everything(pixels, image_id, settings, multimask, hq_token_only)
+            with engine.admitted(image):
+                pixels = read_image_field(image, image_id, max_pixels)
+                return engine.everything(pixels, image_id, settings, multimask, hq_token_only)
 
         return guarded(work)
 
