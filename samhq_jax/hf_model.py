@@ -33,10 +33,18 @@ from samhq_jax.config import ModelConfig, TinyViTConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_config import SamHQConfig as HFSamHQConfig
 from samhq_jax.hf_processor import HF_LABELS, HF_LABELS_TEXT, jax_device
-from samhq_jax.hf_vision import OutputFields, compiled_decode_attentions, compiled_vision, in_kind, pixels_nhwc
-from samhq_jax.precision import LIBRARY, Policy
+from samhq_jax.hf_vision import (
+    OutputFields,
+    SamHQPatchEmbeddings,
+    compiled_decode_attentions,
+    compiled_vision,
+    in_kind,
+    pixels_nhwc,
+)
+from samhq_jax.precision import LIBRARY, Policy, at_precision
 from samhq_jax.predictor import compiled_model
 from samhq_jax.prompt_check import check_boxes, check_finite, check_labels
+from samhq_jax.prompt_encoder import PromptEncoder
 from samhq_jax.sam_hq import ImageEmbeddings
 from samhq_jax.torch_style import OfficialTensor, host_tensor
 from samhq_jax.transforms import as_numpy, on_device
@@ -122,6 +130,70 @@ class SamHQModel:
         emb = self._embed({"params": self.params}, pixels_nhwc(pixel_values, self.config.img_size))
         out = emb.image_embeddings.transpose(0, 3, 1, 2), [emb.early_features]
         return jax.tree.map(host_tensor, out) if isinstance(pixel_values, OfficialTensor) else out
+
+    def get_input_embeddings(self) -> SamHQPatchEmbeddings:
+        """The image encoder's patch embedding, as transformers' ``SamHQPatchEmbeddings``:
+        ``model.get_input_embeddings()(pixel_values)`` maps ``(B, 3, S, S)`` pixels to ``(B, G, G, D)``
+        and ``.projection.weight`` / ``.bias`` are its parameters in torch's layout. Light HQ-SAM
+        (TinyViT), which transformers cannot describe, raises an :class:`~samhq_jax.errors.InputError`."""
+        encoder = self.samhq_config.image_encoder
+        if isinstance(encoder, TinyViTConfig):
+            raise InputError("get_input_embeddings: transformers defines the patch embedding for the ViT only")
+        return SamHQPatchEmbeddings(self.params["image_encoder"]["patch_embed"], encoder, self.policy)
+
+    def get_image_wide_positional_embeddings(self) -> jax.Array:
+        """The positional encoding of the image embedding grid's cell centres, ``(1, C, G, G)`` float32
+        (what the mask decoder adds to the image embedding; transformers' method of this name)."""
+        pe = at_precision(self.module.apply, self.policy.precision)(
+            {"params": self.params}, method=lambda m: m.prompt_encoder.get_dense_pe()
+        )
+        return pe.transpose(2, 0, 1)[None]
+
+    def get_prompt_embeddings(
+        self,
+        input_points: Any = None,
+        input_labels: Any = None,
+        input_boxes: Any = None,
+        input_masks: Any = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """The prompt encoder's output, as transformers' ``SamHQModel.get_prompt_embeddings``.
+
+        Args:
+          input_points: ``(B, P, N, 2)`` xy in the input frame (pixels); needs
+          input_labels: ``(B, P, N)`` in {1, 0, -1, -10} (transformers requires them with points).
+          input_boxes: ``(B, P, 4)`` xyxy (P the points' P when both are given).
+          input_masks: ``(B_m, 1, 4G, 4G)`` low-res logits.
+
+        Returns:
+          ``sparse_embeddings (B, P, T, C)`` float32, T = N (+1 padding point when no box is given)
+          (+2 corners with boxes), or ``(B, 1, 1, C)`` zeros without points and boxes (B = 1 when
+          neither gives it); ``dense_embeddings (B_m, C, G, G)`` of the masks, else ``no_mask_embed``
+          over the grid ``(B, C, G, G)``. JAX arrays; host arrays answering torch's methods when an
+          input came from ``return_tensors="pt"``.
+        """
+        if input_points is not None and input_labels is None:
+            raise InputError("If points are provided, labels must also be provided.")
+        points, labels = self._points(input_points, input_labels)
+        boxes = self._boxes(input_boxes, None if points is None else points.shape[1])
+        if points is not None and boxes is not None and boxes.shape[0] != points.shape[0]:
+            raise InputError(f"input_boxes are for {boxes.shape[0]} images, input_points for {points.shape[0]}")
+        masks = None
+        if input_masks is not None:
+            low = self.config.low_res_mask_size
+            masks = as_numpy(input_masks).astype(np.float32)
+            if masks.ndim != 4 or masks.shape[1:] != (1, low, low):
+                raise InputError(f"input_masks must be (batch, 1, {low}, {low}) low-res logits, got {masks.shape}")
+            check_finite(masks, "input_masks", row=False)
+        batch = points.shape[0] if points is not None else boxes.shape[0] if boxes is not None else 1
+
+        def embed(module: Any, *prompts: Any) -> tuple[jax.Array, jax.Array]:
+            return _prompt_embeddings(module.prompt_encoder, *prompts, batch=batch)
+
+        out = at_precision(self.module.apply, self.policy.precision)(
+            {"params": self.params}, *jax.device_put((points, labels, boxes, masks)), method=embed
+        )
+        given = (input_points, input_labels, input_boxes, input_masks)
+        return jax.tree.map(host_tensor, out) if any(isinstance(x, OfficialTensor) for x in given) else out
 
     def __call__(
         self,
@@ -238,37 +310,45 @@ class SamHQModel:
             raise InputError(f"intermediate_embeddings[0] must be ({emb.shape[0]}, {g}, {g}, {vit}), got {early.shape}")
         return ImageEmbeddings(emb.transpose(0, 2, 3, 1), early)
 
+    def _points(self, points: Any, labels: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Checked ``(B, P, N, 2)`` float32 points and ``(B, P, N)`` int32 labels (default all 1), or Nones."""
+        if points is None:
+            if labels is not None:
+                raise InputError("input_labels were given without input_points")
+            return None, None
+        points = as_numpy(points).astype(np.float32)
+        if points.ndim != 4 or points.shape[-1] != 2:
+            raise InputError(f"input_points must be (batch, point_batch, points, 2), got {points.shape}")
+        check_finite(points, "input_points")
+        labels = np.ones(points.shape[:3], np.int32) if labels is None else as_numpy(labels)
+        if labels.shape != points.shape[:3]:
+            raise InputError(f"input_labels must be {points.shape[:3]} to match input_points, got {labels.shape}")
+        check_labels(labels, "input_labels", HF_LABELS, HF_LABELS_TEXT)
+        return points, labels.astype(np.int32)
+
+    @staticmethod
+    def _boxes(boxes: Any, p: int | None) -> np.ndarray | None:
+        """Checked ``(B, P, 4)`` float32 xyxy boxes (P the points' P when ``p`` is given), or None."""
+        if boxes is None:
+            return None
+        boxes = as_numpy(boxes).astype(np.float32)
+        if boxes.ndim != 3 or boxes.shape[-1] != 4:
+            raise InputError(f"input_boxes must be (batch, boxes, 4), got {boxes.shape}")
+        if p is not None and boxes.shape[1] != p:
+            raise InputError(f"give as many boxes as point prompts: {boxes.shape[1]} boxes, {p} point prompts")
+        check_boxes(boxes, "input_boxes")
+        return boxes
+
     def _prompts(
         self, b: int, points: Any, labels: Any, boxes: Any, masks: Any
     ) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None, jax.Array | None]:
         """Check Hugging Face prompt tensors and return :meth:`SamHQ.decode`'s arguments."""
-        p = None
-        if points is not None:
-            points = as_numpy(points).astype(np.float32)
-            if points.ndim != 4 or points.shape[-1] != 2:
-                raise InputError(f"input_points must be (batch, point_batch, points, 2), got {points.shape}")
-            labels = np.ones(points.shape[:3], np.int32) if labels is None else as_numpy(labels)
-            if labels.shape != points.shape[:3]:
-                raise InputError(f"input_labels must be {points.shape[:3]} to match input_points, got {labels.shape}")
-            check_labels(labels, "input_labels", HF_LABELS, HF_LABELS_TEXT)
-            labels = labels.astype(np.int32)
-            p = points.shape[1]
-        elif labels is not None:
-            raise InputError("input_labels were given without input_points")
-        if boxes is not None:
-            boxes = as_numpy(boxes).astype(np.float32)
-            if boxes.ndim != 3 or boxes.shape[-1] != 4:
-                raise InputError(f"input_boxes must be (batch, boxes, 4), got {boxes.shape}")
-            if p is not None and boxes.shape[1] != p:
-                raise InputError(f"give as many boxes as point prompts: {boxes.shape[1]} boxes, {p} point prompts")
-            p = boxes.shape[1]
+        points, labels = self._points(points, labels)
+        boxes = self._boxes(boxes, None if points is None else points.shape[1])
+        p = points.shape[1] if points is not None else boxes.shape[1] if boxes is not None else None
         for name, a in (("input_points", points), ("input_boxes", boxes)):
             if a is not None and a.shape[0] != b:
                 raise InputError(f"{name} are for {a.shape[0]} images, but {b} were given")
-            if a is not None:
-                check_finite(a, name)
-        if boxes is not None:
-            check_boxes(boxes, "input_boxes")
         if masks is not None:
             low = self.config.low_res_mask_size
             masks = as_numpy(masks).astype(np.float32)
@@ -277,6 +357,30 @@ class SamHQModel:
                 raise InputError(f"input_masks must be ({b}, 1, {low}, {low}) low-res logits, got {masks.shape}")
             masks = np.broadcast_to(masks[:, None], (b, p or 1, low, low))
         return jax.device_put((points, labels, boxes, masks))
+
+
+def _prompt_embeddings(
+    encoder: PromptEncoder,
+    points: jax.Array | None,
+    labels: jax.Array | None,
+    boxes: jax.Array | None,
+    masks: jax.Array | None,
+    batch: int,
+) -> tuple[jax.Array, jax.Array]:
+    """transformers' prompt encoder on ours (bound): ``(sparse (B, P, T, C), dense (B, C, G, G))``,
+    shapes as :meth:`SamHQModel.get_prompt_embeddings` documents; ``masks`` ``(B_m, 1, 4G, 4G)``."""
+    c, g = encoder.config.embed_dim, encoder.grid_size
+    parts = []
+    if points is not None:
+        parts.append(encoder.embed_points(points, labels, pad=boxes is None))
+    if boxes is not None:
+        parts.append(encoder.embed_boxes(boxes))
+    sparse = jnp.concatenate(parts, axis=2) if parts else jnp.zeros((batch, 1, 1, c), jnp.float32)
+    if masks is not None:
+        dense = encoder.mask_downscaling(masks[:, 0]).astype(jnp.float32)
+    else:
+        dense = jnp.broadcast_to(encoder.no_mask_embed.astype(jnp.float32).reshape(1, 1, 1, c), (batch, g, g, c))
+    return sparse, dense.transpose(0, 3, 1, 2)
 
 
 __all__ = ["SamHQImageSegmentationOutput", "SamHQModel"]

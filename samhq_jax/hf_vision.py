@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -274,15 +276,56 @@ class SamHQVisionModel:
 
     forward = __call__
 
-    def get_input_embeddings(self) -> dict:
-        """The patch embedding's parameters (transformers returns the module)."""
-        return self.params["patch_embed"]
+    def get_input_embeddings(self) -> SamHQPatchEmbeddings:
+        """The patch embedding, as transformers' ``SamHQPatchEmbeddings`` (:class:`SamHQPatchEmbeddings`)."""
+        return SamHQPatchEmbeddings(self.params["patch_embed"], self.encoder_config, self.policy)
+
+
+class SamHQPatchEmbeddings:
+    """transformers' ``SamHQPatchEmbeddings``, what ``get_input_embeddings()`` returns: called on
+    ``(B, 3, S, S)`` processor pixels it gives the ``(B, G, G, D)`` patch embeddings (channels last, as
+    there; before the absolute position embedding). ``projection.weight`` ``(D, 3, p, p)`` and
+    ``projection.bias`` ``(D,)`` are its parameters in torch's layout (host copies); ``image_size``,
+    ``patch_size``, ``num_channels`` as there."""
+
+    def __init__(self, params: dict, config: ImageEncoderConfig, policy: Policy) -> None:
+        self.params, self.config, self.policy = params, config, policy
+        self.image_size = (config.img_size, config.img_size)
+        self.patch_size = (config.patch_size, config.patch_size)
+        self.num_channels = config.in_chans
+        self.projection = types.SimpleNamespace(
+            weight=host_tensor(params["kernel"]).transpose(3, 2, 0, 1), bias=host_tensor(params["bias"])
+        )
+
+    def __call__(self, pixel_values: Any) -> jax.Array | OfficialTensor:
+        out = compiled_patch_embed(self.config, self.policy.dtype, self.policy.precision)(
+            self.params, pixels_nhwc(pixel_values, self.config.img_size)
+        )
+        return host_tensor(out) if isinstance(pixel_values, OfficialTensor) else out
+
+    forward = __call__
+
+
+@lru_cache(maxsize=8)
+def compiled_patch_embed(config: ImageEncoderConfig, dtype: jnp.dtype, precision: str) -> Callable:
+    """Jitted ``run(patch_embed_params, images)``: the encoder's ``patch_embed`` convolution
+    (:class:`~samhq_jax.image_encoder.ImageEncoderViT`'s first layer) over ``(B, S, S, 3)`` NHWC
+    images -> ``(B, G, G, D)``."""
+    p = config.patch_size
+    conv = nn.Conv(config.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=dtype)
+
+    def run(params: dict, images: jax.Array) -> jax.Array:
+        return conv.apply({"params": params}, images)
+
+    return jax.jit(at_precision(run, precision))
 
 
 __all__ = [
+    "SamHQPatchEmbeddings",
     "SamHQVisionEncoderOutput",
     "SamHQVisionModel",
     "compiled_decode_attentions",
+    "compiled_patch_embed",
     "compiled_vision",
     "in_kind",
     "is_vision_folder",
