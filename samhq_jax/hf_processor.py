@@ -57,6 +57,9 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 DEFAULT_IMG_SIZE = 1024  # every released SAM / SAM-HQ checkpoint
 LOW_RES_FACTOR = 4  # low-res mask side = image embedding side * 4 = input side / 4
 PIL_BILINEAR = 2  # transformers' "resample" code for PIL's bilinear filter
+PIL_BICUBIC = 3  # the default filter of transformers' SamImageProcessor.resize (preprocessing uses bilinear)
+PIL_FILTERS = (0, 1, 2, 3, 4, 5)  # PIL's Resampling codes: nearest, lanczos, bilinear, bicubic, box, hamming
+CHANNELS_FIRST, CHANNELS_LAST = "channels_first", "channels_last"  # transformers' ChannelDimension values
 JSON_DECIMALS = 6  # PIXEL_MEAN / PIXEL_STD are float32: /255 written as ImageNet's 0.485, ... (not 0.48500001)
 
 
@@ -258,6 +261,79 @@ class SamHQImageProcessor:
             return_tensors,
         )
 
+    def resize(
+        self,
+        image: Any,
+        size: dict[str, int],
+        resample: int = PIL_BICUBIC,
+        data_format: Any = None,
+        input_data_format: Any = None,
+        reducing_gap: float | None = None,
+    ) -> np.ndarray:
+        """transformers' ``SamImageProcessor.resize``: the longest side to ``size["longest_edge"]``, the
+        other in proportion (rounded half up), with PIL's filter ``resample`` (default bicubic, as
+        there; preprocessing itself resizes bilinearly).
+
+        Args:
+          image: ``(H, W, C)`` or ``(C, H, W)`` array (C in 1, 3 unless ``input_data_format`` says),
+            uint8, or float holding integers in [0, 255] or values in [0, 1].
+          size: ``{"longest_edge": L}``.
+          resample: a PIL resampling code (``PILImageResampling`` / ``PIL.Image.Resampling``).
+          data_format, input_data_format: ``"channels_first"`` / ``"channels_last"`` (or transformers'
+            ``ChannelDimension``) of the output and the input; None keeps / infers the input's.
+          reducing_gap: PIL's ``reducing_gap``.
+
+        Returns:
+          The resized image, in the input's dtype for uint8 and integer-valued images (uint8), float32
+          for [0, 1] images (kept in [0, 1]).
+        """
+        if not isinstance(size, dict) or "longest_edge" not in size:
+            raise InputError(f"The `size` dictionary must contain the key `longest_edge`. Got {size!r}")
+        if int(resample) not in PIL_FILTERS:
+            raise InputError(f"resample must be a PIL resampling code {PIL_FILTERS}, got {resample!r}")
+        arr = as_numpy(image)
+        layout = _channel_format(arr, input_data_format)
+        hwc = arr.transpose(1, 2, 0) if layout == CHANNELS_FIRST else arr
+        rescaled = _rescale_for_pil(hwc)
+        pixels = (hwc.astype(np.float64) * 255).astype(np.float32) if rescaled else hwc
+        pixels = pixels.astype(np.uint8)
+        h, w = preprocess_shape(*hwc.shape[:2], int(size["longest_edge"]))
+        pil = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        out = np.asarray(pil.resize((w, h), resample=int(resample), reducing_gap=reducing_gap))
+        out = out[..., None] if out.ndim == 2 else out
+        out = _to_channel_format(out, layout if data_format is None else data_format)
+        return (out.astype(np.float64) * (1 / 255)).astype(np.float32) if rescaled else out
+
+    def pad_image(
+        self,
+        image: Any,
+        pad_size: dict[str, int],
+        data_format: Any = None,
+        input_data_format: Any = None,
+        constant_values: float = 0.0,
+    ) -> np.ndarray:
+        """transformers' ``SamImageProcessor.pad_image``: pad ``image`` at the right and bottom with
+        ``constant_values`` (zeros) to ``(pad_size["height"], pad_size["width"])``.
+
+        ``image`` is ``(H, W, C)`` or ``(C, H, W)`` (inferred as :meth:`resize` does, or given by
+        ``input_data_format``); ``data_format`` the output's layout (None: the input's). The dtype is
+        kept. A pad size smaller than the image raises an :class:`~samhq_jax.errors.InputError`.
+        """
+        if not isinstance(pad_size, dict) or not {"height", "width"} <= pad_size.keys():
+            raise InputError(f"pad_size must be a dict with 'height' and 'width', got {pad_size!r}")
+        arr = as_numpy(image)
+        layout = _channel_format(arr, input_data_format)
+        h, w = arr.shape[1:] if layout == CHANNELS_FIRST else arr.shape[:2]
+        out_h, out_w = int(pad_size["height"]), int(pad_size["width"])
+        if out_h < h or out_w < w:
+            raise InputError(f"pad_size {out_h}x{out_w} (height x width) is smaller than the {h}x{w} image")
+        spatial = ((0, out_h - h), (0, out_w - w))
+        widths = ((0, 0), *spatial) if layout == CHANNELS_FIRST else (*spatial, (0, 0))
+        out = np.pad(arr, widths, mode="constant", constant_values=constant_values)
+        if data_format is None:
+            return out
+        return _to_channel_format(out.transpose(1, 2, 0) if layout == CHANNELS_FIRST else out, data_format)
+
     def filter_masks(self, *args: Any, **kwargs: Any) -> tuple:
         """:func:`samhq_jax.hf_mask_generation.filter_masks`."""
         return hf_mask_generation.filter_masks(*args, **kwargs)
@@ -417,6 +493,49 @@ def _as_hwc(image: Any) -> np.ndarray | Image.Image:
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)
     return arr
+
+
+def _format_name(data_format: Any) -> str:
+    """``"channels_first"`` / ``"channels_last"`` from either string or transformers' ``ChannelDimension``."""
+    name = getattr(data_format, "value", data_format)
+    if name not in (CHANNELS_FIRST, CHANNELS_LAST):
+        raise InputError(f"data format must be {CHANNELS_FIRST!r} or {CHANNELS_LAST!r}, got {data_format!r}")
+    return name
+
+
+def _channel_format(image: np.ndarray, given: Any = None) -> str:
+    """The channel layout of a 3-D image: ``given``, else inferred as transformers does (a first axis of
+    1 or 3 channels first, else a last axis of 1 or 3 channels last)."""
+    if image.ndim != 3:
+        raise InputError(f"the image must be (H, W, C) or (C, H, W), got shape {image.shape}")
+    if given is not None:
+        return _format_name(given)
+    if image.shape[0] in (1, 3):
+        return CHANNELS_FIRST
+    if image.shape[-1] in (1, 3):
+        return CHANNELS_LAST
+    raise InputError(f"cannot tell the channel axis of an image of shape {image.shape}: pass input_data_format")
+
+
+def _to_channel_format(hwc: np.ndarray, layout: str) -> np.ndarray:
+    """An ``(H, W, C)`` image in ``layout``."""
+    return hwc.transpose(2, 0, 1) if _format_name(layout) == CHANNELS_FIRST else hwc
+
+
+def _rescale_for_pil(image: np.ndarray) -> bool:
+    """Whether an image must be scaled by 255 before it becomes a PIL (uint8) image, as transformers
+    decides: no for uint8 and integer values in [0, 255], yes for other values in [0, 1]; others raise."""
+    if image.dtype == np.uint8:
+        return False
+    if not np.issubdtype(image.dtype, np.number) or not np.isfinite(image).all():
+        raise InputError(f"the image must hold finite numbers, got dtype {image.dtype}")
+    if np.allclose(image, image.astype(int)):
+        if image.min(initial=0) < 0 or image.max(initial=0) > 255:
+            raise InputError(f"image values must lie in [0, 255], got [{image.min()}, {image.max()}]")
+        return False
+    if image.min(initial=0) < 0 or image.max(initial=0) > 1:
+        raise InputError(f"non-integer image values must lie in [0, 1], got [{image.min()}, {image.max()}]")
+    return True
 
 
 def _per_image(x: Any, name: str, sizes: list[tuple[int, int]], tail: tuple[int, ...]) -> list[np.ndarray] | None:
