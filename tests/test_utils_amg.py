@@ -111,3 +111,37 @@ def test_bad_inputs_raise_input_errors(masks: torch.Tensor) -> None:
         ours.remove_small_regions(masks[0].numpy(), 5, "specks")
     with pytest.raises(InputError, match="do not fit"):
         ours.uncrop_masks(masks, [10, 20, 30, 30], 80, 90)
+
+
+def test_mask_data_equals_official(masks: torch.Tensor) -> None:
+    def columns() -> dict:
+        return {
+            "boxes": official.batched_mask_to_box(masks),
+            "iou": np.linspace(0, 1, len(masks), dtype=np.float32),
+            "rles": official.mask_to_rle_pytorch(masks),
+        }
+
+    a, b = ours.MaskData(**columns()), official.MaskData(**columns())
+    for data in (a, b):
+        data.filter(torch.tensor([True, False, True, True, False, True, True, False, True]))
+        data.cat(type(data)(**columns()))
+        data.filter(torch.tensor([0, 2, 3, 7, 9]))
+        data["area"] = [int(m.sum()) for m in masks[:5]]
+        del data["iou"]
+        data.to_numpy()
+    assert [k for k, _ in a.items()] == [k for k, _ in b.items()]
+    for key, value in b.items():
+        mine = a[key]
+        assert type(mine) is type(value), key
+        if isinstance(value, np.ndarray):
+            assert mine.dtype == value.dtype and np.array_equal(mine, value), key
+        else:
+            assert mine == value, key
+    host = ours.MaskData(boxes=ours.batched_mask_to_box(masks))
+    host.cat(ours.MaskData(boxes=ours.batched_mask_to_box(masks)))
+    host.filter(np.arange(len(masks) * 2) % 3 == 0)
+    assert isinstance(host["boxes"], OfficialTensor) and host["boxes"].shape == (6, 4)
+    host.to_numpy()
+    assert type(host["boxes"]) is np.ndarray
+    with pytest.raises(InputError, match="MaskData only supports"):
+        ours.MaskData(boxes=(1, 2))

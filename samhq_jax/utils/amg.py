@@ -13,8 +13,9 @@ official hands out tensors, with the official dtypes (int64 boxes, float32 score
     boxes = batched_mask_to_box(masks)            # (N, 4) int64 xyxy, inclusive
     assert (rle_to_mask(rles[0]) == masks[0].cpu().numpy()).all()
 
-Not here: ``MaskData`` (the official generator's torch container; :class:`samhq_jax.amg.MaskSet` is
-ours) and ``is_box_near_crop_edge`` with an ``atol`` other than the generator's 20 pixels.
+``MaskData`` is the official container (lists, NumPy arrays, host arrays and torch tensors, each
+kept as it is). Not here: ``is_box_near_crop_edge`` with an ``atol`` other than the generator's 20
+pixels (an :class:`~samhq_jax.errors.InputError` says so).
 """
 
 from __future__ import annotations
@@ -40,6 +41,88 @@ from samhq_jax.amg_ops import (
 from samhq_jax.errors import InputError
 from samhq_jax.torch_style import OfficialTensor, host_tensor
 from samhq_jax.transforms import as_numpy
+
+
+def _is_torch(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor (without importing torch)."""
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+class MaskData:
+    """The official ``MaskData``: named per-mask columns (lists, NumPy / host arrays or torch
+    tensors, each kept in its own type) filtered and concatenated together.
+
+        data = MaskData(rles=rles, boxes=batched_mask_to_box(masks))
+        data.filter(keep)   # a bool mask or indices (array, list or tensor)
+        data.cat(other)     # append another MaskData's rows
+        data.to_numpy()     # tensors and host arrays -> NumPy
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        for key, value in kwargs.items():
+            self._check(key, value)
+        self._stats = dict(**kwargs)
+
+    @staticmethod
+    def _check(key: str, value: Any) -> None:
+        if not isinstance(value, (list, np.ndarray)) and not _is_torch(value):
+            raise InputError(f"MaskData only supports list, numpy arrays, and torch tensors ({key}: {type(value)})")
+
+    def __setitem__(self, key: str, item: Any) -> None:
+        self._check(key, item)
+        self._stats[key] = item
+
+    def __delitem__(self, key: str) -> None:
+        del self._stats[key]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._stats[key]
+
+    def items(self) -> Any:
+        return self._stats.items()
+
+    def filter(self, keep: Any) -> None:
+        """Keep the rows ``keep`` selects (a bool mask or indices) in every column."""
+        keep_np = as_numpy(keep)
+        for key, value in self._stats.items():
+            if value is None:
+                continue
+            if _is_torch(value):
+                import torch
+
+                self._stats[key] = value[torch.as_tensor(keep_np, device=value.device)]
+            elif isinstance(value, np.ndarray):
+                self._stats[key] = value[keep_np]
+            elif keep_np.dtype == bool:
+                self._stats[key] = [a for a, k in zip(value, keep_np, strict=True) if k]
+            else:
+                self._stats[key] = [value[int(i)] for i in keep_np]
+
+    def cat(self, new_stats: MaskData) -> None:
+        """Append ``new_stats``'s rows (a column this one lacks is copied)."""
+        for key, value in new_stats.items():
+            mine = self._stats.get(key)
+            if mine is None:
+                self._stats[key] = copy.deepcopy(value)
+            elif _is_torch(value):
+                import torch
+
+                self._stats[key] = torch.cat([mine, value], dim=0)
+            elif isinstance(value, np.ndarray):
+                joined = np.concatenate([mine, value], axis=0)
+                self._stats[key] = joined.view(type(mine)) if isinstance(mine, OfficialTensor) else joined
+            elif isinstance(value, list):
+                self._stats[key] = mine + copy.deepcopy(value)
+            else:
+                raise InputError(f"MaskData key {key} has an unsupported type {type(value)}.")
+
+    def to_numpy(self) -> None:
+        """Torch tensors and host arrays as plain NumPy arrays."""
+        for key, value in self._stats.items():
+            if _is_torch(value):
+                self._stats[key] = value.detach().cpu().numpy()
+            elif isinstance(value, OfficialTensor):
+                self._stats[key] = np.asarray(value)
 
 
 def _bool_masks(masks: Any, name: str = "masks") -> np.ndarray:
@@ -164,6 +247,7 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
 
 
 __all__ = [
+    "MaskData",
     "area_from_rle",
     "batch_iterator",
     "batched_mask_to_box",
