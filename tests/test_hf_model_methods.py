@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,6 +12,7 @@ from eval.reference import build_hf
 from samhq_jax import SamHQModel
 from samhq_jax.config import ModelConfig
 from samhq_jax.errors import InputError
+from samhq_jax.hf_vision import SamHQVisionModel
 from samhq_jax.torch_style import OfficialTensor
 
 CONFIG = ModelConfig.tiny_h()
@@ -115,3 +114,6 @@ def test_get_input_embeddings_equals_transformers(models: tuple) -> None:
     )
     with pytest.raises(InputError, match="pixel_values must be"):
         o_embed(pixels[:, :, :-16])
+    vision = SamHQVisionModel(CONFIG, ours.params).get_input_embeddings()
+    np.testing.assert_array_equal(np.asarray(vision(pixels)), o)
+    assert isinstance(vision(pixels.view(OfficialTensor)), OfficialTensor)
