@@ -232,3 +232,43 @@ def test_vit_b_real_size_predictor_matches_official() -> None:
         agree = mask_agreement(o[0], r[0])
         assert agree >= MASK_AGREEMENT
         print(f"\nvit_b predictor {name}: low-res {err:.2e}, full-res mask agreement {100 * agree:.4f}%")
+
+
+def test_prompt_chunks_keep_each_prompt_in_place() -> None:
+    """``in_prompt_chunks`` (the CPU decode's loop over prompt chunks) hands each prompt to the
+    decode with its own image and puts its result back in its place; counts it cannot split run in
+    one step."""
+    import jax.numpy as jnp
+
+    from samhq_jax.predictor import in_prompt_chunks
+
+    calls = []
+
+    def decode(
+        variables: None,
+        embeddings: jnp.ndarray,
+        points: jnp.ndarray,
+        labels: None,
+        boxes: jnp.ndarray,
+        masks: None,
+        **flags: float,
+    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+        calls.append(boxes.shape)
+        low = (boxes.sum(-1) + embeddings[:, None] + points[..., 0, 0])[..., None, None, None] * jnp.ones((1, 2, 3))
+        return low, boxes[..., :1] * flags["scale"]
+
+    b, p = 2, 8
+    rng = np.random.default_rng(0)
+    boxes = jnp.asarray(rng.normal(size=(b, p, 4)), jnp.float32)
+    points = jnp.asarray(rng.normal(size=(b, p, 1, 2)), jnp.float32)
+    embeddings = jnp.asarray([10.0, 20.0])
+    want = decode(None, embeddings, points, None, boxes, None, scale=3.0)
+    # the boxes one traced step sees: a chunk of every image, or all prompts where chunk cannot split P
+    for chunk, step in ((4, (b, 4, 4)), (2, (b, 2, 4)), (8, (b, p, 4)), (3, (b, p, 4))):
+        calls.clear()
+        got = in_prompt_chunks(decode, chunk)(None, embeddings, points, None, boxes, None, scale=3.0)
+        assert calls == [step], (chunk, calls)
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    assert in_prompt_chunks(decode, None) is decode
