@@ -10,9 +10,9 @@ from pathlib import Path
 from safetensors.numpy import save_file
 
 from convert.core import HF, OFFICIAL, ConversionError, params_to_state_dict
-from convert.hf import hf_config_dict
 from convert.sources import HF_WEIGHTS, import_torch
 from samhq_jax.config import ModelConfig
+from samhq_jax.hf_config import hf_config_dict
 
 
 def export_official(params: dict, dst: str | Path) -> Path:

@@ -9,8 +9,6 @@ section 2. The random-Fourier matrix is stored twice (tied): both keys map to ou
 from __future__ import annotations
 
 from convert.rules import Rule, conv, conv_transpose, flatten, linear, norm, tensor
-from samhq_jax.config import ModelConfig, TinyViTConfig
-from samhq_jax.errors import InputError
 
 _ENC, _PE, _DEC = "vision_encoder", "prompt_encoder", "mask_decoder"
 _OE = "image_encoder"
@@ -90,60 +88,3 @@ RULES: tuple[Rule, ...] = flatten(
 )
 
 IGNORED_KEYS: frozenset[str] = frozenset()
-
-
-def has_hf_form(config: ModelConfig) -> bool:
-    """Whether transformers' ``SamHQModel`` can hold a model of ``config`` (not a TinyViT encoder)."""
-    return not isinstance(config.image_encoder, TinyViTConfig)
-
-
-def hf_config_dict(config: ModelConfig) -> dict:
-    """``config.json`` content of a transformers ``SamHQModel`` with the structure of ``config``.
-
-    ``mask_decoder_config.layer_norm_eps`` only sets the two-way LayerNorms 1-4 in transformers, so
-    carrying ``transformer_layer_norm_eps`` over keeps the numbers of official weights exactly.
-    transformers' ``SamHQModel`` has only the ViT encoder: a TinyViT model (``vit_tiny``, Light
-    HQ-SAM) is an :class:`~samhq_jax.errors.InputError`.
-    """
-    if not has_hf_form(config):
-        raise InputError(
-            f"no Hugging Face format exists for {config.name} (Light HQ-SAM's TinyViT encoder): transformers' "
-            "SamHQModel has only the ViT encoder; use --to ours or --to official"
-        )
-    enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
-    return dict(
-        model_type="sam_hq",
-        architectures=["SamHQModel"],
-        vision_config=dict(
-            hidden_size=enc.embed_dim,
-            num_hidden_layers=enc.depth,
-            num_attention_heads=enc.num_heads,
-            global_attn_indexes=list(enc.global_attn_indexes),
-            image_size=enc.img_size,
-            patch_size=enc.patch_size,
-            window_size=enc.window_size,
-            output_channels=enc.out_chans,
-            num_pos_feats=pe.num_pos_feats,
-            mlp_ratio=enc.mlp_ratio,
-            layer_norm_eps=enc.layer_norm_eps,
-        ),
-        prompt_encoder_config=dict(
-            hidden_size=pe.embed_dim,
-            image_size=enc.img_size,
-            patch_size=enc.patch_size,
-            mask_input_channels=pe.mask_in_chans,
-            layer_norm_eps=pe.layer_norm_eps,
-        ),
-        mask_decoder_config=dict(
-            hidden_size=dec.transformer_dim,
-            mlp_dim=dec.transformer_mlp_dim,
-            num_hidden_layers=dec.transformer_depth,
-            num_attention_heads=dec.transformer_num_heads,
-            attention_downsample_rate=dec.attention_downsample_rate,
-            num_multimask_outputs=dec.num_multimask_outputs,
-            iou_head_depth=dec.iou_head_depth,
-            iou_head_hidden_dim=dec.iou_head_hidden_dim,
-            layer_norm_eps=dec.transformer_layer_norm_eps,
-            vit_dim=enc.embed_dim,
-        ),
-    )

@@ -15,9 +15,9 @@ import warnings
 import numpy as np
 import torch
 
-from convert.hf import hf_config_dict
 from convert.official import STRIDE_ONE_MERGE_DIMS
 from samhq_jax.config import HF_TRANSFORMER_LN_EPS, ImageEncoderConfig, ModelConfig, TinyViTConfig
+from samhq_jax.hf_config import hf_config_dict
 
 _MATRIX_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 

@@ -37,6 +37,7 @@ from samhq_jax.config import (
     MaskDecoderConfig,
     ModelConfig,
     PromptEncoderConfig,
+    TinyViTConfig,
     read_json_object,
 )
 from samhq_jax.errors import InputError
@@ -50,27 +51,95 @@ MODEL_INIT_RANGE = 0.02  # transformers' SamHQConfig.initializer_range default (
 OURS = "_samhq"  # where a SamHQConfig keeps the dataclass it stands for (not a field)
 
 
-def hf_sections(config: ModelConfig) -> dict[str, dict[str, Any]]:
-    """transformers' three sub-config dicts (every field, no ``model_type``) for our ``config``:
-    :func:`convert.hf.hf_config_dict`'s fields plus the ones it leaves at transformers' defaults."""
-    from convert.hf import hf_config_dict
+# transformers' field names -> ours, one table per section; read both ways (to transformers and back)
+VISION_FIELDS = {
+    "hidden_size": "embed_dim",
+    "num_hidden_layers": "depth",
+    "num_attention_heads": "num_heads",
+    "global_attn_indexes": "global_attn_indexes",
+    "image_size": "img_size",
+    "patch_size": "patch_size",
+    "num_channels": "in_chans",
+    "mlp_ratio": "mlp_ratio",
+    "mlp_dim": "mlp_dim",
+    "output_channels": "out_chans",
+    "window_size": "window_size",
+    "qkv_bias": "qkv_bias",
+    "use_abs_pos": "use_abs_pos",
+    "use_rel_pos": "use_rel_pos",
+    "layer_norm_eps": "layer_norm_eps",
+}
+PROMPT_FIELDS = {
+    "hidden_size": "embed_dim",
+    "mask_input_channels": "mask_in_chans",
+    "layer_norm_eps": "layer_norm_eps",
+    "num_point_embeddings": "num_point_embeddings",
+}
+DECODER_FIELDS = {
+    "hidden_size": "transformer_dim",
+    "num_hidden_layers": "transformer_depth",
+    "mlp_dim": "transformer_mlp_dim",
+    "num_attention_heads": "transformer_num_heads",
+    "attention_downsample_rate": "attention_downsample_rate",
+    "num_multimask_outputs": "num_multimask_outputs",
+    "iou_head_depth": "iou_head_depth",
+    "iou_head_hidden_dim": "iou_head_hidden_dim",
+    # transformers' decoder eps sets only the two-way LayerNorms 1-4: carrying ours keeps official
+    # weights' numbers exactly
+    "layer_norm_eps": "transformer_layer_norm_eps",
+}
+DERIVED_FIELDS = ("mlp_dim",)  # our properties (ImageEncoderConfig.mlp_dim): checked, not passed to the dataclass
 
-    enc, pe = config.image_encoder, config.prompt_encoder
-    d = hf_config_dict(config)
+
+def has_hf_form(config: ModelConfig) -> bool:
+    """Whether transformers' ``SamHQModel`` can hold a model of ``config`` (not a TinyViT encoder)."""
+    return not isinstance(config.image_encoder, TinyViTConfig)
+
+
+def as_json(value: Any) -> Any:
+    """A field value as transformers keeps it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def section(ours: Any, fields: dict[str, str]) -> dict[str, Any]:
+    """``{transformers' field: value}`` of our sub-config ``ours`` through a field table."""
+    return {hf: as_json(getattr(ours, name)) for hf, name in fields.items()}
+
+
+def our_fields(hf: HFConfig, fields: dict[str, str]) -> dict[str, Any]:
+    """``{our field: value}`` of the transformers section ``hf`` through a field table (derived fields left out)."""
+    out = {name: getattr(hf, key) for key, name in fields.items() if name not in DERIVED_FIELDS}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
+
+
+def hf_sections(config: ModelConfig) -> dict[str, dict[str, Any]]:
+    """transformers' three sub-config dicts (every field, no ``model_type``) for our ``config``; a
+    TinyViT model (``vit_tiny``, Light HQ-SAM) is an :class:`~samhq_jax.errors.InputError`:
+    transformers' ``SamHQModel`` has only the ViT encoder."""
+    if not has_hf_form(config):
+        raise InputError(
+            f"no Hugging Face format exists for {config.name} (Light HQ-SAM's TinyViT encoder): transformers' "
+            "SamHQModel has only the ViT encoder; use --to ours or --to official"
+        )
+    enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
     vision = dict(
-        d["vision_config"],
-        num_channels=enc.in_chans,
+        section(enc, VISION_FIELDS),
+        num_pos_feats=pe.num_pos_feats,
         hidden_act=ENCODER_ACT,
         attention_dropout=0.0,
         initializer_range=VISION_INIT_RANGE,
-        qkv_bias=enc.qkv_bias,
-        use_abs_pos=enc.use_abs_pos,
-        use_rel_pos=enc.use_rel_pos,
-        mlp_dim=enc.mlp_dim,
     )
-    prompt = dict(d["prompt_encoder_config"], num_point_embeddings=pe.num_point_embeddings, hidden_act=ENCODER_ACT)
-    decoder = dict(d["mask_decoder_config"], hidden_act=DECODER_ACT)
+    prompt = dict(
+        section(pe, PROMPT_FIELDS), image_size=enc.img_size, patch_size=enc.patch_size, hidden_act=ENCODER_ACT
+    )
+    decoder = dict(section(dec, DECODER_FIELDS), vit_dim=enc.embed_dim, hidden_act=DECODER_ACT)
     return {"vision_config": vision, "prompt_encoder_config": prompt, "mask_decoder_config": decoder}
+
+
+def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
+    """``config.json`` content of a transformers ``SamHQModel`` with the structure of ``config``
+    (:func:`hf_sections` plus the model type)."""
+    return dict(model_type=HF_MODEL_TYPE, architectures=["SamHQModel"], **hf_sections(config))
 
 
 @functools.cache
@@ -183,22 +252,7 @@ class SamHQVisionConfig(HFConfig):
         :class:`~samhq_jax.errors.InputError` naming the first one our encoder cannot compute."""
         check_fields(self.field_checks())
         try:
-            return ImageEncoderConfig(
-                embed_dim=self.hidden_size,
-                depth=self.num_hidden_layers,
-                num_heads=self.num_attention_heads,
-                global_attn_indexes=tuple(self.global_attn_indexes),
-                img_size=self.image_size,
-                patch_size=self.patch_size,
-                in_chans=self.num_channels,
-                mlp_ratio=self.mlp_ratio,
-                out_chans=self.output_channels,
-                window_size=self.window_size,
-                qkv_bias=self.qkv_bias,
-                use_abs_pos=self.use_abs_pos,
-                use_rel_pos=self.use_rel_pos,
-                layer_norm_eps=self.layer_norm_eps,
-            )
+            return ImageEncoderConfig(**our_fields(self, VISION_FIELDS))
         except (TypeError, ValueError) as err:
             raise InputError(f"SamHQVisionConfig: {err}") from err
 
@@ -309,23 +363,8 @@ class SamHQConfig(HFConfig):
         try:
             return ModelConfig(
                 encoder,
-                PromptEncoderConfig(
-                    embed_dim=p.hidden_size,
-                    mask_in_chans=p.mask_input_channels,
-                    layer_norm_eps=p.layer_norm_eps,
-                    num_point_embeddings=p.num_point_embeddings,
-                ),
-                MaskDecoderConfig(
-                    transformer_dim=d.hidden_size,
-                    transformer_depth=d.num_hidden_layers,
-                    transformer_mlp_dim=d.mlp_dim,
-                    transformer_num_heads=d.num_attention_heads,
-                    attention_downsample_rate=d.attention_downsample_rate,
-                    num_multimask_outputs=d.num_multimask_outputs,
-                    iou_head_depth=d.iou_head_depth,
-                    iou_head_hidden_dim=d.iou_head_hidden_dim,
-                    transformer_layer_norm_eps=d.layer_norm_eps,
-                ),
+                PromptEncoderConfig(**our_fields(p, PROMPT_FIELDS)),
+                MaskDecoderConfig(**our_fields(d, DECODER_FIELDS)),
             )
         except ValueError as err:
             raise InputError(f"SamHQConfig: {err}") from err
@@ -336,5 +375,7 @@ __all__ = [
     "SamHQMaskDecoderConfig",
     "SamHQPromptEncoderConfig",
     "SamHQVisionConfig",
+    "has_hf_form",
+    "hf_config_dict",
     "hf_sections",
 ]

@@ -84,7 +84,7 @@ def test_hf_sam_model_folder_imports(tmp_path) -> None:
     """A Hugging Face ``SamModel`` folder (model_type "sam", the facebook/sam-vit-* layout)."""
     from transformers import SamConfig, SamModel
 
-    from convert.hf import hf_config_dict
+    from samhq_jax.hf_config import hf_config_dict
 
     config = ModelConfig.preset(PRESET)
     kwargs = {k: v for k, v in hf_config_dict(config).items() if k not in ("model_type", "architectures")}

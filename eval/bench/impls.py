@@ -382,8 +382,8 @@ def build_impls(config: ModelConfig, skip: set[str], seed: int = 0, precision: s
     Face form (vit_tiny) has no HF row.
     """
     from convert.core import HF, params_to_state_dict, state_dict_to_params
-    from convert.hf import has_hf_form
     from eval.reference import build_hf, build_official
+    from samhq_jax.hf_config import has_hf_form
 
     with quiet_warnings():
         official = build_official(config, seed=seed)
