@@ -28,16 +28,17 @@ examples:
   samhq serve --checkpoint sam_hq_vit_b.pth   # a click-to-segment page at http://127.0.0.1:8000/
   samhq convert sam_hq_vit_b.pth checkpoints/vit_b
   samhq parity --preset tiny_b
-  samhq demo --output demo/   # offline: synthetic data, stand-in SAM, HQ fine-tuning, SAM vs HQ evaluation"""
+  samhq demo --output demo/   # offline: synthetic data, stand-in SAM, HQ fine-tuning, SAM vs HQ evaluation
+  samhq demo --output demo_light/ --model vit_tiny   # the same for Light HQ-SAM (TinyViT encoder)"""
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from train.demo import DemoConfig, run_demo
+    from train.demo import DemoConfig, demo_preset, run_demo
 
     run_demo(
         DemoConfig(
             output=Path(args.output),
-            preset=args.preset,
+            preset=demo_preset(args.model or "vit_b") if args.preset is None else args.preset,
             train_images=args.train_images,
             val_images=args.val_images,
             sam_steps=args.sam_steps,
@@ -75,7 +76,13 @@ def build_parser() -> OneLineParser:
         "demo", help="offline: train a stand-in SAM and its HQ part on synthetic data, evaluate", **help_layout("")
     )
     d.add_argument("--output", required=True, help="output folder (data, runs, evaluation, pictures)")
-    d.add_argument("--preset", default="tiny_b", choices=PRESETS, help="model size (a preset name)")
+    which = d.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model",
+        choices=[p for p in PRESETS if p.startswith("vit_")],
+        help="structure by official name, at test size (vit_tiny: Light HQ-SAM's TinyViT); default vit_b",
+    )
+    which.add_argument("--preset", choices=PRESETS, help="model size (a preset name; default tiny_b)")
     d.add_argument("--train-images", type=POSITIVE_INT, default=240)
     d.add_argument("--val-images", type=POSITIVE_INT, default=24)
     d.add_argument("--sam-steps", type=POSITIVE_INT, default=400, help="steps of the stand-in SAM (every parameter)")
