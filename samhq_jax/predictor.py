@@ -140,6 +140,19 @@ def _compile(config: ModelConfig, dtype: jnp.dtype, precision: str) -> tuple[Sam
 PROMPT_CHUNK = {"cpu": 4}
 
 
+def chunk_steps(count: int, chunk: int | None) -> int:
+    """The steps :func:`in_prompt_chunks` takes for ``count`` prompts: ``count / chunk`` where
+    ``chunk`` divides ``count`` and is smaller, else 1 (one step with every prompt)."""
+    return count // chunk if chunk and count > chunk and count % chunk == 0 else 1
+
+
+def decode_steps(count: int) -> int:
+    """The steps the decode of :func:`compiled_model` takes for ``count`` prompts per image on JAX's
+    default backend (:data:`PROMPT_CHUNK`). XLA's cost analysis counts a loop's body once: the
+    program's FLOPs are its figure times this."""
+    return chunk_steps(count, PROMPT_CHUNK.get(jax.default_backend()))
+
+
 def in_prompt_chunks(decode: Callable, chunk: int | None) -> Callable:
     """``decode(variables, embeddings, points, labels, boxes, mask_inputs, **flags)`` (prompts
     ``(B, P, ...)``, each optional; outputs ``(B, P, ...)``) computed ``chunk`` prompts at a time in
@@ -160,7 +173,7 @@ def in_prompt_chunks(decode: Callable, chunk: int | None) -> Callable:
     ) -> tuple[jax.Array, jax.Array]:
         prompts = (points, labels, boxes, mask_inputs)
         b, p = next(a.shape[:2] for a in prompts if a is not None)
-        if p <= chunk or p % chunk:
+        if chunk_steps(p, chunk) == 1:
             return decode(variables, embeddings, *prompts, **flags)
 
         def split(a: jax.Array | None) -> jax.Array | None:  # (B, P, ...) -> (P / chunk, B, chunk, ...)
