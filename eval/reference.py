@@ -17,6 +17,7 @@ import torch
 
 from convert.official import STRIDE_ONE_MERGE_DIMS
 from samhq_jax.config import HF_TRANSFORMER_LN_EPS, ImageEncoderConfig, ModelConfig, TinyViTConfig
+from samhq_jax.errors import InputError
 from samhq_jax.hf_config import hf_config_dict
 
 _MATRIX_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
@@ -130,7 +131,8 @@ def _official_tiny_vit(enc: TinyViTConfig) -> torch.nn.Module:
     """``segment_anything_hq``'s ``TinyViT`` with ``enc``'s structure, as ``build_sam_vit_t`` builds it.
 
     The official module fixes what our config states: merge strides by its out-width rule, a 64x64
-    final grid, a 256-wide neck and the eps values; a config it cannot express is a ``ValueError``.
+    final grid, a 256-wide neck and the eps values; a config it cannot express is an ``InputError``
+    (``samhq parity --preset tiny_t`` asks for one).
     """
     from segment_anything_hq.modeling import TinyViT
 
@@ -146,7 +148,10 @@ def _official_tiny_vit(enc: TinyViTConfig) -> torch.nn.Module:
     )
     differs = {k: getattr(enc, k) for k, v in official.items() if getattr(enc, k) != v}
     if differs:
-        raise ValueError(f"the official TinyViT cannot be built with {differs} (it fixes {official})")
+        raise InputError(
+            f"the official TinyViT cannot be built with {differs} (it fixes {official}); "
+            "its only structure here is vit_tiny's"
+        )
     return TinyViT(
         img_size=enc.img_size,
         in_chans=enc.in_chans,

@@ -120,3 +120,11 @@ def test_stablehlo_export_encoder_equals_the_library(checkpoint: Path, tmp_path:
     got, interm = encoder.call(load_file(out / "model.safetensors"), np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     assert_close(np.asarray(got), np.asarray(ref.image_embeddings).transpose(0, 3, 1, 2), "embeddings", 1e-5)
     assert_close(np.asarray(interm[0]), np.asarray(ref.early_features), "early feature (24 channels)", 1e-5)
+
+
+def test_parity_refuses_a_tinyvit_the_official_cannot_build(capsys) -> None:
+    """The official TinyViT runs only at vit_tiny's structure (64x64 grid, 256-wide neck): ``tiny_t`` is
+    refused in one line (exit 2), not reported as an internal error."""
+    assert samhq_main(["parity", "--preset", PRESET]) == 2
+    err = capsys.readouterr().err
+    assert "samhq parity: error: the official TinyViT cannot be built with" in err and "internal error" not in err
