@@ -261,16 +261,25 @@ def mask_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
     """``(N, H, W)`` bool masks -> uncompressed RLEs ``{"size": [H, W], "counts": [...]}`` in
     column-major order, starting with a run of zeros (length 0 when the first pixel is set), as
     pycocotools expects."""
+    masks = np.asarray(masks, bool)
     n, h, w = masks.shape
     if n == 0:
         return []
-    flat = masks.transpose(0, 2, 1).reshape(n, h * w)
-    rows, cols = np.nonzero(flat[:, 1:] != flat[:, :-1])
-    per_mask = np.split(cols + 1, np.searchsorted(rows, np.arange(1, n)))
+    # The changes of the column-major order, found without transposing the masks (a transposing
+    # copy cost more than the rest): pixel (y, x) is at x * h + y; a run ends between (y, x) and
+    # (y + 1, x), and between the last pixel of column x - 1 and the first of column x.
+    # (np.flatnonzero and divmod: np.nonzero of a 3-d array took 100x longer than of a flat one)
+    mask, pixel = np.divmod(np.flatnonzero(masks[:, 1:] != masks[:, :-1]), max((h - 1) * w, 1))
+    y, x = np.divmod(pixel, w)
+    inside = mask * (h * w) + x * h + y + 1
+    mask_b, x_b = np.divmod(np.flatnonzero(masks[:, 0, 1:] != masks[:, -1, :-1]), max(w - 1, 1))
+    between = mask_b * (h * w) + (x_b + 1) * h
+    changes = np.sort(np.concatenate([inside, between]))
+    per_mask = np.split(changes, np.searchsorted(changes, np.arange(1, n) * (h * w)))
     out = []
-    for i, changes in enumerate(per_mask):
-        counts = np.diff(np.concatenate([[0], changes, [h * w]])).tolist()
-        out.append({"size": [h, w], "counts": ([0] if flat[i, 0] else []) + counts})
+    for i, positions in enumerate(per_mask):
+        counts = np.diff(np.concatenate([[0], positions - i * h * w, [h * w]])).tolist()
+        out.append({"size": [h, w], "counts": ([0] if masks[i, 0, 0] else []) + counts})
     return out
 
 
