@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export
 
 from samhq_jax.checkpoint import load_pretrained
 from samhq_jax.config import ModelConfig
@@ -140,10 +141,13 @@ def _compile(config: ModelConfig, dtype: jnp.dtype, precision: str) -> tuple[Sam
 PROMPT_CHUNK = {"cpu": 4}
 
 
-def chunk_steps(count: int, chunk: int | None) -> int:
+def chunk_steps(count: Any, chunk: int | None) -> int:
     """The steps :func:`in_prompt_chunks` takes for ``count`` prompts: ``count / chunk`` where
-    ``chunk`` divides ``count`` and is smaller, else 1 (one step with every prompt)."""
-    return count // chunk if chunk and count > chunk and count % chunk == 0 else 1
+    ``chunk`` divides ``count`` and is smaller, else 1 (one step with every prompt, also for a
+    symbolic count: a program exported for any number of prompts)."""
+    if not chunk or export.is_symbolic_dim(count):
+        return 1
+    return count // chunk if count > chunk and count % chunk == 0 else 1
 
 
 def decode_steps(count: int) -> int:

@@ -239,8 +239,9 @@ def test_prompt_chunks_keep_each_prompt_in_place() -> None:
     decode with its own image and puts its result back in its place; counts it cannot split run in
     one step."""
     import jax.numpy as jnp
+    from jax import export
 
-    from samhq_jax.predictor import in_prompt_chunks
+    from samhq_jax.predictor import chunk_steps, in_prompt_chunks
 
     calls = []
 
@@ -272,3 +273,5 @@ def test_prompt_chunks_keep_each_prompt_in_place() -> None:
             assert g.shape == w.shape
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
     assert in_prompt_chunks(decode, None) is decode
+    (symbolic,) = export.symbolic_shape("p")  # a program exported for any prompt count: one step
+    assert chunk_steps(symbolic, 4) == 1 and chunk_steps(64, 4) == 16 and chunk_steps(4, 4) == 1
