@@ -41,11 +41,12 @@ from samhq_jax.checkpoint import UntrainedHQWarning, load_pretrained
 from samhq_jax.config import PRESETS, ImageEncoderConfig, ModelConfig
 from samhq_jax.errors import InputError
 from samhq_jax.hf_processor import jax_device
+from samhq_jax.hf_vision import ENCODER, compiled_vision
 from samhq_jax.mesh_predictor import MeshPredictor
 from samhq_jax.precision import LIBRARY, Policy
 from samhq_jax.predictor import SamHQPredictor
-from samhq_jax.sam_hq import init_params
-from samhq_jax.torch_style import OfficialTensor
+from samhq_jax.sam_hq import ImageEmbeddings, init_params
+from samhq_jax.torch_style import OfficialTensor, host_tensor
 from samhq_jax.transforms import (
     MASK_THRESHOLD,
     PIXEL_MEAN,
@@ -346,6 +347,8 @@ class SamPredictor(SamHQPredictor):
         )
         self.model = sam_model
         self.transform = OfficialResizeLongestSide(sam_model.config.img_size)
+        self.interm_of: ImageEmbeddings | None = None  # the embeddings interm_list belongs to
+        self.interm_list: list[OfficialTensor] = []
 
     def predict(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`SamHQPredictor.predict`; the original SAM's decoding for a baseline model
@@ -371,6 +374,24 @@ class SamPredictor(SamHQPredictor):
     def jax_device(self) -> jax.Device:
         """The JAX device of the cached embedding (:attr:`SamHQPredictor.device`)."""
         return SamHQPredictor.device.fget(self)
+
+    @property
+    def interm_features(self) -> list[OfficialTensor] | None:
+        """The official list: each global-attention block's ``(1, G, G, vit_dim)`` NHWC output, in
+        order (4 for ViT-B/L/H; the HQ decoder reads ``[0]``); for Light HQ-SAM the one stage-1 map
+        the official TinyViT returns. None before an image is set.
+
+        The predictor keeps only the first (what decoding needs), so for a ViT the list is computed
+        on first access per image by one more encoder pass over the input it encoded.
+        """
+        if self.embeddings is None or not isinstance(self.config.image_encoder, ImageEncoderConfig):
+            return super().interm_features
+        if self.interm_of is not self.embeddings:
+            run = compiled_vision(self.config.image_encoder, self.policy.dtype, self.policy.precision)
+            out = run(self.params[ENCODER], self.encoded_input, hidden_states=False, attentions=False)
+            self.interm_list = [host_tensor(x) for x in out["intermediate"]]
+            self.interm_of = self.embeddings
+        return self.interm_list
 
     def get_image_embedding(self) -> OfficialTensor:
         """The cached image embedding, ``(1, C, G, G)`` (``(1, 256, 64, 64)`` for the released models)."""

@@ -265,11 +265,13 @@ class SamHQPredictor:
         """Encode ``(S, S, 3)`` float32 normalised, padded ``net_input`` and cache it with its sizes."""
         self.input_size = tuple(int(v) for v in input_size)
         self.original_size = tuple(int(v) for v in original_size)
-        self.embeddings: ImageEmbeddings | None = self._embed({"params": self.params}, jax.device_put(net_input[None]))
+        self.encoded_input: jax.Array | None = jax.device_put(net_input[None])
+        self.embeddings: ImageEmbeddings | None = self._embed({"params": self.params}, self.encoded_input)
 
     def reset_image(self) -> None:
         """Forget the current image."""
         self.embeddings = None
+        self.encoded_input = None  # (1, S, S, 3) float32: the normalised, padded input set_image encoded
         self.input_size: tuple[int, int] | None = None
         self.original_size: tuple[int, int] | None = None
 

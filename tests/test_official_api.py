@@ -18,6 +18,7 @@ from eval.parity.samples import IMAGES_DIR
 from eval.parity.stages import mask_agreement
 from samhq_jax import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 from samhq_jax.errors import InputError
+from samhq_jax.predictor import SamHQPredictor
 from tests.conftest import MASK_AGREEMENT, assert_close, official_model_and_params
 
 PRESET = "tiny_h"
@@ -87,6 +88,12 @@ def test_predictor_takes_the_model_and_answers_as_the_official(
     assert embedding.shape == tuple(ref.get_image_embedding().shape)  # (1, C, G, G)
     assert_close(embedding, ref.get_image_embedding().numpy(), "get_image_embedding")
     assert (ours.original_size, ours.input_size) == (tuple(ref.original_size), tuple(ref.input_size))
+    # interm_features: every global block's output, NHWC, as the official list (the first is the decoder's)
+    assert len(ours.interm_features) == len(ref.interm_features) == len(sam.config.image_encoder.global_attn_indexes)
+    for i, (o, f) in enumerate(zip(ours.interm_features, ref.interm_features, strict=True)):
+        assert_close(o, f.numpy(), f"interm_features[{i}]")
+    early = SamHQPredictor.get_image_embedding(ours).early_features  # what the decoder reads
+    assert_close(ours.interm_features[0], np.asarray(early), "interm_features[0] vs the decoder's early feature")
     # The demo's batched boxes, torch tensors placed on predictor.device, on both.
     ref_boxes = ref.transform.apply_boxes_torch(torch.tensor(BOXES), image.shape[:2])
     r = ref.predict_torch(None, None, ref_boxes, None, False)
@@ -94,6 +101,9 @@ def test_predictor_takes_the_model_and_answers_as_the_official(
     o = ours.predict_torch(None, None, ours.transform.apply_boxes_torch(boxes, image.shape[:2]), None, False)
     assert mask_agreement(o[0], r[0].numpy()) >= MASK_AGREEMENT
     assert_close(o[1], r[1].numpy(), "predict_torch iou")
+    ref.set_image(image[::-1])
+    ours.set_image(image[::-1])  # a new image: its own interm_features, not the cached list
+    assert_close(ours.interm_features[-1], ref.interm_features[-1].numpy(), "interm_features[-1], second image")
     ours.reset_image()
     assert not ours.is_image_set and ours.features is None
     # Without PyTorch, device is the JAX device.
