@@ -37,6 +37,22 @@ def official_model_and_params(preset: str, seed: int = 0) -> tuple:
     return model, state, config, params
 
 
+def random_params(config: ModelConfig, seed: int) -> dict:
+    """Every parameter of ``config`` drawn with NumPy from its shape (no compiled initialiser):
+    ``0.1 * N(0, 1)``, BatchNorm running variances ``|1 + 0.2 * N(0, 1)|``; float32."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    from samhq_jax.sam_hq import param_shapes
+
+    rng = np.random.default_rng(seed)
+    flat = {
+        k: np.abs(1 + 0.2 * rng.standard_normal(v.shape)).astype(np.float32) if k.endswith("running_var") else
+        (0.1 * rng.standard_normal(v.shape)).astype(np.float32)
+        for k, v in flatten_dict(param_shapes(config), sep="/").items()
+    }  # fmt: skip
+    return unflatten_dict(flat, sep="/")
+
+
 def assert_close(ours: np.ndarray, ref: np.ndarray, what: str, rtol: float = PARITY_RTOL) -> float:
     """Assert ``max|ours - ref| <= rtol * max|ref|``; returns the achieved relative error."""
     from eval.parity.stages import relative_error

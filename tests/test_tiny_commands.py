@@ -14,7 +14,6 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax.traverse_util import flatten_dict, unflatten_dict
 from jax import export
 from PIL import Image
 from safetensors.numpy import load_file
@@ -26,8 +25,7 @@ from samhq_jax.checkpoint import load_pretrained, save_checkpoint
 from samhq_jax.cli import main as samhq_main
 from samhq_jax.config import ModelConfig, TinyViTConfig
 from samhq_jax.predictor import SamHQPredictor, compiled_model
-from samhq_jax.sam_hq import param_shapes
-from tests.conftest import MASK_AGREEMENT, assert_close
+from tests.conftest import MASK_AGREEMENT, assert_close, random_params
 from tests.test_eval_protocol import write_folder
 from tests.test_export_onnx import example_module, session
 
@@ -39,13 +37,7 @@ BOX = [10.0, 12.0, 120.0, 80.0]
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_commands")
     config = ModelConfig.preset(PRESET)
-    rng = np.random.default_rng(11)
-    flat = {
-        k: np.abs(1 + 0.2 * rng.standard_normal(v.shape)).astype(np.float32) if k.endswith("running_var") else
-        (0.1 * rng.standard_normal(v.shape)).astype(np.float32)
-        for k, v in flatten_dict(param_shapes(config), sep="/").items()
-    }  # fmt: skip
-    return save_checkpoint(root / "ckpt", config, unflatten_dict(flat, sep="/"))
+    return save_checkpoint(root / "ckpt", config, random_params(config, 11))
 
 
 @pytest.fixture(scope="module")

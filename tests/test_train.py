@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from unittest import mock
@@ -36,6 +33,7 @@ from samhq_jax.datasets import folder_pairs
 from samhq_jax.errors import InputError
 from samhq_jax.hq_params import is_hq_path
 from samhq_jax.sam_hq import SamHQ, init_params
+from tests.train_support import REPO, final_weights, kill_at_checkpoint, losses, run_train, train_env
 from train.bench import main as bench_main
 from train.cli import build_parser
 from train.cli import main as train_main
@@ -58,11 +56,7 @@ from train.synthetic import write_synthetic_dataset
 from train.trainable import partition
 
 PRESET = "tiny_b"
-REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH = 30, 8
-# The training subprocesses of one device count compile the same step: they share it through JAX's
-# persistent compilation cache.
-JAX_CACHE = Path(os.environ.get("SAMHQ_TEST_JAX_CACHE", "/tmp/samhq-jax-test-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +73,7 @@ def setup(tmp_path_factory) -> dict:
 def one_device_run(setup) -> Path:
     """The uninterrupted 1-device run both the curve and the resume tests compare with."""
     output = setup["root"] / "one"
-    proc = _run(_args(setup, output))
+    proc = run_train(_args(setup, output))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return output
 
@@ -90,30 +84,6 @@ def _args(setup: dict, output: Path, *extra: str) -> list[str]:
         "--steps", str(STEPS), "--batch-size", str(BATCH), "--save-every", "3", "--log-every", "1",
         "--val-every", "0", "--seed", "3", *extra,
     ]  # fmt: skip
-
-
-def _losses(output: Path) -> np.ndarray:
-    lines = [json.loads(s) for s in (output / "metrics.jsonl").read_text().splitlines()]
-    return np.array([[r["step"], r["loss"], r["loss_mask"], r["loss_dice"]] for r in lines if "loss" in r])
-
-
-def _env(devices: int, cache: bool = True) -> dict[str, str]:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(REPO)
-    # Runs of one device count compile the same step: share it through the persistent cache.
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(JAX_CACHE))
-    if not cache:  # (the commands' own cache is off in tests: SAMHQ_JAX_CACHE=0, conftest)
-        env.pop("JAX_COMPILATION_CACHE_DIR")
-    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
-    return env
-
-
-def _run(args: list[str], devices: int = 1) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "train", *args], env=_env(devices), cwd=REPO, capture_output=True, text=True, timeout=600
-    )
 
 
 def test_one_call_decodes_every_prompt_kind_exactly() -> None:
@@ -386,7 +356,7 @@ def test_every_setting_is_recipe_or_free(tmp_path) -> None:
 
 def test_same_loss_curve_on_1_and_4_devices_and_2_processes(setup, one_device_run, tmp_path) -> None:
     one, four = one_device_run, tmp_path / "four"
-    proc = _run(_args(setup, four), 4)
+    proc = run_train(_args(setup, four), 4)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -400,7 +370,7 @@ def test_same_loss_curve_on_1_and_4_devices_and_2_processes(setup, one_device_ru
             [sys.executable, "-m", "train", *_args(setup, two), *distributed, *validation, "--process-id", str(i)],
             # compiled afresh: with a cache shared by earlier sessions the processes deadlocked in gloo's
             # set-up at step 2 (GetKeyValue / connect timeouts, seen on this machine); fresh, they never did
-            env=_env(2, cache=False),
+            env=train_env(2, cache=False),
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -410,10 +380,10 @@ def test_same_loss_curve_on_1_and_4_devices_and_2_processes(setup, one_device_ru
     ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
-    ref = _losses(one)
+    ref = losses(one)
     assert ref.shape == (STEPS, 4) and ref[-1, 1] < ref[0, 1]
     for other in (four, two):
-        got = _losses(other)
+        got = losses(other)
         np.testing.assert_array_equal(got[:, 0], ref[:, 0])
         np.testing.assert_allclose(got[:, 1:], ref[:, 1:], rtol=2e-4, atol=1e-6)
     a = load_file(str(one / "final" / "model.safetensors"))
@@ -432,30 +402,16 @@ def test_same_loss_curve_on_1_and_4_devices_and_2_processes(setup, one_device_ru
 
 def test_sigkill_then_resume_equals_uninterrupted(setup, one_device_run, tmp_path) -> None:
     ref, cut = one_device_run, tmp_path / "cut"
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "train", *_args(setup, cut)],
-        env=_env(1),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (cut / "checkpoints" / "6").is_dir() and killed.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (cut / "final").exists()
-    assert _run(_args(setup, cut)).returncode == 2  # refuses to overwrite without --resume
-    proc = _run(_args(setup, cut, "--resume", "--keep", "4"))  # a free setting may change
+    kill_at_checkpoint(_args(setup, cut), cut, 6)
+    assert run_train(_args(setup, cut)).returncode == 2  # refuses to overwrite without --resume
+    proc = run_train(_args(setup, cut, "--resume", "--keep", "4"))  # a free setting may change
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a = load_file(str(ref / "final" / "model.safetensors"))
-    b = load_file(str(cut / "final" / "model.safetensors"))
+    a, b = final_weights(ref), final_weights(cut)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     # metrics.jsonl was cut back to the restored step: every step once, and the same losses
-    np.testing.assert_array_equal(_losses(cut), _losses(ref))
+    np.testing.assert_array_equal(losses(cut), losses(ref))
     starts = json.loads((cut / "run.json").read_text())["starts"]
     assert len(starts) == 2 and starts[0]["step"] == 0 and starts[1]["step"] >= 6 and starts[1]["settings"]["keep"] == 4
 
