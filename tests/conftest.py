@@ -10,6 +10,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 import torch
 
 from convert.core import state_dict_to_params
@@ -35,6 +36,14 @@ def official_model_and_params(preset: str, seed: int = 0) -> tuple:
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     config, params = state_dict_to_params(state)
     return model, state, config, params
+
+
+def missing_dependency(message: str) -> None:
+    """A test's optional tool (a browser, node) is missing: a failure under CI (where
+    scripts/setup.sh installs everything), a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def random_params(config: ModelConfig, seed: int) -> dict:

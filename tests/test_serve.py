@@ -6,7 +6,6 @@ JSON error, no traceback) and concurrent clients."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -27,6 +26,7 @@ from samhq_jax.commands.serve_app import create_app, page_html
 from samhq_jax.errors import InputError
 from samhq_jax.image_io import read_rgb
 from samhq_jax.predictor import SamHQPredictor
+from tests.conftest import missing_dependency
 from tests.serve_support import count_encodes, decoded_masks, png_bytes, predictor_masks, tiny_predictor
 
 MAX_UPLOAD = 2**20  # 1 MiB: the oversized-body tests send more
@@ -387,10 +387,7 @@ def test_page_decodes_coco_rle_as_pycocotools() -> None:
     """The page's JavaScript RLE decoder (run by node) gives pycocotools' masks."""
     node = shutil.which("node")
     if node is None:  # scripts/setup.sh installs Debian's nodejs where it can; CI must not skip this
-        missing = "node (Debian's nodejs) is not installed: the page's decoder is not checked"
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+        missing_dependency("node (Debian's nodejs) is not installed: the page's decoder is not checked")
     html = page_html()
     decoder = html[html.index("function rleCounts") : html.index("const COLORS")]
     rng = np.random.default_rng(0)

@@ -37,6 +37,7 @@ from eval.parity.samples import IMAGES_DIR
 from samhq_jax.commands.serve_app import create_app
 from samhq_jax.image_io import read_rgb
 from samhq_jax.predictor import SamHQPredictor
+from tests.conftest import missing_dependency
 from tests.serve_support import count_encodes, predictor_masks, running_server, tiny_predictor
 
 PHOTO = IMAGES_DIR / "example8.png"  # 1280x720; the screenshot shows SCREENSHOT_PHOTO
@@ -82,10 +83,8 @@ def browser() -> Iterator[Any]:
     absent = {"playwright (the test extra)": sync_playwright is None, "chromium": not chromium_path()}
     missing = [what for what, gone in absent.items() if gone]
     if missing:
-        message = f"{' and '.join(missing)} not installed (scripts/setup.sh installs them): the page is not checked"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        what = " and ".join(missing)
+        missing_dependency(f"{what} not installed (scripts/setup.sh installs them): the page is not checked")
     with sync_playwright() as playwright:
         browser = launch(playwright)
         yield browser

@@ -22,7 +22,7 @@ from samhq_jax.config import ModelConfig
 from samhq_jax.hq_params import is_hq_path
 from samhq_jax.tiny_vit import is_batch_stat
 from tests.conftest import random_params
-from tests.train_support import final_weights, kill_at_checkpoint, losses, run_train
+from tests.train_support import assert_same_weights, final_weights, kill_at_checkpoint, losses, run_train
 from train.loop import TrainConfig, train
 from train.synthetic import write_synthetic_dataset
 
@@ -72,10 +72,7 @@ def test_sigkill_then_resume_equals_uninterrupted(setup: dict, one_device_run: P
     kill_at_checkpoint(_args(setup, cut), cut, KILL_AT)
     proc = run_train(_args(setup, cut, "--resume"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = final_weights(one_device_run), final_weights(cut)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+    assert_same_weights(final_weights(cut), final_weights(one_device_run))
     np.testing.assert_array_equal(losses(cut), losses(one_device_run))
     starts = json.loads((cut / "run.json").read_text())["starts"]
     assert len(starts) == 2 and starts[1]["step"] >= KILL_AT

@@ -33,7 +33,15 @@ from samhq_jax.datasets import folder_pairs
 from samhq_jax.errors import InputError
 from samhq_jax.hq_params import is_hq_path
 from samhq_jax.sam_hq import SamHQ, init_params
-from tests.train_support import REPO, final_weights, kill_at_checkpoint, losses, run_train, train_env
+from tests.train_support import (
+    REPO,
+    assert_same_weights,
+    final_weights,
+    kill_at_checkpoint,
+    losses,
+    run_train,
+    train_env,
+)
 from train.bench import main as bench_main
 from train.cli import build_parser
 from train.cli import main as train_main
@@ -406,10 +414,7 @@ def test_sigkill_then_resume_equals_uninterrupted(setup, one_device_run, tmp_pat
     assert run_train(_args(setup, cut)).returncode == 2  # refuses to overwrite without --resume
     proc = run_train(_args(setup, cut, "--resume", "--keep", "4"))  # a free setting may change
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = final_weights(ref), final_weights(cut)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_weights(final_weights(cut), final_weights(ref))
     # metrics.jsonl was cut back to the restored step: every step once, and the same losses
     np.testing.assert_array_equal(losses(cut), losses(ref))
     starts = json.loads((cut / "run.json").read_text())["starts"]

@@ -71,3 +71,10 @@ def losses(output: Path) -> np.ndarray:
 def final_weights(output: Path) -> dict[str, np.ndarray]:
     """The flat tensors of a run's ``final/model.safetensors``."""
     return load_file(str(output / "final" / "model.safetensors"))
+
+
+def assert_same_weights(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """Two flat weight dicts hold the same tensors, bit for bit (each named on failure)."""
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
